@@ -1,0 +1,128 @@
+"""The Backend contract and capability records."""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.config import TrialConfig
+    from autotune.workloads import Dataset, Workload
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports on one device.
+
+    ``reasons`` explains, per precision (or ``"*"`` for everything), why it is missing, so
+    an infeasible trial records a reason a person can act on.
+    """
+
+    precisions: frozenset[str] | set[str]
+    modes: frozenset[str] | set[str]
+    int8_modes: frozenset[str] | set[str] = frozenset()
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    def check(self, mode: str, precision: str) -> str | None:
+        """``None`` when (mode, precision) is supported, else the reason it is not."""
+        if "*" in self.reasons and not self.precisions:
+            return self.reasons["*"]
+        if mode not in self.modes:
+            return f"mode {mode!r} is not supported"
+        if precision not in self.precisions:
+            return self.reasons.get(precision, f"precision {precision!r} is not supported")
+        if precision == "int8" and mode not in self.int8_modes:
+            return f"int8 is supported only in {', '.join(sorted(self.int8_modes))} mode"
+        return None
+
+
+@functools.cache
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty when unreadable)."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_capabilities(flags: frozenset[str] | None = None) -> Capabilities:
+    """Precisions with native arithmetic on this CPU.
+
+    bf16 and fp16 run on any x86 CPU through conversion, but without native instructions
+    they are several times slower than fp32 (measured on an AVX2-only EPYC: 6x), so a
+    tuner would only waste trials on them. Native means AVX512-BF16/AMX-BF16 for bf16 and
+    AVX512-FP16/AMX-FP16 for fp16.
+    """
+    flags = cpu_flags() if flags is None else flags
+    precisions = {"fp32"}
+    reasons = {}
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        precisions.add("bf16")
+    else:
+        reasons["bf16"] = "bf16 needs AVX512-BF16 or AMX-BF16, which this CPU lacks"
+    if flags & {"avx512_fp16", "amx_fp16"}:
+        precisions.add("fp16")
+    else:
+        reasons["fp16"] = "fp16 needs AVX512-FP16 or AMX-FP16, which this CPU lacks"
+    return Capabilities(precisions=frozenset(precisions), modes=frozenset({"train", "infer"}),
+                        reasons=reasons)
+
+
+class Backend(ABC):
+    """One framework, driven through a fixed lifecycle inside a worker process.
+
+    Lifecycle: ``setup`` once, then ``step`` many times (each followed by ``synchronize``
+    before the profiler reads the clock), ``evaluate`` when the training budget is spent
+    (train mode) or once after setup (infer mode), then ``teardown``.
+
+    * ``setup(config, workload, data)`` builds the model for ``config`` and, in infer mode,
+      trains it with a fixed recipe, prunes and converts it to the trial's precision.
+      Returns facts about the built model (``param_count``, ``sparsity``...).
+    * ``step()`` runs one optimizer step (train) or one forward pass of a batch (infer) and
+      returns the number of samples it processed.
+    * ``synchronize()`` waits for queued device work; a no-op on CPU.
+    * ``peak_memory_bytes()`` is the device's peak allocation, or ``None`` on CPU where the
+      worker's peak resident memory is used instead.
+    * ``evaluate()`` returns held-out accuracy of the model as it is now.
+
+    Framework imports happen in ``setup``, never at module top. Out-of-memory is raised as
+    :class:`autotune.exceptions.OutOfMemoryError`, an unsupported combination as
+    :class:`~autotune.exceptions.UnsupportedConfigError`, a NaN/inf loss as
+    :class:`~autotune.exceptions.NonFiniteLossError`.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        """Build (and in infer mode train, prune and convert) the model."""
+
+    @abstractmethod
+    def step(self) -> int:
+        """Run one step; return the samples it processed."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Block until the device has finished queued work."""
+
+    @abstractmethod
+    def evaluate(self) -> float:
+        """Held-out top-1 accuracy of the current model."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak device memory, or ``None`` where the process RSS is the right figure."""
+        return None
+
+    def versions(self) -> dict[str, str]:
+        """Framework versions and build facts, recorded with each measurement."""
+        return {}
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Release the model and data."""

@@ -1,0 +1,353 @@
+"""PyTorch backend, used the way an expert would on each device.
+
+* training: fused optimizer kernels (``fused=True``: 0.8 ms against 9.2 ms per Adam step
+  for the default foreach path, research/frameworks_on_cpu.md), ``zero_grad(set_to_none)``,
+  autocast for bf16/fp16 (with a gradient scaler for fp16);
+* inference: ``torch.inference_mode``, weights converted to the trial's dtype (faster than
+  autocast: 0.60 against 0.91 ms on AMX), int8 through dynamic quantisation of Linear layers;
+* pruning: global magnitude (L1) pruning of the Linear weights. In inference the masks are
+  made permanent, because mask hooks make inference slower (2.08 against 1.35 ms); in training
+  the masks stay so that pruned weights remain zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from autotune.backends._base import Backend
+from autotune.exceptions import (
+    NonFiniteLossError,
+    OutOfMemoryError,
+    UnsupportedConfigError,
+)
+
+if TYPE_CHECKING:
+    from autotune.config import TrialConfig
+    from autotune.workloads import Dataset, Workload
+
+# Fixed recipe that trains the model an inference trial measures.
+_INFER_RECIPE = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 128}
+_EVAL_CHUNK = 1024
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+class TorchBackend(Backend):
+    """PyTorch on CPU (and CUDA where present: same code, device-side sync and memory)."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        import torch
+        # Building the first optimizer imports torch._dynamo (about 2 s here). It is a
+        # one-time framework cost, so it is paid here and recorded as import time, not
+        # charged to the model build.
+        import torch._dynamo  # noqa: F401
+
+        self.torch = torch
+        self.model: Any = None
+        self.optimizer: Any = None
+        self.scaler: Any = None
+        self.device: Any = None
+        self.config: TrialConfig | None = None
+        self._cursor = 0
+        self._epoch = 0
+        self._x_train: Any = None
+        self._y_train: Any = None
+        self._order_x: Any = None
+        self._order_y: Any = None
+        self._x_test: Any = None
+        self._y_test: Any = None
+        self._infer_batches: list[Any] = []
+        self._compute_dtype: Any = None
+        self.last_loss = math.nan
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        torch = self.torch
+        self.config = config
+        if config.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise UnsupportedConfigError(f"{config.device}: torch sees no CUDA device")
+            self.device = torch.device(config.device)
+        elif config.device == "cpu":
+            self.device = torch.device("cpu")
+        else:
+            raise UnsupportedConfigError(f"torch backend cannot run on {config.device!r}")
+        torch.manual_seed(config.seed)
+        try:
+            return self._build(config, workload, data)
+        except RuntimeError as e:
+            if _is_oom(e):
+                raise OutOfMemoryError(f"out of memory while building the model: {e}") from e
+            raise
+
+    def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        torch = self.torch
+        self._x_train = torch.from_numpy(data.x_train).to(self.device)
+        self._y_train = torch.from_numpy(data.y_train).to(self.device)
+        self._x_test = torch.from_numpy(data.x_test).to(self.device)
+        self._y_test = torch.from_numpy(data.y_test).to(self.device)
+        self.model = self._make_model(workload).to(self.device)
+        info: dict[str, Any] = {"param_count": sum(p.numel() for p in self.model.parameters())}
+        if config.mode == "train":
+            self._compute_dtype = {"fp32": None, "bf16": torch.bfloat16,
+                                   "fp16": torch.float16}.get(config.precision)
+            if config.precision == "int8":
+                raise UnsupportedConfigError("int8 training is not supported by torch")
+            self._prune(config.pruning_ratio, permanent=False)
+            self.optimizer = self._make_optimizer(config.optimizer, config.learning_rate)
+            if config.precision == "fp16":
+                self.scaler = torch.amp.GradScaler(self.device.type)
+            self._new_epoch()
+            info["sparsity"] = self._sparsity()
+        else:
+            info["base_model"] = self._train_base_model(config, workload)
+            self._prune(config.pruning_ratio, permanent=True)
+            info["sparsity"] = self._sparsity()
+            self._convert_for_inference(config.precision)
+            self._make_infer_batches(config.batch_size)
+        return info
+
+    def _make_model(self, workload: Workload) -> Any:
+        nn = self.torch.nn
+        layers: list[Any] = []
+        widths = workload.layer_widths
+        for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    def _make_optimizer(self, name: str, lr: float) -> Any:
+        optim = self.torch.optim
+        params = self.model.parameters()
+        if name == "sgd":
+            return optim.SGD(params, lr=lr, momentum=0.9, fused=True)
+        if name == "adam":
+            return optim.Adam(params, lr=lr, fused=True)
+        if name == "adamw":
+            return optim.AdamW(params, lr=lr, fused=True)
+        raise UnsupportedConfigError(f"unknown optimizer {name!r}")
+
+    def _linear_layers(self) -> list[Any]:
+        return [m for m in self.model.modules() if isinstance(m, self.torch.nn.Linear)]
+
+    def _prune(self, ratio: float, *, permanent: bool) -> None:
+        if ratio <= 0:
+            return
+        from torch.nn.utils import prune
+
+        targets = [(m, "weight") for m in self._linear_layers()]
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=ratio)
+        if permanent:
+            for module, name in targets:
+                prune.remove(module, name)
+
+    def _sparsity(self) -> float:
+        weights = [m.weight for m in self._linear_layers()]
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        return zeros / sum(w.numel() for w in weights)
+
+    def _train_base_model(self, config: TrialConfig, workload: Workload) -> str:
+        """Train fp32 with a fixed recipe, so every inference trial measures the same model.
+
+        The trained weights are cached per (workload, epochs, seed, torch version): they are
+        the same for every trial of a study, and training them costs seconds. Returns
+        ``"cached"`` or ``"trained"``.
+        """
+        from autotune._cache import cache_dir, write_atomically
+
+        torch = self.torch
+        key = (f"torch-{workload.name}-{'x'.join(map(str, workload.layer_widths))}"
+               f"-e{config.budget.train_epochs}-s{config.seed}-{torch.__version__}")
+        path = cache_dir() / f"{key}.pt"
+        if path.exists():
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state)
+            self.model.eval()
+            return "cached"
+        self.optimizer = self._make_optimizer(_INFER_RECIPE["optimizer"],
+                                              float(_INFER_RECIPE["learning_rate"]))
+        generator = torch.Generator().manual_seed(config.seed)
+        n = len(self._x_train)
+        bs = int(_INFER_RECIPE["batch_size"])
+        loss_fn = torch.nn.functional.cross_entropy
+        for _ in range(config.budget.train_epochs):
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_fn(self.model(self._x_train[idx]), self._y_train[idx]).backward()
+                self.optimizer.step()
+        self.optimizer = None
+        self.model.eval()
+        state = self.model.state_dict()
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
+        return "trained"
+
+    def _convert_for_inference(self, precision: str) -> None:
+        torch = self.torch
+        if precision == "bf16":
+            self.model = self.model.to(torch.bfloat16)
+            self._compute_dtype = torch.bfloat16
+        elif precision == "fp16":
+            self.model = self.model.to(torch.float16)
+            self._compute_dtype = torch.float16
+        elif precision == "int8":
+            if self.device.type != "cpu":
+                raise UnsupportedConfigError("torch dynamic int8 quantisation runs on CPU only")
+            if "x86" in torch.backends.quantized.supported_engines:
+                torch.backends.quantized.engine = "x86"
+            with warnings.catch_warnings():
+                # torch.ao.quantization warns that it moves to torchao; it still works and is
+                # the int8 path that needs no compile step (measured: 0.57 vs 1.28 ms fp32).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                self.model = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(self.model), {torch.nn.Linear}, dtype=torch.qint8)
+
+    def _make_infer_batches(self, batch_size: int) -> None:
+        """A few distinct input batches drawn from the held-out split (tiled if too small)."""
+        x = self._x_test
+        reps = math.ceil(batch_size * 4 / len(x))
+        pool = x.repeat(reps, 1) if reps > 1 else x
+        self._infer_batches = [
+            self._as_compute(pool[i * batch_size:(i + 1) * batch_size].contiguous())
+            for i in range(4)
+        ]
+
+    def _as_compute(self, x: Any) -> Any:
+        if self.config is not None and self.config.mode == "infer" and self._compute_dtype:
+            return x.to(self._compute_dtype)
+        return x
+
+    # -- stepping --------------------------------------------------------------------------
+
+    def _new_epoch(self) -> None:
+        """Shuffle once per epoch outside the timed steps, so a step slices a contiguous view."""
+        torch = self.torch
+        assert self.config is not None
+        generator = torch.Generator().manual_seed(self.config.seed + self._epoch)
+        order = torch.randperm(len(self._x_train), generator=generator).to(self.device)
+        bs = self.config.batch_size
+        reps = math.ceil(bs / len(order))
+        if reps > 1:  # batch larger than the training split: wrap around
+            order = order.repeat(reps)
+        self._order_x = self._x_train[order].contiguous()
+        self._order_y = self._y_train[order].contiguous()
+        self._cursor = 0
+        self._epoch += 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training split (last batch may wrap)."""
+        assert self.config is not None
+        return max(1, math.ceil(len(self._x_train) / self.config.batch_size))
+
+    def step(self) -> int:
+        assert self.config is not None
+        try:
+            if self.config.mode == "train":
+                return self._train_step()
+            return self._infer_step()
+        except RuntimeError as e:
+            if _is_oom(e):
+                raise OutOfMemoryError(f"out of memory in a step: {e}") from e
+            raise
+
+    def _train_step(self) -> int:
+        torch = self.torch
+        assert self.config is not None
+        bs = self.config.batch_size
+        if self._cursor >= self.steps_per_epoch:
+            self._new_epoch()
+        start = self._cursor * bs
+        x = self._order_x[start:start + bs]
+        y = self._order_y[start:start + bs]
+        if len(x) < bs:  # last partial batch: wrap to keep every step the same size
+            x = torch.cat([x, self._order_x[:bs - len(x)]])
+            y = torch.cat([y, self._order_y[:bs - len(y)]])
+        self._cursor += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._compute_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self._compute_dtype):
+                loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        else:
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.last_loss = float(loss.detach())  # on CPU this is not an extra sync
+        if not math.isfinite(self.last_loss):
+            raise NonFiniteLossError(
+                f"loss became {self.last_loss} at epoch {self._epoch} "
+                f"(learning_rate={self.config.learning_rate}, optimizer={self.config.optimizer})"
+            )
+        return bs
+
+    def _infer_step(self) -> int:
+        torch = self.torch
+        assert self.config is not None
+        batch = self._infer_batches[self._cursor % len(self._infer_batches)]
+        self._cursor += 1
+        with torch.inference_mode():
+            self.model(batch)
+        return self.config.batch_size
+
+    def synchronize(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def evaluate(self) -> float:
+        torch = self.torch
+        was_training = self.model.training
+        self.model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for start in range(0, len(self._x_test), _EVAL_CHUNK):
+                x = self._x_test[start:start + _EVAL_CHUNK]
+                if self.config is not None and self.config.mode == "train" and \
+                        self._compute_dtype is not None:
+                    with torch.autocast(self.device.type, dtype=self._compute_dtype):
+                        logits = self.model(x)
+                else:
+                    logits = self.model(self._as_compute(x))
+                correct += int((logits.argmax(dim=1) == self._y_test[start:start + _EVAL_CHUNK])
+                               .sum())
+        if was_training:
+            self.model.train()
+        return correct / len(self._x_test)
+
+    def peak_memory_bytes(self) -> int | None:
+        if self.device is not None and self.device.type == "cuda":
+            return int(self.torch.cuda.max_memory_allocated(self.device))
+        return None
+
+    def versions(self) -> dict[str, str]:
+        torch = self.torch
+        out = {"torch": torch.__version__,
+               "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+               "mkldnn": str(torch.backends.mkldnn.is_available())}
+        if self.config is not None and self.config.precision == "int8":
+            out["quantized_engine"] = str(torch.backends.quantized.engine)
+        return out
+
+    def teardown(self) -> None:
+        self.model = self.optimizer = None
+        self._infer_batches = []
+        if self.device is not None and self.device.type == "cuda":
+            self.torch.cuda.empty_cache()

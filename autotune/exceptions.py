@@ -1,0 +1,85 @@
+"""The autotune exception tree.
+
+Every error autotune raises on purpose derives from :class:`AutotuneError`, so a caller
+(and the CLI) can tell "the user gave us something wrong" from a bug::
+
+    AutotuneError
+    ├── SpaceError            (also ValueError)  a search-space file is invalid
+    ├── StorageError                              a storage URL is malformed or unusable
+    ├── StudyError                                study lifecycle misuse
+    │   ├── StudyNotFoundError (also KeyError)
+    │   ├── StudyExistsError
+    │   └── SpaceMismatchError                    run with a space that differs from the stored one
+    ├── WorkloadError         (also ValueError)   unknown or malformed workload
+    └── TrialError                                raised inside a worker, recorded as trial data
+        ├── UnsupportedConfigError                combination the backend/device cannot run
+        ├── OutOfMemoryError  (also MemoryError)  the device ran out of memory
+        └── NonFiniteLossError                    training diverged (NaN/inf loss)
+
+``TrialError`` subclasses are *data*, not crashes: the study records them as complete,
+infeasible trials (see DESIGN.md section 5) and keeps going.
+"""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Root of every error autotune raises deliberately."""
+
+
+class SpaceError(AutotuneError, ValueError):
+    """A search-space file or mapping is invalid.
+
+    The message names the file, the key path, what was given and what is allowed.
+    """
+
+
+class StorageError(AutotuneError):
+    """A storage URL is malformed, or the database behind it cannot be used."""
+
+
+class StudyError(AutotuneError):
+    """A study lifecycle operation cannot be carried out."""
+
+
+class StudyNotFoundError(StudyError, KeyError):
+    """No study of that name exists in the storage."""
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StudyExistsError(StudyError):
+    """A study of that name already exists in the storage."""
+
+
+class SpaceMismatchError(StudyError):
+    """A study is run with a search space different from the one it was created with."""
+
+
+class WorkloadError(AutotuneError, ValueError):
+    """A workload name or factory is unknown or does not build a valid workload."""
+
+
+class TrialError(AutotuneError):
+    """A trial could not produce a measurement for a reason that is itself a result."""
+
+    failure_kind = "error"
+
+
+class UnsupportedConfigError(TrialError):
+    """The sampled combination cannot run on this backend and device."""
+
+    failure_kind = "unsupported"
+
+
+class OutOfMemoryError(TrialError, MemoryError):
+    """The device (or the trial's memory cap) ran out of memory."""
+
+    failure_kind = "oom"
+
+
+class NonFiniteLossError(TrialError):
+    """Training produced a NaN or infinite loss."""
+
+    failure_kind = "nan_loss"

@@ -1,0 +1,116 @@
+"""Run a trial in a fresh worker process, with a hard time limit and crash capture."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from autotune.config import TrialConfig
+
+#: How much of the worker's stderr is kept when it crashes.
+STDERR_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    """What came back from a worker.
+
+    ``status`` is ``ok`` (a measurement in ``result``), ``infeasible`` (an out-of-memory,
+    unsupported combination or diverged loss: data for the sampler) or ``fail`` (crash,
+    timeout, killed worker: recorded as FAIL).
+    """
+
+    status: Literal["ok", "infeasible", "fail"]
+    result: dict[str, Any] = field(default_factory=dict)
+    failure_kind: str | None = None
+    reason: str = ""
+    traceback: str = ""
+    wall_s: float = 0.0
+
+
+class ProcessLauncher:
+    """Starts ``python -m autotune.launch._worker`` per trial and enforces its budget.
+
+    The worker runs in its own session (process group), so on timeout the whole group,
+    including any helper processes a framework started, is killed with SIGKILL.
+    """
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+
+    def run(self, config: TrialConfig) -> WorkerOutcome:
+        """Run ``config`` to completion, failure or its ``budget.trial_seconds`` limit."""
+        with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp:
+            config_path = Path(tmp, "config.json")
+            result_path = Path(tmp, "result.json")
+            stderr_path = Path(tmp, "stderr.txt")
+            config_path.write_text(json.dumps(config.to_dict()))
+            start = time.perf_counter()
+            with open(stderr_path, "wb") as stderr:
+                proc = subprocess.Popen(
+                    [self.python, "-m", "autotune.launch._worker", str(config_path),
+                     str(result_path)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                    start_new_session=True,
+                )
+                timed_out = False
+                try:
+                    proc.wait(timeout=config.budget.trial_seconds)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _kill_group(proc)
+                except BaseException:  # Ctrl-C in the driver: never leave an orphan
+                    _kill_group(proc)
+                    raise
+                finally:
+                    _kill_group(proc)  # helpers the worker left behind
+            wall = time.perf_counter() - start
+            stderr_tail = stderr_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
+            return _outcome(proc.returncode, timed_out, result_path, stderr_tail, wall,
+                            config.budget.trial_seconds)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _outcome(returncode: int, timed_out: bool, result_path: Path, stderr_tail: str,
+             wall: float, limit_s: float) -> WorkerOutcome:
+    if timed_out:
+        return WorkerOutcome("fail", failure_kind="timeout", wall_s=wall,
+                             reason=f"killed after exceeding its {limit_s:g} s budget",
+                             traceback=stderr_tail)
+    result: dict[str, Any] = {}
+    if result_path.exists():
+        try:
+            result = json.loads(result_path.read_text())
+        except json.JSONDecodeError:
+            result = {}
+    status = result.get("status")
+    if status == "ok" and returncode == 0:
+        return WorkerOutcome("ok", result=result, wall_s=wall)
+    if status == "infeasible":
+        return WorkerOutcome("infeasible", result=result, failure_kind=result["failure_kind"],
+                             reason=result.get("reason", ""), wall_s=wall)
+    if status == "crash":
+        return WorkerOutcome("fail", failure_kind="crash", reason=result.get("reason", ""),
+                             traceback=result.get("traceback", "") or stderr_tail, wall_s=wall)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (the kernel's OOM killer sends this)" if name == "SIGKILL" else ""
+        return WorkerOutcome("fail", failure_kind="killed", wall_s=wall,
+                             reason=f"worker killed by {name}{hint}", traceback=stderr_tail)
+    return WorkerOutcome("fail", failure_kind="crash", wall_s=wall, traceback=stderr_tail,
+                         reason=f"worker exited with code {returncode} without a result")

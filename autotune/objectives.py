@@ -1,0 +1,125 @@
+"""Metric names, their units and directions, constraints and worst-case values.
+
+Every metric a trial can report is listed in :data:`METRICS`. Objectives and constraints in
+a search-space file may only name these metrics. Units are part of the names (SI or ms/MB),
+as in Zeus and optimum-benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["maximize", "minimize"]
+DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric means, its unit and the direction that is better."""
+
+    name: str
+    unit: str
+    better: Direction
+    description: str
+
+
+METRICS: Mapping[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo(
+            "throughput_sps", "samples/s", "maximize",
+            "median samples per second over the measured window",
+        ),
+        MetricInfo(
+            "latency_p50_ms", "ms", "minimize",
+            "median time of one step (train: optimizer step; infer: one batch)",
+        ),
+        MetricInfo("latency_p95_ms", "ms", "minimize", "95th percentile step time"),
+        MetricInfo("latency_p99_ms", "ms", "minimize", "99th percentile step time"),
+        MetricInfo("peak_memory_mb", "MB", "minimize", "peak resident memory of the worker"),
+        MetricInfo("accuracy", "fraction", "maximize", "held-out top-1 accuracy"),
+        MetricInfo("power_w", "W", "minimize", "mean power over the measured window"),
+        MetricInfo(
+            "energy_per_sample_j", "J", "minimize", "energy per sample over the measured window"
+        ),
+    )
+}
+
+_COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_CONSTRAINT_RE = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound on one metric, e.g. ``accuracy >= 0.9``.
+
+    ``violation(value)`` follows Optuna's convention: a value <= 0 is feasible.
+    """
+
+    metric: str
+    op: str
+    bound: float
+
+    @classmethod
+    def parse(cls, metric: str, text: object) -> Constraint:
+        """Parse ``">= 0.9"``; raise ``ValueError`` with what is allowed when it does not parse."""
+        match = _CONSTRAINT_RE.match(str(text)) if isinstance(text, str | int | float) else None
+        if match is None:
+            raise ValueError(
+                f"constraint {text!r} does not parse; write an operator (>=, <=, >, <) "
+                "and a number, e.g. \">= 0.9\""
+            )
+        return cls(metric, match.group(1), float(match.group(2)))
+
+    def violation(self, value: float | None) -> float:
+        """How far ``value`` is from satisfying the bound (<= 0 means satisfied)."""
+        if value is None or math.isnan(value):
+            return math.inf
+        if self.op in (">=", ">"):
+            gap = self.bound - value
+        else:
+            gap = value - self.bound
+        # A strict bound met with equality is violated by the smallest representable amount.
+        if gap == 0 and self.op in (">", "<"):
+            return math.ulp(self.bound) or 1e-300
+        return gap
+
+    def is_satisfied(self, value: float | None) -> bool:
+        """Whether ``value`` satisfies the bound."""
+        return value is not None and _COMPARATORS[self.op](value, self.bound)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+def worst_value(metric: str, *, trial_seconds: float, rated_power_w: float,
+                memory_total_mb: float) -> float:
+    """A physically meaningful worst case for ``metric``, used for infeasible trials.
+
+    Samplers learn from complete trials only, so a failed configuration is recorded with
+    these values and a violated constraint rather than as FAIL (DESIGN.md section 5).
+    The bounds are finite on purpose: hypervolume and TPE's ranking stay well-defined.
+    """
+    worst = {
+        "throughput_sps": 0.0,
+        "accuracy": 0.0,
+        # No step that completed inside the budget can have taken longer than the budget.
+        "latency_p50_ms": trial_seconds * 1000.0,
+        "latency_p95_ms": trial_seconds * 1000.0,
+        "latency_p99_ms": trial_seconds * 1000.0,
+        "peak_memory_mb": memory_total_mb,
+        "power_w": rated_power_w,
+        # The whole budget at rated power spent on a single sample.
+        "energy_per_sample_j": rated_power_w * trial_seconds,
+    }
+    return worst[metric]

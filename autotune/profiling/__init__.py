@@ -1,0 +1,1 @@
+"""Measuring: the timed loop, statistics, power meters, memory and the machine fingerprint."""

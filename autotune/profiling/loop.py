@@ -1,0 +1,146 @@
+"""The measured loop of one trial, run inside the worker process.
+
+warm-up (until step times are stable; never counted) -> measured window (each step timed
+between synchronised clock reads; extended until the spread is small or the budget ends)
+-> quality. In train mode accuracy is taken after exactly ``train_epochs`` epochs, wherever
+that falls; the evaluation is excluded from the step times and from the energy window.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from autotune.profiling.power import EnergyReading, PowerMeter, combine
+from autotune.profiling.stats import is_stable, spread
+
+if TYPE_CHECKING:
+    from autotune.backends import Backend
+    from autotune.config import TrialConfig
+
+#: Warm-up lasts at least this long even when the first steps already look stable.
+WARMUP_MIN_S = 0.25
+#: How often (in steps) the window checks its spread; the check itself is not timed.
+SPREAD_CHECK_EVERY = 8
+
+
+class _Trainer:
+    """Counts optimizer steps and evaluates once when the training budget is reached."""
+
+    def __init__(self, backend: Backend, budget_steps: int | None) -> None:
+        self.backend = backend
+        self.budget_steps = budget_steps
+        self.steps = 0
+        self.accuracy: float | None = None
+        self.eval_s = 0.0
+
+    def after_step(self) -> bool:
+        """Count a step; evaluate if the budget was just reached. True when it evaluated."""
+        self.steps += 1
+        if self.budget_steps is not None and self.steps == self.budget_steps:
+            t0 = time.perf_counter()
+            self.accuracy = self.backend.evaluate()
+            self.eval_s = time.perf_counter() - t0
+            return True
+        return False
+
+
+def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
+                deadline: float) -> dict[str, Any]:
+    """Warm up, measure and evaluate an already set-up ``backend``.
+
+    ``deadline`` is a ``time.perf_counter()`` value by which the loop must have returned.
+    Returns the raw result (step times in seconds, energy reading, accuracy...).
+    """
+    budget = config.budget
+    warnings: list[str] = []
+    if config.mode == "train":
+        steps_per_epoch = int(getattr(backend, "steps_per_epoch", 1))
+        trainer = _Trainer(backend, budget.train_epochs * steps_per_epoch)
+    else:
+        trainer = _Trainer(backend, None)
+        t0 = time.perf_counter()
+        trainer.accuracy = backend.evaluate()
+        trainer.eval_s = time.perf_counter() - t0
+
+    # Warm-up: excluded from every statistic, but it trains (counts towards the budget).
+    warmup: list[float] = []
+    w_start = time.perf_counter()
+    while True:
+        backend.synchronize()
+        s = time.perf_counter()
+        backend.step()
+        backend.synchronize()
+        warmup.append(time.perf_counter() - s)
+        trainer.after_step()
+        now = time.perf_counter()
+        if now - w_start >= WARMUP_MIN_S and is_stable(warmup):
+            break
+        if now - w_start >= budget.warmup_max_s:
+            warnings.append(f"warm-up did not stabilise within {budget.warmup_max_s:g} s")
+            break
+        if now >= deadline:
+            break
+    warmup_s = time.perf_counter() - w_start
+
+    # Measured window.
+    times: list[float] = []
+    samples = 0
+    readings: list[EnergyReading] = []
+    stop_reason = "deadline"
+    window_start = time.perf_counter()
+    excluded_s = 0.0
+    meter.begin()
+    while True:
+        backend.synchronize()
+        s = time.perf_counter()
+        samples += backend.step()
+        backend.synchronize()
+        times.append(time.perf_counter() - s)
+        if trainer.after_step():  # evaluation inside the window: cut it out of the energy
+            readings.append(meter.end())
+            excluded_s += trainer.eval_s
+            meter.begin()
+        now = time.perf_counter()
+        elapsed = now - window_start - excluded_s
+        if now >= deadline:
+            warnings.append("the trial budget ended the measured window")
+            break
+        long_enough = elapsed >= budget.window_min_s and len(times) >= budget.window_min_steps
+        if long_enough and len(times) % SPREAD_CHECK_EVERY == 0 and \
+                spread(times) <= budget.target_spread:
+            stop_reason = "stable"
+            break
+        if long_enough and elapsed >= budget.window_max_s:
+            stop_reason = "window_max_s"
+            break
+    readings.append(meter.end())
+    window_s = time.perf_counter() - window_start - excluded_s
+
+    # Finish the training budget (untimed) if the window ended before it.
+    if trainer.budget_steps is not None:
+        while trainer.accuracy is None and time.perf_counter() < deadline:
+            backend.step()
+            trainer.after_step()
+        if trainer.accuracy is None:
+            warnings.append(
+                f"training budget of {trainer.budget_steps} steps not reached within the "
+                f"trial budget ({trainer.steps} steps done); accuracy not measured"
+            )
+
+    energy = combine(readings)
+    return {
+        "step_times_s": times,
+        "warmup_step_times_s": warmup,
+        "samples": samples,
+        "window_s": window_s,
+        "warmup_s": warmup_s,
+        "eval_s": trainer.eval_s,
+        "stop_reason": stop_reason,
+        "train_steps": trainer.steps,
+        "budget_steps": trainer.budget_steps,
+        "accuracy": trainer.accuracy,
+        "energy": asdict(energy),
+        "warnings": warnings,
+    }

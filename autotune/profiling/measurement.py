@@ -1,0 +1,178 @@
+"""The :class:`Measurement` record: raw samples kept, statistics derived."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autotune.profiling.stats import (
+    NOISY_SPREAD,
+    PERCENTILE_MIN_SAMPLES,
+    VERY_NOISY_SPREAD,
+    median_ci,
+    percentile,
+    spread,
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One trial's measurement. Units are in the names; raw step times are kept.
+
+    Latencies are per step: one optimizer step in train mode, one batch's forward pass in
+    infer mode. Throughput is ``samples_per_step / median step time``.
+    """
+
+    step_times_s: tuple[float, ...]
+    samples_per_step: int
+    mode: str
+    window_s: float
+    warmup_s: float
+    warmup_steps: int
+    setup_s: float
+    import_s: float
+    process_start_s: float
+    energy_j: float | None
+    energy_source: str
+    energy_window_s: float
+    energy_samples: int
+    energy_model: str
+    peak_memory_bytes: int
+    memory_source: str
+    accuracy: float | None
+    threads: int
+    stop_reason: str
+    model: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
+                    mode: str) -> Measurement:
+        """Build from a worker's ``status: ok`` result."""
+        energy = raw["energy"]
+        device_peak = raw.get("device_peak_memory_bytes")
+        return cls(
+            step_times_s=tuple(raw["step_times_s"]),
+            samples_per_step=samples_per_step,
+            mode=mode,
+            window_s=raw["window_s"],
+            warmup_s=raw["warmup_s"],
+            warmup_steps=len(raw["warmup_step_times_s"]),
+            setup_s=raw["setup_s"] + raw.get("data_s", 0.0),
+            import_s=raw["import_s"],
+            process_start_s=raw["process_start_s"],
+            energy_j=energy["energy_j"],
+            energy_source=energy["source"],
+            energy_window_s=energy["window_s"],
+            energy_samples=energy["samples"],
+            energy_model=energy.get("model", ""),
+            peak_memory_bytes=int(device_peak if device_peak is not None
+                                  else raw["peak_rss_bytes"]),
+            memory_source="device_peak" if device_peak is not None else "process_peak_rss",
+            accuracy=raw.get("accuracy"),
+            threads=raw["threads"],
+            stop_reason=raw["stop_reason"],
+            model=dict(raw.get("model", {})),
+            versions=dict(raw.get("versions", {})),
+            warnings=tuple(raw.get("warnings", ())),
+        )
+
+    # -- derived ---------------------------------------------------------------------------
+
+    @property
+    def median_step_s(self) -> float:
+        """Median step time."""
+        return statistics.median(self.step_times_s)
+
+    @property
+    def throughput_sps(self) -> float:
+        """Samples per second at the median step time."""
+        return self.samples_per_step / self.median_step_s
+
+    @property
+    def throughput_ci_sps(self) -> tuple[float, float] | None:
+        """95 % confidence interval of the throughput (from the median's interval)."""
+        ci = median_ci(self.step_times_s)
+        if ci is None:
+            return None
+        return self.samples_per_step / ci[1], self.samples_per_step / ci[0]
+
+    def latency_ms(self, q: int) -> float | None:
+        """The q-th percentile step time in ms, ``None`` with too few samples."""
+        value = percentile(self.step_times_s, q)
+        return None if value is None else value * 1000.0
+
+    @property
+    def spread(self) -> float:
+        """IQR/median of the step times."""
+        return spread(self.step_times_s)
+
+    @property
+    def noise_flag(self) -> str:
+        """``ok``, ``noisy`` (spread >= 10 %) or ``very_noisy`` (>= 25 %)."""
+        s = self.spread
+        return "very_noisy" if s >= VERY_NOISY_SPREAD else "noisy" if s >= NOISY_SPREAD else "ok"
+
+    @property
+    def power_w(self) -> float | None:
+        """Mean power over the energy window."""
+        if self.energy_j is None or self.energy_window_s <= 0:
+            return None
+        return self.energy_j / self.energy_window_s
+
+    @property
+    def energy_per_sample_j(self) -> float | None:
+        """Energy per sample: mean power divided by throughput."""
+        power = self.power_w
+        return None if power is None else power / self.throughput_sps
+
+    def metrics(self) -> dict[str, float | None]:
+        """Every metric of :data:`autotune.objectives.METRICS`, by name."""
+        return {
+            "throughput_sps": self.throughput_sps,
+            "latency_p50_ms": self.latency_ms(50),
+            "latency_p95_ms": self.latency_ms(95),
+            "latency_p99_ms": self.latency_ms(99),
+            "peak_memory_mb": self.peak_memory_bytes / 2**20,
+            "accuracy": self.accuracy,
+            "power_w": self.power_w,
+            "energy_per_sample_j": self.energy_per_sample_j,
+        }
+
+    def missing_reasons(self) -> dict[str, str]:
+        """Why a metric is ``None``, per metric."""
+        reasons = {}
+        n = len(self.step_times_s)
+        for q in (95, 99):
+            if self.latency_ms(q) is None:
+                reasons[f"latency_p{q}_ms"] = (
+                    f"{n} steps measured; p{q} needs {PERCENTILE_MIN_SAMPLES[q]}")
+        if self.accuracy is None:
+            reasons["accuracy"] = "training budget not reached within the trial budget"
+        if self.energy_j is None:
+            reasons["power_w"] = reasons["energy_per_sample_j"] = "no energy source"
+        return reasons
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics plus provenance, as stored in trial user attrs and printed by the CLI."""
+        ci = self.throughput_ci_sps
+        return {
+            **self.metrics(),
+            "throughput_ci_sps": list(ci) if ci else None,
+            "steps_measured": len(self.step_times_s),
+            "latency_unit": "per optimizer step" if self.mode == "train" else "per batch",
+            "spread": self.spread,
+            "noise": self.noise_flag,
+            "energy_source": self.energy_source,
+            "energy_model": self.energy_model,
+            "memory_source": self.memory_source,
+            "threads": self.threads,
+            "stop_reason": self.stop_reason,
+            "missing": self.missing_reasons(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-serialisable (what the ``autotune_measurements`` table stores)."""
+        return asdict(self)

@@ -1,0 +1,62 @@
+"""Statistics over raw step times (pure numpy, no framework)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Minimum samples before a percentile is reported: below these counts the percentile
+#: would be the sample maximum or an extrapolation, not an estimate (it needs at least
+#: 1/(1-q) samples above it). issue 4 raises them to MLPerf's 64 (p90) / 662 (p99).
+PERCENTILE_MIN_SAMPLES = {50: 1, 95: 20, 99: 100}
+#: Spread (IQR/median) above which a measurement is flagged noisy / very noisy.
+NOISY_SPREAD = 0.10
+VERY_NOISY_SPREAD = 0.25
+
+
+def percentile(values: Sequence[float], q: int) -> float | None:
+    """The q-th percentile (linear interpolation), or ``None`` with too few samples."""
+    if len(values) < PERCENTILE_MIN_SAMPLES.get(q, 1) or not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def spread(values: Sequence[float]) -> float:
+    """Relative spread IQR/median (torch.utils.benchmark's stopping statistic)."""
+    if len(values) < 4:
+        return math.inf
+    arr = np.asarray(values, dtype=float)
+    q1, med, q3 = np.percentile(arr, [25, 50, 75])
+    return float((q3 - q1) / med) if med > 0 else math.inf
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval for the median (binomial order statistics).
+
+    Returns ``None`` when there are too few samples for the requested confidence (< 6 at 95 %).
+    """
+    n = len(values)
+    if n < 6:
+        return None
+    arr = np.sort(np.asarray(values, dtype=float))
+    # Normal approximation of the binomial(n, 1/2) ranks bounding the median.
+    z = {0.90: 1.645, 0.95: 1.96, 0.99: 2.576}.get(confidence, 1.96)
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half))
+    return float(arr[lo]), float(arr[hi])
+
+
+def is_stable(values: Sequence[float], window: int = 5, tolerance: float = 0.10) -> bool:
+    """Whether the last ``window`` step times agree with the ``window`` before them.
+
+    Used to end warm-up: the first steps on a CPU are several times slower (one-time
+    oneDNN/MKL initialisation, caches, page faults).
+    """
+    if len(values) < 2 * window:
+        return False
+    last = float(np.median(values[-window:]))
+    before = float(np.median(values[-2 * window:-window]))
+    return before > 0 and abs(last - before) / before <= tolerance

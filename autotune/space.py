@@ -1,0 +1,415 @@
+"""Search-space files: YAML in, a validated :class:`SearchSpace` and Optuna distributions out.
+
+A space file (see ``search_spaces/quickstart.yaml``) has these top-level keys:
+
+``workload``
+    a built-in workload name (``autotune.workloads.BUILTIN``) or ``"package.module:factory"``.
+``mode``
+    ``train`` (optimizer steps, accuracy after the training budget) or ``infer``
+    (forward passes on a trained model).
+``objectives``
+    1 to 4 ``metric: maximize|minimize`` entries; metrics from :data:`autotune.objectives.METRICS`.
+``constraints``
+    ``metric: "<op> <number>"`` entries, e.g. ``accuracy: ">= 0.9"``.
+``params``
+    knobs to search. A list is a categorical choice, a mapping ``{low, high, log?, step?}`` an
+    int or float range (int when both bounds are ints), a scalar a fixed value.
+``budget``
+    per-trial limits, see :class:`Budget`.
+``description``
+    free text.
+
+Every error names the file, the key path, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from autotune.exceptions import SpaceError
+from autotune.objectives import DIRECTIONS, METRICS, Constraint, Direction
+
+Mode = Literal["train", "infer"]
+MODES: tuple[Mode, ...] = ("train", "infer")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Knobs that only mean something when the model is trained.
+TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer"})
+_DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+)$")
+_TOP_LEVEL_KEYS = ("workload", "mode", "objectives", "constraints", "params", "budget",
+                   "description")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-trial limits and measurement settings (``budget:`` in a space file).
+
+    Attributes:
+        trial_seconds: wall-clock limit of one trial's worker process; it is killed beyond.
+        warmup_max_s: longest warm-up before measuring anyway (warm-up ends earlier once
+            step times are stable); warm-up steps are never counted.
+        window_min_s: the measured window lasts at least this long...
+        window_min_steps: ...and at least this many steps...
+        window_max_s: ...and is extended until the spread (IQR/median) falls under
+            ``target_spread`` or this long has passed (or the trial budget runs out).
+        target_spread: IQR/median at which the window stops extending.
+        train_epochs: training budget in train mode: accuracy is measured after exactly
+            this many epochs over the training split.
+        memory_mb: optional cap on memory the trial may allocate beyond what the framework
+            and model need; beyond it a trial is out of memory (like a device of that size).
+    """
+
+    trial_seconds: float = 30.0
+    warmup_max_s: float = 3.0
+    window_min_s: float = 1.0
+    window_min_steps: int = 20
+    window_max_s: float = 4.0
+    target_spread: float = 0.10
+    train_epochs: int = 3
+    memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One knob of the space: categorical choices, an int/float range, or a fixed value."""
+
+    name: str
+    kind: Literal["categorical", "int", "float", "fixed"]
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def to_distribution(self) -> Any:
+        """The Optuna distribution for this knob (``None`` for a fixed value)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            assert self.low is not None and self.high is not None
+            return IntDistribution(int(self.low), int(self.high), log=self.log,
+                                   step=int(self.step or 1))
+        if self.kind == "float":
+            return FloatDistribution(self.low or 0.0, self.high or 0.0, log=self.log,
+                                     step=self.step)
+        return None
+
+    def values_for_check(self) -> list[Any]:
+        """Representative values that must all be valid for the knob (choices or bounds)."""
+        if self.kind in ("categorical", "fixed"):
+            return list(self.choices)
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space. Build it with :func:`load_space` or :func:`parse_space`."""
+
+    workload: str
+    mode: Mode
+    objectives: tuple[tuple[str, Direction], ...]
+    constraints: tuple[Constraint, ...] = ()
+    params: tuple[ParamSpec, ...] = ()
+    budget: Budget = field(default_factory=Budget)
+    description: str = ""
+
+    @property
+    def objective_names(self) -> list[str]:
+        """Metric names of the objectives, in order."""
+        return [name for name, _ in self.objectives]
+
+    @property
+    def directions(self) -> list[Direction]:
+        """Optuna directions of the objectives, in order."""
+        return [direction for _, direction in self.objectives]
+
+    def distributions(self) -> dict[str, Any]:
+        """Optuna distributions of the searched knobs (fixed knobs are not searched)."""
+        return {p.name: p.to_distribution() for p in self.params if p.kind != "fixed"}
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Knobs given a single value in the file."""
+        return {p.name: p.choices[0] for p in self.params if p.kind == "fixed"}
+
+    def param(self, name: str) -> ParamSpec | None:
+        """The spec of knob ``name``, or ``None`` when the space leaves it at its default."""
+        return next((p for p in self.params if p.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A canonical, JSON-serialisable form (what is stored with a study)."""
+        params: dict[str, Any] = {}
+        for p in self.params:
+            if p.kind == "fixed":
+                params[p.name] = p.choices[0]
+            elif p.kind == "categorical":
+                params[p.name] = list(p.choices)
+            else:
+                rng: dict[str, Any] = {"low": p.low, "high": p.high}
+                if p.log:
+                    rng["log"] = True
+                if p.step is not None:
+                    rng["step"] = p.step
+                params[p.name] = rng
+        return {
+            "workload": self.workload,
+            "mode": self.mode,
+            "objectives": dict(self.objectives),
+            "constraints": {c.metric: f"{c.op} {c.bound!r}" for c in self.constraints},
+            "params": params,
+            "budget": {k: v for k, v in asdict(self.budget).items() if v is not None},
+            "description": self.description,
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical form: equal for spaces that search the same thing."""
+        canonical = self.to_dict()
+        canonical.pop("description", None)  # wording does not change what is searched
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Where:
+    """Builds error messages that name the file and the key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key_path: str, message: str) -> SpaceError:
+        where = f"{self.source}: {key_path}" if key_path else self.source
+        return SpaceError(f"{where}: {message}")
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file. Raises :class:`SpaceError` naming the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: space file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"{path}: cannot read space file ({e})") from None
+    return parse_space_text(text, source=str(path))
+
+
+def parse_space_text(text: str, *, source: str = "<space>") -> SearchSpace:
+    """Parse YAML text (safe-loaded) into a validated space."""
+    where = _Where(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise where.fail("", f"malformed YAML{at}: {problem}") from None
+    if not isinstance(data, Mapping):
+        raise where.fail("", f"a space file must be a YAML mapping, got {type(data).__name__}")
+    return parse_space(data, source=source)
+
+
+def parse_space(data: Mapping[str, Any], *, source: str = "<space>") -> SearchSpace:
+    """Validate a mapping (as loaded from YAML) into a :class:`SearchSpace`."""
+    from autotune.workloads import check_workload_name
+
+    where = _Where(source)
+    for key in data:
+        if key not in _TOP_LEVEL_KEYS:
+            raise where.fail(str(key), f"unknown key; allowed: {', '.join(_TOP_LEVEL_KEYS)}")
+    for key in ("workload", "mode", "objectives"):
+        if key not in data:
+            raise where.fail(key, "is required")
+
+    workload = data["workload"]
+    if not isinstance(workload, str) or not workload:
+        raise where.fail("workload", f"must be a workload name, got {workload!r}")
+    try:
+        check_workload_name(workload)
+    except ValueError as e:
+        raise where.fail("workload", str(e)) from None
+
+    mode = data["mode"]
+    if mode not in MODES:
+        raise where.fail("mode", f"got {mode!r}; allowed: {', '.join(MODES)}")
+
+    objectives = _parse_objectives(data["objectives"], where)
+    constraints = _parse_constraints(data.get("constraints") or {}, where)
+    params = _parse_params(data.get("params") or {}, mode, where)
+    budget = _parse_budget(data.get("budget") or {}, where)
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise where.fail("description", "must be text")
+    return SearchSpace(
+        workload=workload, mode=mode, objectives=objectives, constraints=constraints,
+        params=params, budget=budget, description=description,
+    )
+
+
+def _parse_objectives(raw: Any, where: _Where) -> tuple[tuple[str, Direction], ...]:
+    if not isinstance(raw, Mapping) or not 1 <= len(raw) <= 4:
+        raise where.fail("objectives", "must map 1 to 4 metric names to maximize|minimize, "
+                                       f"got {raw!r}")
+    out: list[tuple[str, Direction]] = []
+    for metric, direction in raw.items():
+        if metric not in METRICS:
+            raise where.fail(f"objectives.{metric}",
+                             f"unknown metric; allowed: {', '.join(METRICS)}")
+        if direction not in DIRECTIONS:
+            raise where.fail(f"objectives.{metric}",
+                             f"unknown direction {direction!r}; allowed: maximize, minimize")
+        out.append((metric, direction))
+    return tuple(out)
+
+
+def _parse_constraints(raw: Any, where: _Where) -> tuple[Constraint, ...]:
+    if not isinstance(raw, Mapping):
+        raise where.fail("constraints", f"must map metric names to bounds, got {raw!r}")
+    out = []
+    for metric, text in raw.items():
+        if metric not in METRICS:
+            raise where.fail(f"constraints.{metric}",
+                             f"unknown metric; allowed: {', '.join(METRICS)}")
+        try:
+            out.append(Constraint.parse(metric, text))
+        except ValueError as e:
+            raise where.fail(f"constraints.{metric}", str(e)) from None
+    return tuple(out)
+
+
+# Per-knob value checks: (predicate, description of what is allowed).
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _knob_checks() -> dict[str, tuple[Any, str]]:
+    from autotune.backends import BACKENDS
+
+    return {
+        "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+        "device": (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)),
+                   "cpu, cuda:N, tpu:N or npu:N"),
+        "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number"),
+        "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        "pruning_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "threads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    }
+
+
+#: Knob name -> value used when a space does not mention the knob.
+KNOB_DEFAULTS: Mapping[str, Any] = {
+    "backend": "torch",
+    "device": "cpu",
+    "batch_size": 64,
+    "precision": "fp32",
+    "learning_rate": 1e-3,
+    "optimizer": "adam",
+    "pruning_ratio": 0.0,
+    "threads": None,  # None: every core the worker may use
+}
+
+
+def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
+    if not isinstance(raw, Mapping):
+        raise where.fail("params", f"must be a mapping of knob names, got {raw!r}")
+    checks = _knob_checks()
+    specs = []
+    for name, value in raw.items():
+        key = f"params.{name}"
+        if name not in checks:
+            raise where.fail(key, f"unknown parameter; allowed: {', '.join(checks)}")
+        if name in TRAIN_ONLY_KNOBS and mode == "infer":
+            raise where.fail(key, "is a training knob and the space's mode is infer; "
+                                  "remove it or set mode: train")
+        if name == "device" and value == "auto":
+            raise where.fail(key, "'auto' needs device discovery, which is not built yet; "
+                                  "list devices explicitly, e.g. [cpu]")
+        spec = _parse_param(name, value, key, where)
+        ok, allowed = checks[name]
+        for v in spec.values_for_check():
+            if not ok(v):
+                raise where.fail(key, f"got {v!r}; allowed: {allowed}")
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not value:
+            raise where.fail(key, "an empty list of choices")
+        if len(set(map(repr, value))) != len(value):
+            raise where.fail(key, f"duplicate choices in {list(value)!r}")
+        return ParamSpec(name, "categorical", choices=tuple(value))
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"low", "high", "log", "step"}
+        if unknown:
+            raise where.fail(f"{key}.{sorted(unknown)[0]}",
+                             "unknown range key; allowed: low, high, log, step")
+        if "low" not in value or "high" not in value:
+            raise where.fail(key, "a range needs both low and high")
+        low, high = value["low"], value["high"]
+        log, step = value.get("log", False), value.get("step")
+        for k, v in (("low", low), ("high", high)):
+            if not _is_number(v):
+                raise where.fail(f"{key}.{k}", f"must be a number, got {v!r}")
+        if low > high:
+            raise where.fail(key, f"low ({low}) must be <= high ({high})")
+        if not isinstance(log, bool):
+            raise where.fail(f"{key}.log", f"must be true or false, got {log!r}")
+        if step is not None and (not _is_number(step) or step <= 0):
+            raise where.fail(f"{key}.step", f"must be a positive number, got {step!r}")
+        if log and step is not None:
+            raise where.fail(key, "log and step cannot be combined (Optuna does not allow it)")
+        if log and low <= 0:
+            raise where.fail(f"{key}.low", f"must be > 0 on a log scale, got {low!r}")
+        is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
+        return ParamSpec(name, "int" if is_int else "float", low=low, high=high,
+                         step=step, log=log)
+    return ParamSpec(name, "fixed", choices=(value,))
+
+
+def _parse_budget(raw: Any, where: _Where) -> Budget:
+    if not isinstance(raw, Mapping):
+        raise where.fail("budget", f"must be a mapping, got {raw!r}")
+    allowed = {f.name: f for f in fields(Budget)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise where.fail(f"budget.{key}", f"unknown key; allowed: {', '.join(allowed)}")
+        integer = key in ("window_min_steps", "train_epochs", "memory_mb")
+        valid = (_is_int(value) if integer else _is_number(value)) and value > 0
+        if not valid:
+            kind = "a positive integer" if integer else "a positive number"
+            raise where.fail(f"budget.{key}", f"must be {kind}, got {value!r}")
+        values[key] = value
+    budget = Budget(**values)
+    if budget.window_min_s > budget.window_max_s:
+        raise where.fail("budget", f"window_min_s ({budget.window_min_s}) must be <= "
+                                   f"window_max_s ({budget.window_max_s})")
+    if budget.window_max_s + budget.warmup_max_s >= budget.trial_seconds:
+        raise where.fail("budget", "trial_seconds must exceed warmup_max_s + window_max_s "
+                                   f"(got {budget.trial_seconds} <= "
+                                   f"{budget.warmup_max_s} + {budget.window_max_s})")
+    return budget

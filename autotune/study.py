@@ -1,0 +1,464 @@
+"""Create, load, run and inspect studies: the ask -> launch -> record -> tell loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.backends import capabilities
+from autotune.config import TrialConfig
+from autotune.exceptions import (
+    SpaceMismatchError,
+    StudyError,
+    StudyExistsError,
+    StudyNotFoundError,
+)
+from autotune.launch import ProcessLauncher, WorkerOutcome
+from autotune.objectives import worst_value
+from autotune.pareto import pareto_front
+from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
+from autotune.profiling.measurement import Measurement
+from autotune.profiling.power import rated_cpu_power_w
+from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
+from autotune.space import SearchSpace, load_space, parse_space
+from autotune.storage import AutotuneStorage
+from autotune.storage._models import MeasurementRow, StudyRow
+
+_logger = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "nsga2", "random")
+#: Constraint key that marks a trial whose configuration could not be measured.
+FAILURE_CONSTRAINT = "measurable"
+_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+_RETRY_ATTR = "autotune_retry_of"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial as autotune sees it.
+
+    ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
+    unsupported, diverged: recorded complete with worst-case values), ``fail`` (crash,
+    timeout, killed worker) or ``running``.
+    """
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    values: list[float] | None = None
+    feasible: bool = False
+    failure_kind: str | None = None
+    reason: str = ""
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """A configuration on the Pareto front, with its objective values and all metrics."""
+
+    trial_number: int
+    config: dict[str, Any]
+    values: dict[str, float]
+    metrics: dict[str, Any]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name != name.strip():
+        raise StudyError(f"invalid study name {name!r}: use 1-200 printable characters "
+                         "without leading or trailing spaces")
+
+
+def make_sampler(name: str, seed: int | None) -> Any:
+    """Optuna sampler ``name`` (``tpe``, ``nsga2`` or ``random``).
+
+    TPE is multivariate (knobs interact: precision x batch size x threads) and uses the
+    constant liar, so several workers on one study do not sample the same point.
+    """
+    import optuna
+
+    if name not in SAMPLERS:
+        raise StudyError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                              n_startup_trials=5)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+class Study:
+    """A tuning study: a stored search space plus Optuna's trials and autotune's records.
+
+    Get one with :func:`create_study` or :func:`load_study`.
+    """
+
+    def __init__(self, row: StudyRow, storage: AutotuneStorage) -> None:
+        self._row = row
+        self.storage = storage
+        self.space: SearchSpace = parse_space(json.loads(row.space_json),
+                                              source=f"study {row.study_name!r}")
+
+    @property
+    def name(self) -> str:
+        """The study's name."""
+        return self._row.study_name
+
+    @property
+    def sampler(self) -> str:
+        """The sampler the study was created with."""
+        return self._row.sampler
+
+    @property
+    def seed(self) -> int | None:
+        """The study's seed (``None``: not seeded)."""
+        return self._row.seed
+
+    def _optuna_study(self, sampler: Any = None) -> Any:
+        import optuna
+
+        return optuna.load_study(study_name=self.name, storage=self.storage.optuna,
+                                 sampler=sampler)
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise :class:`SpaceMismatchError` unless ``space`` searches what the study does."""
+        if space.fingerprint() != self._row.space_fingerprint:
+            raise SpaceMismatchError(
+                f"study {self.name!r} was created with a different search space; "
+                "create a new study for the new space (or run without --space)")
+
+    # -- running ---------------------------------------------------------------------------
+
+    def optimize(self, n_trials: int | None = None, timeout: float | None = None, *,
+                 sampler: str | None = None,
+                 callbacks: list[Callable[[TrialResult], None]] | None = None,
+                 launcher: ProcessLauncher | None = None) -> list[TrialResult]:
+        """Run trials until ``n_trials`` are done or ``timeout`` seconds have passed.
+
+        With neither given, runs 10 trials. A trial is not started after the timeout; the
+        one running then finishes (within its own ``trial_seconds``).
+        """
+        if n_trials is not None and n_trials < 1:
+            raise StudyError(f"n_trials must be a positive integer, got {n_trials}")
+        if timeout is not None and timeout <= 0:
+            raise StudyError(f"timeout must be a positive number of seconds, got {timeout}")
+        if n_trials is None and timeout is None:
+            n_trials = 10
+        self.storage.prepare_for_writing()
+        done_before = len(self._optuna_study().trials)
+        # A fresh seed per run, derived from the study's: a re-run must not replay trials.
+        run_seed = None if self.seed is None else self.seed + done_before
+        ostudy = self._optuna_study(make_sampler(sampler or self.sampler, run_seed))
+        fingerprint = machine_fingerprint()
+        machine_id = self.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
+        recorder = _Recorder(self, ostudy, machine_id, fingerprint)
+        launcher = launcher or ProcessLauncher()
+        budget = self._effective_budget()
+        distributions = self.space.distributions()
+        results: list[TrialResult] = []
+        start = time.monotonic()
+        while n_trials is None or len(results) < n_trials:
+            if timeout is not None and time.monotonic() - start >= timeout:
+                break
+            trial = ostudy.ask(distributions)
+            config = dataclasses.replace(
+                TrialConfig.from_params(self.space, trial.params, seed=self.seed or 0),
+                budget=budget)
+            try:
+                outcome = self._run_one(config, launcher)
+            except BaseException:
+                import optuna
+
+                ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            result = recorder.record(trial, config, outcome)
+            results.append(result)
+            for callback in callbacks or ():
+                callback(result)
+        return results
+
+    def _effective_budget(self) -> Any:
+        """The space's budget, with enough window steps for every latency percentile the
+        objectives and constraints use (p95 needs 20 samples, p99 100)."""
+        budget = self.space.budget
+        needed = [PERCENTILE_MIN_SAMPLES[int(m[len("latency_p"):-len("_ms")])]
+                  for m in [*self.space.objective_names,
+                            *(c.metric for c in self.space.constraints)]
+                  if m.startswith("latency_p")]
+        steps = max([budget.window_min_steps, *needed])
+        return dataclasses.replace(budget, window_min_steps=steps)
+
+    @staticmethod
+    def _run_one(config: TrialConfig, launcher: ProcessLauncher) -> WorkerOutcome:
+        reason = capabilities(config.backend, config.device).check(config.mode,
+                                                                    config.precision)
+        if reason is not None:  # known in advance: no worker is started
+            return WorkerOutcome("infeasible", failure_kind="unsupported",
+                                 reason=f"{config.backend} on {config.device}: {reason}")
+        return launcher.run(config)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def trials(self) -> list[TrialResult]:
+        """Every trial with its state, parameters and metrics, in order."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        out = []
+        for t in self._optuna_study().get_trials(deepcopy=False):
+            kind = t.user_attrs.get("failure_kind")
+            if t.state == states.COMPLETE:
+                state = "infeasible" if kind else "ok"
+            elif t.state in (states.RUNNING, states.WAITING):
+                state = "running"
+            else:
+                state = "fail"
+            feasible = t.state == states.COMPLETE and all(
+                v <= 0 for v in t.constraints.values())
+            out.append(TrialResult(
+                number=t.number, state=state, params=dict(t.params),
+                metrics=dict(t.user_attrs.get("metrics", {})), values=t.values,
+                feasible=feasible, failure_kind=kind, reason=t.user_attrs.get("reason", ""),
+                wall_s=t.user_attrs.get("wall_s"),
+            ))
+        return out
+
+    def pareto_front(self) -> list[FrontPoint]:
+        """Feasible trials no other feasible trial dominates (ties are all kept)."""
+        trials = [t for t in self.trials() if t.feasible and t.values is not None]
+        keys = pareto_front([(t.number, t.values or []) for t in trials],
+                            self.space.directions)
+        by_number = {t.number: t for t in trials}
+        fixed = {k: v for k, v in TrialConfig.from_params(self.space, {}).knobs().items()}
+        return [
+            FrontPoint(
+                trial_number=n,
+                config={**fixed, **by_number[n].params},
+                values=dict(zip(self.space.objective_names, by_number[n].values or [],
+                                strict=True)),
+                metrics=by_number[n].metrics,
+            )
+            for n in keys
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        """Name, workload, counts by state, front size and the best value per objective."""
+        trials = self.trials()
+        counts = {s: sum(t.state == s for t in trials)
+                  for s in ("ok", "infeasible", "fail", "running")}
+        front = self.pareto_front()
+        best: dict[str, float | None] = {}
+        for name, direction in self.space.objectives:
+            values = [p.values[name] for p in front]
+            pick = max if direction == "maximize" else min
+            best[name] = pick(values) if values else None
+        return {
+            "name": self.name,
+            "workload": self.space.workload,
+            "mode": self.space.mode,
+            "objectives": dict(self.space.objectives),
+            "constraints": [str(c) for c in self.space.constraints],
+            "sampler": self.sampler,
+            "seed": self.seed,
+            "trials": counts,
+            "front_size": len(front),
+            "best": best,
+            "created_at": self._row.created_at.isoformat(timespec="seconds"),
+        }
+
+
+class _Recorder:
+    """Turns a worker outcome into Optuna's tell() and autotune's rows."""
+
+    def __init__(self, study: Study, ostudy: Any, machine_id: int,
+                 fingerprint: dict[str, Any]) -> None:
+        self.study = study
+        self.ostudy = ostudy
+        self.machine_id = machine_id
+        budget = study.space.budget
+        self._worst = {
+            "trial_seconds": budget.trial_seconds,
+            "rated_power_w": rated_cpu_power_w(),
+            "memory_total_mb": float(fingerprint["memory_total_mb"]),
+        }
+
+    def worst(self, metric: str) -> float:
+        return worst_value(metric, **self._worst)
+
+    def record(self, trial: Any, config: TrialConfig, outcome: WorkerOutcome) -> TrialResult:
+        import optuna
+
+        space = self.study.space
+        state, kind, reason = outcome.status, outcome.failure_kind, outcome.reason
+        summary: dict[str, Any] = {}
+        raw: dict[str, Any] = {}
+        if state == "ok":
+            m = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
+                                        mode=config.mode)
+            summary, raw = m.summary(), m.to_dict()
+            missing = [o for o in space.objective_names if summary.get(o) is None]
+            if missing:
+                state, kind = "infeasible", "missing_metric"
+                reason = "; ".join(f"{o}: {m.missing_reasons().get(o, 'not measured')}"
+                                   for o in missing)
+        values: list[float] | None = None
+        feasible = False
+        trial.set_user_attr("wall_s", round(outcome.wall_s, 3))
+        trial.set_user_attr("fixed_knobs", space.fixed_params())
+        if state in ("ok", "infeasible"):
+            def value(metric: str) -> float:
+                v = summary.get(metric) if state == "ok" else None
+                return float(v) if v is not None else self.worst(metric)
+
+            values = [value(o) for o in space.objective_names]
+            violations = {str(c): c.violation(value(c.metric)) for c in space.constraints}
+            violations[FAILURE_CONSTRAINT] = 0.0 if state == "ok" else 1.0
+            for key, v in violations.items():
+                trial.set_constraint(key, v)
+            feasible = all(v <= 0 for v in violations.values())
+            headline = {k: v for k, v in summary.items()
+                        if k not in ("missing", "energy_model")}
+            trial.set_user_attr("metrics", headline)
+            for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
+                if k in summary:
+                    trial.set_user_attr(k, summary[k])
+            if kind:
+                trial.set_user_attr("failure_kind", kind)
+                trial.set_user_attr("reason", reason[:2000])
+            self.ostudy.tell(trial, values)
+        else:
+            trial.set_user_attr("failure_kind", kind)
+            trial.set_user_attr("reason", reason[:2000])
+            self.ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _logger.warning("trial %d failed (%s): %s; params %s", trial.number, kind, reason,
+                            trial.params)
+            if kind in ("crash", "killed") and _RETRY_ATTR not in trial.user_attrs:
+                self.ostudy.enqueue_trial(trial.params, user_attrs={_RETRY_ATTR: trial.number})
+        self.study.storage.add_measurement(MeasurementRow(
+            study_id=self.study._row.id, trial_number=trial.number, machine_id=self.machine_id,
+            state=state, failure_kind=kind, reason=reason, traceback=outcome.traceback,
+            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
+            raw_json=json.dumps(raw), wall_s=outcome.wall_s,
+        ))
+        if values is not None:
+            self._update_front()
+        return TrialResult(number=trial.number, state=state, params=dict(trial.params),
+                           metrics=summary, values=values, feasible=feasible,
+                           failure_kind=kind, reason=reason, wall_s=outcome.wall_s)
+
+    def _update_front(self) -> None:
+        front = self.study.pareto_front()
+        self.study.storage.replace_front(
+            self.study._row.id,
+            [(p.trial_number, [p.values[o] for o in self.study.space.objective_names])
+             for p in front])
+
+
+# -- module-level API ------------------------------------------------------------------------
+
+
+def _as_space(space: SearchSpace | str | Path) -> tuple[SearchSpace, str]:
+    if isinstance(space, SearchSpace):
+        return space, json.dumps(space.to_dict(), indent=2)
+    path = Path(space)
+    parsed = load_space(path)
+    return parsed, path.read_text(encoding="utf-8")
+
+
+def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | None = None,
+                 sampler: str = "tpe", seed: int | None = None,
+                 exist_ok: bool = False) -> Study:
+    """Create a study for ``space`` (a :class:`SearchSpace` or a space file path).
+
+    Everything is validated before anything is written. With ``exist_ok``, an existing
+    study with the same space is returned (a different space is an error).
+    """
+    import optuna
+
+    _check_name(name)
+    parsed, source = _as_space(space)
+    if sampler not in SAMPLERS:
+        raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    store = AutotuneStorage(storage)
+    existing = store.get_study(name) if store.exists else None
+    if existing is not None:
+        if not exist_ok:
+            raise StudyExistsError(f"study {name!r} already exists in {store.url}; "
+                                   "choose another name or delete it first")
+        study = Study(existing, store)
+        study.check_space(parsed)
+        return study
+    if store.exists and name in optuna.get_all_study_names(store.optuna):
+        raise StudyExistsError(f"an Optuna study named {name!r} (not made by autotune) "
+                               f"already exists in {store.url}")
+    store.prepare_for_writing()
+    ostudy = optuna.create_study(study_name=name, storage=store.optuna,
+                                 directions=parsed.directions)
+    try:
+        with warnings.catch_warnings():  # experimental since 3.2, still the way in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.set_metric_names(parsed.objective_names)
+        ostudy.set_user_attr("autotune_space", parsed.to_dict())
+        row = StudyRow(study_name=name, space_json=json.dumps(parsed.to_dict()),
+                       space_source=source, space_fingerprint=parsed.fingerprint(),
+                       sampler=sampler, seed=seed, autotune_version=_version())
+        store.add_study(row)
+    except BaseException:
+        optuna.delete_study(study_name=name, storage=store.optuna)
+        raise
+    return Study(row, store)
+
+
+def load_study(name: str, *, storage: str | None = None) -> Study:
+    """Load an existing study. Raises :class:`StudyNotFoundError` naming the storage."""
+    store = AutotuneStorage(storage)
+    if store.exists:
+        store.check_readable()
+    row = store.get_study(name) if store.exists else None
+    if row is None:
+        known = [r.study_name for r in store.list_studies()] if store.exists else []
+        hint = f"; studies there: {', '.join(known[:10])}" if known else \
+            "; create it with `autotune study create`"
+        raise StudyNotFoundError(f"no study named {name!r} in {store.url}{hint}")
+    return Study(row, store)
+
+
+def list_studies(*, storage: str | None = None) -> list[Study]:
+    """Every autotune study in the storage (empty if the database does not exist yet)."""
+    store = AutotuneStorage(storage)
+    if not store.exists:
+        return []
+    store.check_readable()
+    return [Study(row, store) for row in store.list_studies()]
+
+
+def delete_study(name: str, *, storage: str | None = None) -> None:
+    """Delete a study: Optuna's trials and autotune's records."""
+    import optuna
+
+    study = load_study(name, storage=storage)
+    optuna.delete_study(study_name=name, storage=study.storage.optuna)
+    study.storage.delete_study_rows(study._row.id)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autotune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__all__ = ["FrontPoint", "Study", "TrialResult", "create_study", "delete_study",
+           "list_studies", "load_study", "make_sampler"]
