@@ -63,5 +63,6 @@ __all__ = [
     "delete_study",
     "list_studies",
     "load_space",
+    "load_study",
     "parse_space",
 ]

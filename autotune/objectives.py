@@ -85,10 +85,7 @@ class Constraint:
         """How far ``value`` is from satisfying the bound (<= 0 means satisfied)."""
         if value is None or math.isnan(value):
             return math.inf
-        if self.op in (">=", ">"):
-            gap = self.bound - value
-        else:
-            gap = value - self.bound
+        gap = self.bound - value if self.op in (">=", ">") else value - self.bound
         # A strict bound met with equality is violated by the smallest representable amount.
         if gap == 0 and self.op in (">", "<"):
             return math.ulp(self.bound) or 1e-300

@@ -47,7 +47,8 @@ class TrialResult:
 
     ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
     unsupported, diverged: recorded complete with worst-case values), ``fail`` (crash,
-    timeout, killed worker) or ``running``.
+    timeout, killed worker), ``running``, or ``waiting`` (a crashed trial's single retry,
+    queued; it runs first in the next run if this one ended before it).
     """
 
     number: int
@@ -219,8 +220,10 @@ class Study:
             kind = t.user_attrs.get("failure_kind")
             if t.state == states.COMPLETE:
                 state = "infeasible" if kind else "ok"
-            elif t.state in (states.RUNNING, states.WAITING):
+            elif t.state == states.RUNNING:
                 state = "running"
+            elif t.state == states.WAITING:  # a retry queued for the next run
+                state = "waiting"
             else:
                 state = "fail"
             feasible = t.state == states.COMPLETE and all(
@@ -255,7 +258,7 @@ class Study:
         """Name, workload, counts by state, front size and the best value per objective."""
         trials = self.trials()
         counts = {s: sum(t.state == s for t in trials)
-                  for s in ("ok", "infeasible", "fail", "running")}
+                  for s in ("ok", "infeasible", "fail", "running", "waiting")}
         front = self.pareto_front()
         best: dict[str, float | None] = {}
         for name, direction in self.space.objectives:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from autotune.workloads import Dataset, Workload
 
 # Fixed recipe that trains the model an inference trial measures.
-_INFER_RECIPE = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 128}
+_RECIPE_OPTIMIZER, _RECIPE_LR, _RECIPE_BATCH = "adam", 1e-3, 128
 _EVAL_CHUNK = 1024
 
 
@@ -47,10 +48,11 @@ class TorchBackend(Backend):
 
     def __init__(self) -> None:
         import torch
+
         # Building the first optimizer imports torch._dynamo (about 2 s here). It is a
         # one-time framework cost, so it is paid here and recorded as import time, not
         # charged to the model build.
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo
 
         self.torch = torch
         self.model: Any = None
@@ -122,7 +124,7 @@ class TorchBackend(Backend):
         nn = self.torch.nn
         layers: list[Any] = []
         widths = workload.layer_widths
-        for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
                 layers.append(nn.ReLU())
@@ -151,12 +153,12 @@ class TorchBackend(Backend):
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=ratio)
         if permanent:
             for module, name in targets:
-                prune.remove(module, name)
+                prune.remove(module, name)  # type: ignore[no-untyped-call]
 
     def _sparsity(self) -> float:
         weights = [m.weight for m in self._linear_layers()]
         zeros = sum(int((w == 0).sum()) for w in weights)
-        return zeros / sum(w.numel() for w in weights)
+        return float(zeros / sum(w.numel() for w in weights))
 
     def _train_base_model(self, config: TrialConfig, workload: Workload) -> str:
         """Train fp32 with a fixed recipe, so every inference trial measures the same model.
@@ -176,11 +178,10 @@ class TorchBackend(Backend):
             self.model.load_state_dict(state)
             self.model.eval()
             return "cached"
-        self.optimizer = self._make_optimizer(_INFER_RECIPE["optimizer"],
-                                              float(_INFER_RECIPE["learning_rate"]))
+        self.optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR)
         generator = torch.Generator().manual_seed(config.seed)
         n = len(self._x_train)
-        bs = int(_INFER_RECIPE["batch_size"])
+        bs = _RECIPE_BATCH
         loss_fn = torch.nn.functional.cross_entropy
         for _ in range(config.budget.train_epochs):
             order = torch.randperm(n, generator=generator).to(self.device)

@@ -9,6 +9,7 @@ parameter count and FLOPs are the same everywhere. Custom workloads are named
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 
 from autotune.exceptions import WorkloadError
@@ -24,7 +25,8 @@ def check_workload_name(name: str) -> None:
     """Raise ``WorkloadError`` unless ``name`` is built in or looks like ``module:factory``.
 
     A custom factory is not imported here: it may need the framework, which the study
-    driver never imports. It is imported (and fully checked) in the worker.
+    driver never imports. Only its top-level package is looked up (without running it);
+    the factory is imported and fully checked in the worker.
     """
     if name in BUILTIN:
         return
@@ -34,6 +36,9 @@ def check_workload_name(name: str) -> None:
             f"unknown workload {name!r}; built-in: {', '.join(BUILTIN)}, "
             "or a factory as 'package.module:function'"
         )
+    top = module.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise WorkloadError(f"workload {name!r}: no installed module named {top!r}")
 
 
 def get_workload(name: str) -> Workload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,11 +58,11 @@ class Workload:
     def param_count(self) -> int:
         """Weights plus biases of the dense model."""
         w = self.layer_widths
-        return sum(a * b + b for a, b in zip(w, w[1:], strict=False))
+        return sum(a * b + b for a, b in itertools.pairwise(w))
 
     def flops_per_sample(self, mode: str) -> int:
         """Floating-point operations per sample: 2 per multiply-add forward, 3x in training
         (forward, gradient w.r.t. inputs and w.r.t. weights)."""
         w = self.layer_widths
-        forward = 2 * sum(a * b for a, b in zip(w, w[1:], strict=False))
+        forward = 2 * sum(a * b for a, b in itertools.pairwise(w))
         return forward * 3 if mode == "train" else forward

@@ -1,0 +1,1 @@
+"""Test helpers shipped with autotune: misbehaving workloads to exercise failure handling."""
