@@ -13,6 +13,8 @@ Importing autotune imports no deep-learning framework: frameworks load in worker
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from autotune.exceptions import (
     AutotuneError,
     NonFiniteLossError,
@@ -27,16 +29,44 @@ from autotune.exceptions import (
     UnsupportedConfigError,
     WorkloadError,
 )
-from autotune.space import Budget, SearchSpace, load_space, parse_space
-from autotune.study import (
-    FrontPoint,
-    Study,
-    TrialResult,
-    create_study,
-    delete_study,
-    list_studies,
-    load_study,
-)
+
+if TYPE_CHECKING:
+    from autotune.space import Budget, SearchSpace, load_space, parse_space
+    from autotune.study import (
+        FrontPoint,
+        Study,
+        TrialResult,
+        create_study,
+        delete_study,
+        list_studies,
+        load_study,
+    )
+
+# Loaded on first use (PEP 562): `autotune --help` and `import autotune` stay fast because
+# SQLAlchemy, Optuna and YAML load only when a study or space is touched.
+_LAZY = {
+    "Budget": "autotune.space", "SearchSpace": "autotune.space",
+    "load_space": "autotune.space", "parse_space": "autotune.space",
+    "FrontPoint": "autotune.study", "Study": "autotune.study",
+    "TrialResult": "autotune.study", "create_study": "autotune.study",
+    "delete_study": "autotune.study", "list_studies": "autotune.study",
+    "load_study": "autotune.study",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
