@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if args.command == "study" and args.action is None:
-        parser.parse_args(["study", "--help"])
+        parser.error("study needs an action: create, run, list, show or delete")
     from rich.console import Console
 
     # Logs and pipes get a wide console so tables and trial lines do not wrap mid-word.
@@ -414,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutotuneError as e:
         if args.debug:
             raise
-        print(f"autotune: error: {e}", file=sys.stderr)
+        from autotune.space import one_line
+
+        print(f"autotune: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("autotune: interrupted; finished trials are stored", file=sys.stderr)

@@ -187,6 +187,11 @@ class SearchSpace:
 # Parsing
 
 
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class _Where:
     """Builds error messages that name the file and the key path."""
 
@@ -195,7 +200,9 @@ class _Where:
 
     def fail(self, key_path: str, message: str) -> SpaceError:
         where = f"{self.source}: {key_path}" if key_path else self.source
-        return SpaceError(f"{where}: {message}")
+        # Keys and values come from the user's file: escape control characters so the
+        # message stays one line whatever the file contains.
+        return SpaceError(one_line(f"{where}: {message}"))
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -220,6 +227,9 @@ def parse_space_text(text: str, *, source: str = "<space>") -> SearchSpace:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise where.fail("", f"malformed YAML{at}: {problem}") from None
+    if data is None:
+        raise where.fail("", "the space file is empty; it needs at least workload, mode and "
+                             "objectives")
     if not isinstance(data, Mapping):
         raise where.fail("", f"a space file must be a YAML mapping, got {type(data).__name__}")
     return parse_space(data, source=source)
@@ -306,13 +316,16 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
     from autotune.backends import BACKENDS
 
     return {
-        "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+        "backend": (lambda v: isinstance(v, str) and v in BACKENDS,
+                    f"one of {', '.join(BACKENDS)}"),
         "device": (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)),
                    "cpu, cuda:N, tpu:N or npu:N"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        "precision": (lambda v: isinstance(v, str) and v in PRECISIONS,
+                      f"one of {', '.join(PRECISIONS)}"),
         "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number"),
-        "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        "optimizer": (lambda v: isinstance(v, str) and v in OPTIMIZERS,
+                      f"one of {', '.join(OPTIMIZERS)}"),
         "pruning_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
         "threads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     }
@@ -398,6 +411,8 @@ def _parse_budget(raw: Any, where: _Where) -> Budget:
     for key, value in raw.items():
         if key not in allowed:
             raise where.fail(f"budget.{key}", f"unknown key; allowed: {', '.join(allowed)}")
+        if key == "memory_mb" and value is None:  # explicit "no cap", the default
+            continue
         integer = key in ("window_min_steps", "train_epochs", "memory_mb")
         valid = (_is_int(value) if integer else _is_number(value)) and value > 0
         if not valid:

@@ -136,7 +136,7 @@ class Study:
         if space.fingerprint() != self._row.space_fingerprint:
             raise SpaceMismatchError(
                 f"study {self.name!r} was created with a different search space; "
-                "create a new study for the new space (or run without --space)")
+                "create a new study (another name) for the new space")
 
     # -- running ---------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ def resolve_storage_url(url: str | None = None) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if url is not None and not url.strip():
+        raise StorageError("empty storage URL; expected e.g. sqlite:///studies/autotune.db")
     url = url or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
@@ -53,6 +55,10 @@ def check_sqlite_writable(url: str, *, create_parent: bool) -> None:
     if path is None:
         return
     parent = path.parent if str(path.parent) else Path(".")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()),
+                    None)
+    if blocking is not None:
+        raise StorageError(f"storage {url!r}: {blocking} is a file, not a directory")
     if not parent.exists():
         if not create_parent:
             raise StorageError(f"storage {url!r}: directory {parent} does not exist")
