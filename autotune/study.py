@@ -125,6 +125,16 @@ class Study:
         """The study's seed (``None``: not seeded)."""
         return self._row.seed
 
+    def close(self) -> None:
+        """Release database connections (a later call reconnects)."""
+        self.storage.close()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _optuna_study(self, sampler: Any = None) -> Any:
         import optuna
 
@@ -393,6 +403,8 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     store = AutotuneStorage(storage)
+    if store.exists:
+        store.check_readable()
     existing = store.get_study(name) if store.exists else None
     if existing is not None:
         if not exist_ok:

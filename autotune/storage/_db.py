@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, delete, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from autotune.exceptions import StorageError
 from autotune.storage._models import (
@@ -49,26 +50,38 @@ class AutotuneStorage:
         path = sqlite_path(self.url)
         return path is None or path.exists()
 
+    def _engine_kwargs(self) -> dict[str, Any]:
+        # NullPool: a connection lives for one transaction. A study spends seconds per trial
+        # in a worker, so pooling saves nothing, while pooled connections would stay open on
+        # a PostgreSQL server (and warn when collected) after a CLI command or API call.
+        kwargs: dict[str, Any] = {"poolclass": NullPool}
+        if sqlite_path(self.url) is not None:
+            kwargs["connect_args"] = {"timeout": 30}
+        return kwargs
+
     @cached_property
     def engine(self) -> Engine:
         """The SQLAlchemy engine of the autotune tables."""
-        kwargs: dict[str, Any] = {}
-        if sqlite_path(self.url) is not None:
-            kwargs["connect_args"] = {"timeout": 30}
-        return create_engine(self.url, **kwargs)
+        return create_engine(self.url, **self._engine_kwargs())
 
     @cached_property
     def optuna(self) -> Any:
         """Optuna's storage on the same database (creates Optuna's tables if missing)."""
         import optuna
 
-        kwargs: dict[str, Any] = {}
-        if sqlite_path(self.url) is not None:
-            kwargs["connect_args"] = {"timeout": 30}
         try:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(self.url, engine_kwargs=self._engine_kwargs())
         except (SQLAlchemyError, RuntimeError) as e:
             raise StorageError(f"storage {self.url!r}: {_one_line(e)}") from None
+
+    def close(self) -> None:
+        """Dispose of both engines (idempotent; the storage reconnects if used again)."""
+        if "engine" in self.__dict__:
+            self.__dict__.pop("engine").dispose()
+        if "optuna" in self.__dict__:
+            engine = getattr(self.__dict__.pop("optuna"), "engine", None)
+            if engine is not None:
+                engine.dispose()
 
     def prepare_for_writing(self) -> None:
         """Check the location, create missing tables and check the schema version."""
