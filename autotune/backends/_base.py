@@ -116,6 +116,14 @@ class Backend(ABC):
     def evaluate(self) -> float:
         """Held-out top-1 accuracy of the current model."""
 
+    def set_threads(self, n: int) -> int:
+        """Size the framework's intra-op thread pool to ``n``; return the size it reports.
+
+        Called once, after import and before ``setup``. The worker has already pinned the
+        process to ``n`` cores and set OMP/MKL variables before the import.
+        """
+        return n
+
     def peak_memory_bytes(self) -> int | None:
         """Peak device memory, or ``None`` where the process RSS is the right figure."""
         return None

@@ -309,6 +309,10 @@ class TorchBackend(Backend):
             self.model(batch)
         return self.config.batch_size
 
+    def set_threads(self, n: int) -> int:
+        self.torch.set_num_threads(n)
+        return int(self.torch.get_num_threads())
+
     def synchronize(self) -> None:
         if self.device is not None and self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)

@@ -80,6 +80,7 @@ def run_trial(config_data: dict[str, Any], process_start: float) -> dict[str, An
     t0 = time.perf_counter()
     backend = load_backend(config.backend)
     timings["import_s"] = time.perf_counter() - t0
+    threads = backend.set_threads(threads)  # what the framework says it uses, recorded
 
     t0 = time.perf_counter()
     workload = get_workload(config.workload)
