@@ -27,6 +27,8 @@ class TrialConfig:
     pruning_ratio: float
     threads: int | None
     budget: Budget
+    pruning_structure: str = "unstructured"
+    execution: str = "auto"
     seed: int = 0
 
     @classmethod

@@ -42,6 +42,10 @@ Mode = Literal["train", "infer"]
 MODES: tuple[Mode, ...] = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRUNING_STRUCTURES = ("unstructured", "structured")
+#: auto: the mode an expert would pick for the backend (torch eager, TensorFlow tf.function,
+#: MindSpore graph mode); xla: TensorFlow's tf.function(jit_compile=True).
+EXECUTIONS = ("auto", "eager", "graph", "xla")
 #: Knobs that only mean something when the model is trained.
 TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer"})
 _DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+)$")
@@ -328,6 +332,10 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
                       f"one of {', '.join(OPTIMIZERS)}"),
         "pruning_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
         "threads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+        "pruning_structure": (lambda v: isinstance(v, str) and v in PRUNING_STRUCTURES,
+                              f"one of {', '.join(PRUNING_STRUCTURES)}"),
+        "execution": (lambda v: isinstance(v, str) and v in EXECUTIONS,
+                      f"one of {', '.join(EXECUTIONS)}"),
     }
 
 
@@ -341,6 +349,8 @@ KNOB_DEFAULTS: Mapping[str, Any] = {
     "optimizer": "adam",
     "pruning_ratio": 0.0,
     "threads": None,  # None: every core the worker may use
+    "pruning_structure": "unstructured",
+    "execution": "auto",
 }
 
 
@@ -357,8 +367,9 @@ def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
             raise where.fail(key, "is a training knob and the space's mode is infer; "
                                   "remove it or set mode: train")
         if name == "device" and value == "auto":
-            raise where.fail(key, "'auto' needs device discovery, which is not built yet; "
-                                  "list devices explicitly, e.g. [cpu]")
+            # resolved to the devices found when the study is created (autotune devices)
+            specs.append(ParamSpec(name, "fixed", choices=("auto",)))
+            continue
         spec = _parse_param(name, value, key, where)
         ok, allowed = checks[name]
         for v in spec.values_for_check():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.backends import capabilities
+from autotune.backends import capabilities, resolve_execution
 from autotune.config import TrialConfig
 from autotune.exceptions import (
     SpaceMismatchError,
@@ -182,9 +182,10 @@ class Study:
             if timeout is not None and time.monotonic() - start >= timeout:
                 break
             trial = ostudy.ask(distributions)
+            config = TrialConfig.from_params(self.space, trial.params, seed=self.seed or 0)
             config = dataclasses.replace(
-                TrialConfig.from_params(self.space, trial.params, seed=self.seed or 0),
-                budget=budget)
+                config, budget=budget,
+                execution=resolve_execution(config.backend, config.execution))
             try:
                 outcome = self._run_one(config, launcher)
             except BaseException:
@@ -211,8 +212,8 @@ class Study:
 
     @staticmethod
     def _run_one(config: TrialConfig, launcher: ProcessLauncher) -> WorkerOutcome:
-        reason = capabilities(config.backend, config.device).check(config.mode,
-                                                                    config.precision)
+        reason = capabilities(config.backend, config.device).check(
+            config.mode, config.precision, config.execution)
         if reason is not None:  # known in advance: no worker is started
             return WorkerOutcome("infeasible", failure_kind="unsupported",
                                  reason=f"{config.backend} on {config.device}: {reason}")

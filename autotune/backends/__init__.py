@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from autotune.backends._base import Backend, Capabilities, cpu_capabilities
 
-__all__ = ["BACKENDS", "Backend", "BackendEntry", "Capabilities", "capabilities",
-           "load_backend"]
+__all__ = ["BACKENDS", "BEST_EXECUTION", "Backend", "BackendEntry", "Capabilities",
+           "capabilities", "load_backend", "resolve_execution"]
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,76 @@ class BackendEntry:
 
 BACKENDS: Mapping[str, BackendEntry] = {
     "torch": BackendEntry("torch", "autotune.backends._torch:TorchBackend", "torch", "torch"),
+    "tensorflow": BackendEntry("tensorflow", "autotune.backends._tensorflow:TensorFlowBackend",
+                               "tensorflow", "tensorflow"),
+    "mindspore": BackendEntry("mindspore", "autotune.backends._mindspore:MindSporeBackend",
+                              "mindspore", "mindspore"),
+}
+
+#: What ``execution: auto`` means per backend: the mode an expert would use on CPU
+#: (research/frameworks_on_cpu.md: torch.compile does not pay for MLPs at these sizes;
+#: TensorFlow eager is 4-5x slower than tf.function; MindSpore PyNative 5x slower than graph).
+BEST_EXECUTION: Mapping[str, str] = {"torch": "eager", "tensorflow": "graph",
+                                     "mindspore": "graph"}
+
+_DEVICE_KINDS: Mapping[str, tuple[str, ...]] = {
+    "torch": ("cpu", "cuda"),
+    "tensorflow": ("cpu", "cuda", "tpu"),
+    "mindspore": ("cpu", "cuda", "npu"),
 }
 
 
+def resolve_execution(backend: str, execution: str) -> str:
+    """``auto`` -> the backend's best mode; anything else unchanged."""
+    return BEST_EXECUTION.get(backend, "eager") if execution == "auto" else execution
+
+
 def capabilities(backend: str, device: str) -> Capabilities:
-    """What ``backend`` can run on ``device``, decided without importing the framework."""
-    if backend == "torch" and device == "cpu":
-        caps = cpu_capabilities()
-        # PyTorch's int8 path on CPU is dynamic quantisation of Linear layers, inference only.
-        return Capabilities(precisions=caps.precisions | {"int8"}, modes={"train", "infer"},
-                            int8_modes={"infer"}, reasons=caps.reasons)
-    return Capabilities(
-        precisions=frozenset(), modes=frozenset(), int8_modes=frozenset(),
-        reasons={"*": f"backend {backend!r} on device {device!r} is not supported yet "
-                      "(this build runs torch on cpu)"},
-    )
+    """What ``backend`` can run on ``device``, decided without importing the framework.
+
+    CPU precisions follow the CPU's native instructions (:func:`cpu_capabilities`); the
+    per-framework limits come from research/frameworks_on_cpu.md.
+    """
+    kind = device.split(":")[0]
+    if backend not in _DEVICE_KINDS or kind not in _DEVICE_KINDS[backend]:
+        return Capabilities(
+            precisions=frozenset(), modes=frozenset(),
+            reasons={"*": f"backend {backend!r} does not run on {kind!r} devices"})
+    both = frozenset({"train", "infer"})
+    if kind == "cpu":
+        cpu = cpu_capabilities()
+        precisions, reasons = set(cpu.precisions), dict(cpu.reasons)
+    else:
+        precisions, reasons = {"fp32", "bf16", "fp16"}, {}
+    if backend == "torch":
+        if kind == "cpu":
+            # int8: dynamic quantisation of Linear layers, a CPU inference path
+            precisions.add("int8")
+        else:
+            reasons["int8"] = "torch dynamic int8 quantisation runs on CPU only"
+        reasons["execution:xla"] = "torch has no xla execution mode here; use eager or graph"
+        return Capabilities(precisions, both, {"infer"}, reasons,
+                            executions={"eager", "graph"})
+    if backend == "tensorflow":
+        excluded: dict[tuple[str, str], str] = {}
+        if kind == "cpu":
+            precisions.add("int8")  # TFLite dynamic-range quantisation
+            # TF's fp16 CPU kernels take ~1.2 s per MLP step without XLA (research).
+            for ex in ("eager", "graph"):
+                excluded[("fp16", ex)] = "TensorFlow fp16 on CPU is usable only with xla"
+        else:
+            reasons["int8"] = "TensorFlow int8 (TFLite) runs on CPU only here"
+        return Capabilities(precisions, both, {"infer"}, reasons,
+                            executions={"eager", "graph", "xla"}, excluded=excluded)
+    # mindspore
+    if kind == "cpu":
+        precisions.discard("bf16")
+        reasons["bf16"] = "MindSpore has no bf16 CPU kernels (MatMul, ReLU)"
+    reasons["int8"] = "MindSpore has no int8 inference path on this install"
+    reasons["execution:xla"] = "mindspore has no xla execution mode; use eager or graph"
+    precisions.discard("int8")
+    return Capabilities(precisions, both, frozenset(), reasons,
+                        executions={"eager", "graph"})
 
 
 def load_backend(name: str) -> Backend:

@@ -26,9 +26,12 @@ class Capabilities:
     modes: frozenset[str] | set[str]
     int8_modes: frozenset[str] | set[str] = frozenset()
     reasons: Mapping[str, str] = field(default_factory=dict)
+    executions: frozenset[str] | set[str] = frozenset({"eager"})
+    #: (precision, execution) pairs that do not work although each does alone
+    excluded: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
-    def check(self, mode: str, precision: str) -> str | None:
-        """``None`` when (mode, precision) is supported, else the reason it is not."""
+    def check(self, mode: str, precision: str, execution: str = "eager") -> str | None:
+        """``None`` when (mode, precision, execution) is supported, else the reason."""
         if "*" in self.reasons and not self.precisions:
             return self.reasons["*"]
         if mode not in self.modes:
@@ -36,8 +39,14 @@ class Capabilities:
         if precision not in self.precisions:
             return self.reasons.get(precision, f"precision {precision!r} is not supported")
         if precision == "int8" and mode not in self.int8_modes:
-            return f"int8 is supported only in {', '.join(sorted(self.int8_modes))} mode"
-        return None
+            return ("int8 is supported only in "
+                    f"{', '.join(sorted(self.int8_modes)) or 'no'} mode")
+        if execution not in self.executions:
+            return self.reasons.get(
+                f"execution:{execution}",
+                f"execution {execution!r} is not supported; supported: "
+                f"{', '.join(sorted(self.executions))}")
+        return self.excluded.get((precision, execution))
 
 
 @functools.cache
@@ -83,8 +92,15 @@ class Backend(ABC):
     (train mode) or once after setup (infer mode), then ``teardown``.
 
     * ``setup(config, workload, data)`` builds the model for ``config`` and, in infer mode,
-      trains it with a fixed recipe, prunes and converts it to the trial's precision.
-      Returns facts about the built model (``param_count``, ``sparsity``...).
+      trains it with a fixed recipe (adam, lr 1e-3, batch 128, ``budget.train_epochs``
+      epochs, fp32; cached per workload), prunes and converts it to the trial's precision.
+      In train mode it prunes the freshly initialised model (unstructured: masks kept
+      during training so pruned weights stay zero; structured: smaller layers built).
+      ``config.execution`` is already resolved (``eager``, ``graph`` or ``xla``).
+      Returns facts about the built model: ``param_count`` and ``flops_per_sample``
+      (after structured pruning), ``sparsity`` (fraction of zero weights), ``execution``,
+      ``runtime`` (e.g. ``"tflite"`` when int8 runs on another runtime) and, when the
+      model was trained here, ``base_model`` (``cached`` or ``trained``).
     * ``step()`` runs one optimizer step (train) or one forward pass of a batch (infer) and
       returns the number of samples it processed.
     * ``synchronize()`` waits for queued device work; a no-op on CPU.
@@ -115,6 +131,12 @@ class Backend(ABC):
     @abstractmethod
     def evaluate(self) -> float:
         """Held-out top-1 accuracy of the current model."""
+
+    @abstractmethod
+    def compute_dtype(self) -> str:
+        """The dtype the matrix multiplications run in now: ``float32``, ``bfloat16``,
+        ``float16`` or ``int8`` (checked by the conformance suite: a precision knob must
+        really change it)."""
 
     def set_threads(self, n: int) -> int:
         """Size the framework's intra-op thread pool to ``n``; return the size it reports.

@@ -309,6 +309,15 @@ class TorchBackend(Backend):
             self.model(batch)
         return self.config.batch_size
 
+    def compute_dtype(self) -> str:
+        assert self.config is not None
+        if self.config.mode == "infer" and self.config.precision == "int8":
+            linear = [m for m in self.model.modules() if "quantized" in type(m).__module__]
+            return "int8" if linear else "float32"
+        if self._compute_dtype is not None:
+            return str(self._compute_dtype).removeprefix("torch.")
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
     def set_threads(self, n: int) -> int:
         self.torch.set_num_threads(n)
         return int(self.torch.get_num_threads())

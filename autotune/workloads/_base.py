@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,15 +53,25 @@ class Workload:
         """All widths from input to output."""
         return (self.input_dim, *self.hidden, self.num_classes)
 
+    def widths_after(self, structure: str, ratio: float) -> tuple[int, ...]:
+        """Layer widths after pruning: smaller hidden layers only when structured."""
+        from autotune.backends._pruning import structured_width
+
+        if structure != "structured" or ratio <= 0:
+            return self.layer_widths
+        hidden = tuple(structured_width(w, ratio) for w in self.hidden)
+        return (self.input_dim, *hidden, self.num_classes)
+
     @property
     def param_count(self) -> int:
         """Weights plus biases of the dense model."""
-        w = self.layer_widths
-        return sum(a * b + b for a, b in itertools.pairwise(w))
+        from autotune.backends._pruning import dense_param_count
+
+        return dense_param_count(self.layer_widths)
 
     def flops_per_sample(self, mode: str) -> int:
         """Floating-point operations per sample: 2 per multiply-add forward, 3x in training
         (forward, gradient w.r.t. inputs and w.r.t. weights)."""
-        w = self.layer_widths
-        forward = 2 * sum(a * b for a, b in itertools.pairwise(w))
-        return forward * 3 if mode == "train" else forward
+        from autotune.backends._pruning import dense_flops
+
+        return dense_flops(self.layer_widths, mode)
