@@ -28,6 +28,7 @@ examples:
   autotune study show quick --json     # the same, for scripts
   autotune study list
   autotune study delete quick --yes
+  autotune devices                     # backends, devices, install commands
 
 storage: --storage URL on any command, else $AUTOTUNE_STORAGE, else
 sqlite:///studies/autotune.db (relative to the working directory). Any SQLAlchemy URL
@@ -98,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "(config, metrics with provenance, raw step times) and its Pareto front.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = study.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+
+    p = commands.add_parser(
+        "devices", help="list backends, whether they are installed, and their devices",
+        description="Probe each backend in a process of its own and list the devices it "
+                    "sees (CPU always; CUDA GPUs, TPUs, Ascend NPUs where present), with "
+                    "memory and driver/runtime versions. A backend that is not installed is "
+                    "listed with the command that installs it. `device: auto` in a space "
+                    "file means every device listed here for the space's backends.")
+    p.add_argument("--backend", action="append", choices=("torch", "tensorflow", "mindspore"),
+                   help="probe only this backend (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
 
     p = sub.add_parser("create", help="create a study from a search-space file",
                        description="Create a study. The space file is validated completely "
@@ -359,6 +373,10 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     front = study.pareto_front()
     if front:
         _print_front(console, study, front)
+        leads = "; ".join(f"{metric}: {lead['backend']} on {lead['device']} "
+                          f"({_fmt(lead['value'])}, trial {lead['trial']})"
+                          for metric, lead in s["leaders"].items())
+        console.print(f"leads: {leads}", highlight=False, markup=False)
     else:
         console.print("no feasible trial yet: run `autotune study run "
                       f"{study.name}` (or see --all for why trials were infeasible)")
@@ -386,7 +404,32 @@ def _cmd_delete(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
-_COMMANDS = {"create": _cmd_create, "run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
+def _cmd_devices(args: argparse.Namespace, console: Any) -> int:
+    from autotune.devices import discover
+
+    reports = discover(args.backend)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="Backends and devices", title_justify="left")
+    for col in ("backend", "version", "device", "name", "memory MB", "driver", "detail"):
+        table.add_column(col)
+    for r in reports:
+        if not r.installed:
+            table.add_row(r.backend, "not installed", "-", f"install: {r.install_hint}",
+                          "", "", "")
+        elif r.error:
+            table.add_row(r.backend, r.version or "?", "-", f"error: {r.error}", "", "", "")
+        for d in r.devices:
+            table.add_row(r.backend, r.version or "", d.id, d.name, _fmt(d.memory_mb),
+                          d.driver or "-", d.detail)
+    console.print(table)
+    return 0
+
+
+_COMMANDS = {"devices": _cmd_devices, "create": _cmd_create, "run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
              "delete": _cmd_delete}
 
 
@@ -409,8 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     from autotune.exceptions import AutotuneError
 
+    action = "devices" if args.command == "devices" else args.action
     try:
-        return _COMMANDS[args.action](args, console)
+        return _COMMANDS[action](args, console)
     except AutotuneError as e:
         if args.debug:
             raise

@@ -272,10 +272,15 @@ class Study:
                   for s in ("ok", "infeasible", "fail", "running", "waiting")}
         front = self.pareto_front()
         best: dict[str, float | None] = {}
+        leaders: dict[str, dict[str, Any]] = {}
         for name, direction in self.space.objectives:
-            values = [p.values[name] for p in front]
             pick = max if direction == "maximize" else min
-            best[name] = pick(values) if values else None
+            top = pick(front, key=lambda p: p.values[name], default=None)
+            best[name] = top.values[name] if top else None
+            if top is not None:  # the best value of an objective is always on the front
+                leaders[name] = {"backend": top.config.get("backend"),
+                                 "device": top.config.get("device"),
+                                 "trial": top.trial_number, "value": best[name]}
         return {
             "name": self.name,
             "workload": self.space.workload,
@@ -287,6 +292,7 @@ class Study:
             "trials": counts,
             "front_size": len(front),
             "best": best,
+            "leaders": leaders,
             "created_at": self._row.created_at.isoformat(timespec="seconds"),
         }
 
@@ -399,8 +405,11 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     """
     import optuna
 
+    from autotune.devices import check_installed, resolve_devices
+
     _check_name(name)
     parsed, source = _as_space(space)
+    check_installed(parsed)
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     store = AutotuneStorage(storage)
@@ -417,6 +426,10 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     if store.exists and name in optuna.get_all_study_names(store.optuna):
         raise StudyExistsError(f"an Optuna study named {name!r} (not made by autotune) "
                                f"already exists in {store.url}")
+    # The fingerprint is of the space as written (device: auto stays auto), so the same
+    # file matches the study on any machine; the stored space has the devices found here.
+    fingerprint = parsed.fingerprint()
+    resolved = resolve_devices(parsed)
     store.prepare_for_writing()
     ostudy = optuna.create_study(study_name=name, storage=store.optuna,
                                  directions=parsed.directions)
@@ -424,9 +437,9 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
         with warnings.catch_warnings():  # experimental since 3.2, still the way in 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ostudy.set_metric_names(parsed.objective_names)
-        ostudy.set_user_attr("autotune_space", parsed.to_dict())
-        row = StudyRow(study_name=name, space_json=json.dumps(parsed.to_dict()),
-                       space_source=source, space_fingerprint=parsed.fingerprint(),
+        ostudy.set_user_attr("autotune_space", resolved.to_dict())
+        row = StudyRow(study_name=name, space_json=json.dumps(resolved.to_dict()),
+                       space_source=source, space_fingerprint=fingerprint,
                        sampler=sampler, seed=seed, autotune_version=_version())
         store.add_study(row)
     except BaseException:

@@ -172,6 +172,7 @@ class FakeLauncher:
             "samples": config.batch_size * n,
             "window_s": window_s,
             "warmup_s": float(warmup.sum()),
+            "first_step_s": float(warmup[0]) * 3,
             "eval_s": 0.001,
             "stop_reason": "stable",
             # every warm-up and window step trains; a short window is topped up to the budget

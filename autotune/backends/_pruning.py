@@ -16,6 +16,7 @@ layer first (PyTorch's layout; TensorFlow and MindSpore backends transpose as ne
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,10 +77,10 @@ def apply_structured(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]
 
 def dense_param_count(widths: Sequence[int]) -> int:
     """Weights plus biases of a dense stack with these widths (input first)."""
-    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 def dense_flops(widths: Sequence[int], mode: str) -> int:
     """FLOPs per sample: 2 per multiply-add forward; x3 in training (forward + two grads)."""
-    forward = 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    forward = 2 * sum(a * b for a, b in itertools.pairwise(widths))
     return forward * 3 if mode == "train" else forward

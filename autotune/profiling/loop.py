@@ -64,6 +64,15 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         trainer.accuracy = backend.evaluate()
         trainer.eval_s = time.perf_counter() - t0
 
+    # The first step is timed apart: in graph/xla modes it includes compilation, and on
+    # any backend one-time kernel initialisation; it must not cut warm-up short.
+    backend.synchronize()
+    s = time.perf_counter()
+    backend.step()
+    backend.synchronize()
+    first_step_s = time.perf_counter() - s
+    trainer.after_step()
+
     # Warm-up: excluded from every statistic, but it trains (counts towards the budget).
     warmup: list[float] = []
     w_start = time.perf_counter()
@@ -136,6 +145,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         "samples": samples,
         "window_s": window_s,
         "warmup_s": warmup_s,
+        "first_step_s": first_step_s,
         "eval_s": trainer.eval_s,
         "stop_reason": stop_reason,
         "train_steps": trainer.steps,

@@ -30,6 +30,7 @@ class Measurement:
     window_s: float
     warmup_s: float
     warmup_steps: int
+    first_step_s: float
     setup_s: float
     import_s: float
     process_start_s: float
@@ -60,6 +61,7 @@ class Measurement:
             window_s=raw["window_s"],
             warmup_s=raw["warmup_s"],
             warmup_steps=len(raw["warmup_step_times_s"]),
+            first_step_s=raw.get("first_step_s", 0.0),
             setup_s=raw["setup_s"] + raw.get("data_s", 0.0),
             import_s=raw["import_s"],
             process_start_s=raw["process_start_s"],
@@ -170,6 +172,11 @@ class Measurement:
             "memory_source": self.memory_source,
             "threads": self.threads,
             "stop_reason": self.stop_reason,
+            # includes compilation in graph/xla modes; never part of the window
+            "first_step_s": self.first_step_s,
+            "param_count": self.model.get("param_count"),
+            "flops_per_sample": self.model.get("flops_per_sample"),
+            "execution": self.model.get("execution"),
             "missing": self.missing_reasons(),
         }
 

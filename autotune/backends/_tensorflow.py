@@ -1,0 +1,665 @@
+"""TensorFlow (Keras 3) backend, used the way an expert would on each device.
+
+* training: a custom ``GradientTape`` step, run as plain Python (``eager``), as a
+  ``tf.function`` (``graph``: 4-5x faster than eager for this MLP) or as a
+  ``tf.function(jit_compile=True)`` (``xla``: fastest for the MLP; research/frameworks_on_cpu.md).
+  Keras 3's ``jit_compile='auto'`` resolves to *no* XLA on CPU, so the mode is chosen here
+  explicitly. Mixed precision through Keras policies (``mixed_bfloat16``; ``mixed_float16``
+  plus a ``LossScaleOptimizer``), with float32 logits.
+* inference: the trained model converted to the trial's dtype (weights and compute, like
+  torch's ``model.to(bfloat16)``), called through the execution mode; int8 through TFLite
+  dynamic-range quantisation (about 10x faster than fp32 on CPU), run by the TFLite
+  interpreter.
+* pruning: the shared numpy definitions of :mod:`autotune.backends._pruning`, so a pruning
+  ratio means the same model on every backend. Unstructured masks are re-applied inside the
+  compiled step after every optimizer update (pruned weights stay exactly zero); structured
+  pruning rebuilds smaller ``Dense`` layers.
+
+The model is the workload's dense stack (``Dense`` + ReLU, linear logits) with torch's
+default initialisation (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weights and biases), so
+both frameworks start from the same distribution and their accuracies compare like for like.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autotune.backends import _pruning
+from autotune.backends._base import Backend
+from autotune.exceptions import (
+    NonFiniteLossError,
+    OutOfMemoryError,
+    UnsupportedConfigError,
+)
+
+if TYPE_CHECKING:
+    from autotune.config import TrialConfig
+    from autotune.workloads import Dataset, Workload
+
+# Fixed recipe that trains the model an inference trial measures (same as torch's).
+_RECIPE_OPTIMIZER, _RECIPE_LR, _RECIPE_BATCH = "adam", 1e-3, 128
+_EVAL_CHUNK = 1024
+_INFER_BATCHES = 4
+
+#: Keras dtype policy per precision in training (weights stay float32, matmuls in 16 bit).
+_TRAIN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+#: Layer dtype per precision in inference (weights and compute in that dtype).
+_INFER_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+#: Texts of allocation failures that TensorFlow, XLA, TFLite or the C library report as
+#: something other than ``ResourceExhaustedError``/``MemoryError``.
+_OOM_TEXT = re.compile(
+    r"can't allocate|cannot allocate|out of memory|OOM when allocating|failed to allocate|"
+    r"RESOURCE_EXHAUSTED|bad_alloc|std::bad_alloc",
+    re.IGNORECASE,
+)
+
+
+def _quiet_tensorflow_logging() -> None:
+    """Silence TensorFlow's C++ and Python logging before it is imported.
+
+    Level 2 drops INFO and WARNING lines (oneDNN banners, "could not find cuda drivers",
+    XNNPACK delegate notes) but keeps errors, which the launcher keeps as the crash tail.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # XLA's and absl's own C++ logging, read at import
+    os.environ.setdefault("TF_CPP_MAX_VLOG_LEVEL", "0")
+    # Keras 3 is multi-backend: this backend is only correct on its TensorFlow backend.
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+class TensorFlowBackend(Backend):
+    """TensorFlow 2 with Keras 3 on CPU (GPU where a GPU build sees one: same code)."""
+
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        _quiet_tensorflow_logging()
+        import keras
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        self.tf: Any = tf
+        self.keras: Any = keras
+        self.config: TrialConfig | None = None
+        self.model: Any = None
+        self.optimizer: Any = None
+        self._device = "/CPU:0"
+        self._gpu = False
+        self._threads = 1
+        self._widths: tuple[int, ...] = ()
+        self._masks: list[Any] = []
+        self._step_fn: Callable[..., Any] | None = None
+        self._forward: Callable[[Any], Any] | None = None
+        self._eval_fn: Callable[[Any], Any] | None = None
+        self._interpreter: Any = None
+        self._interpreter_name = ""
+        self._input_index = 0
+        self._x_train: np.ndarray | None = None
+        self._y_train: np.ndarray | None = None
+        self._x_test: np.ndarray | None = None
+        self._y_test: np.ndarray | None = None
+        self._epoch_x: list[Any] = []
+        self._epoch_y: list[Any] = []
+        self._infer_batches: list[Any] = []
+        self._last_output: Any = None
+        self._cursor = 0
+        self._epoch = 0
+        self.last_loss = math.nan
+
+    # -- threads and devices ---------------------------------------------------------------
+
+    def set_threads(self, n: int) -> int:
+        """Size TensorFlow's pools; must run before any op creates the runtime.
+
+        ``inter_op`` is 1: the model is a chain of dependent ops (matmul -> bias -> relu ->
+        next matmul), so a second inter-op thread finds nothing to run in parallel, while it
+        does compete for the same ``n`` pinned cores with the intra-op pool that computes
+        every kernel. Measured on the 2-vCPU EPYC, inter 1 against 2 with intra 2:
+        see the module's tests and the report that introduced this backend (no gain from 2).
+
+        The runtime (and with it both thread pools) is then created by a trivial op, here,
+        before the worker applies ``budget.memory_mb``: creating threads under a tight
+        address-space cap fails inside TensorFlow's C++ runtime, which aborts the process
+        instead of raising, so a trial that should be "oom" would become "killed".
+        """
+        tf = self.tf
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        with tf.device("/CPU:0"):
+            tf.constant(1.0).numpy()  # creates the eager context and its thread pools
+        self._threads = n
+        return int(tf.config.threading.get_intra_op_parallelism_threads())
+
+    def _select_device(self, device: str) -> None:
+        tf = self.tf
+        kind, _, index = device.partition(":")
+        n = int(index) if index else 0
+        if kind == "cpu":
+            self._device, self._gpu = "/CPU:0", False
+        elif kind == "cuda":
+            gpus = tf.config.list_physical_devices("GPU")
+            if n >= len(gpus):
+                raise UnsupportedConfigError(
+                    f"{device}: TensorFlow sees {len(gpus)} GPU(s) "
+                    "(tensorflow-cpu has no GPU support; install tensorflow[and-cuda])")
+            self._device, self._gpu = f"/GPU:{n}", True
+        elif kind == "tpu":
+            tpus = tf.config.list_logical_devices("TPU")
+            if n >= len(tpus):
+                raise UnsupportedConfigError(
+                    f"{device}: TensorFlow sees no TPU here (a TPU must be initialised with "
+                    "tf.tpu.experimental.initialize_tpu_system before a trial)")
+            self._device, self._gpu = f"/TPU:{n}", False
+        else:
+            raise UnsupportedConfigError(f"tensorflow backend cannot run on {device!r}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        from autotune.backends import resolve_execution
+
+        execution = resolve_execution(self.name, config.execution)
+        if execution != config.execution:
+            from dataclasses import replace
+
+            config = replace(config, execution=execution)
+        if execution not in ("eager", "graph", "xla"):
+            raise UnsupportedConfigError(f"unknown execution mode {execution!r}")
+        if config.precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise UnsupportedConfigError(f"unknown precision {config.precision!r}")
+        self.config = config
+        self._select_device(config.device)
+        if config.precision == "fp16" and not self._gpu and execution != "xla":
+            # Same rule as capabilities(): without XLA, TF's CPU fp16 kernels take ~1.2 s
+            # per MLP step (research/frameworks_on_cpu.md), a trial that measures nothing.
+            raise UnsupportedConfigError("TensorFlow fp16 on CPU is usable only with xla")
+        if config.precision == "int8":
+            if config.mode == "train":
+                raise UnsupportedConfigError("int8 training is not supported by tensorflow")
+            if self._gpu:
+                raise UnsupportedConfigError("TensorFlow int8 (TFLite) runs on CPU only here")
+        self.keras.utils.set_random_seed(config.seed)
+        try:
+            with self.tf.device(self._device):
+                return self._build(config, workload, data)
+        except Exception as e:
+            _raise_if_oom(self.tf, e, "while building the model")
+            raise
+
+    def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        self._x_train, self._y_train = data.x_train, data.y_train
+        self._x_test, self._y_test = data.x_test, data.y_test
+        info: dict[str, Any] = {"execution": config.execution, "runtime": "tensorflow"}
+        # Initial weights from the full model, seeded: every precision, pruning and
+        # execution of a seed starts from the same numbers.
+        full = self._make_model(workload.layer_widths, "float32")
+        weights, biases = _get_weights(full)
+        del full
+        if config.mode == "train":
+            weights, biases, masks = _prune(weights, biases, config.pruning_structure,
+                                            config.pruning_ratio)
+            self.model = self._make_model(_widths_of(weights), _TRAIN_POLICY[config.precision])
+            _set_weights(self.tf, self.model, weights, biases)
+            self._masks = [self.tf.constant(m.T, dtype=k.dtype)
+                           for m, k in zip(masks, self._kernels(), strict=True)]
+            self.optimizer = self._make_optimizer(config.optimizer, config.learning_rate,
+                                                  loss_scale=config.precision == "fp16")
+            self._step_fn = self._compile(self._make_train_step(), config.execution)
+            self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
+            self._new_epoch()
+        else:
+            info["base_model"], weights, biases = self._train_base_model(
+                config, workload, weights, biases)
+            weights, biases, _ = _prune(weights, biases, config.pruning_structure,
+                                        config.pruning_ratio)
+            if config.precision == "int8":
+                self._convert_to_tflite(weights, biases)
+                info["runtime"] = info["execution"] = "tflite"
+                info["tflite_interpreter"] = self._interpreter_name
+            else:
+                self.model = self._make_model(_widths_of(weights),
+                                              _INFER_DTYPE[config.precision])
+                _set_weights(self.tf, self.model, weights, biases)
+                self._forward = self._compile(self._make_forward(), config.execution)
+                self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
+            self._make_infer_batches(config.batch_size)
+        self._widths = _widths_of(weights)
+        expected = workload.widths_after(config.pruning_structure, config.pruning_ratio)
+        if self._widths != expected:
+            raise RuntimeError(f"built widths {self._widths} differ from the workload's "
+                               f"{expected} after pruning")
+        info["param_count"] = _pruning.dense_param_count(self._widths)
+        if self.model is not None and int(self.model.count_params()) != info["param_count"]:
+            raise RuntimeError(f"Keras counts {self.model.count_params()} parameters, the "
+                               f"dense formula {info['param_count']}")
+        info["flops_per_sample"] = _pruning.dense_flops(self._widths, config.mode)
+        info["widths"] = list(self._widths)
+        info["sparsity"] = _sparsity(weights if self.model is None
+                                     else _get_weights(self.model)[0])
+        info["compute_dtype"] = self.compute_dtype()
+        return info
+
+    def _make_model(self, widths: Sequence[int], dtype: str) -> Any:
+        """Dense(+ReLU) stack of ``widths`` in Keras ``dtype`` (a dtype or a policy name)."""
+        keras = self.keras
+        mixed = dtype.startswith("mixed_")
+        layers: list[Any] = [keras.Input(shape=(widths[0],),
+                                         dtype="float32" if mixed else dtype)]
+        n_layers = len(widths) - 1
+        for i in range(n_layers):
+            bound = 1.0 / math.sqrt(widths[i])
+            layers.append(keras.layers.Dense(
+                widths[i + 1],
+                activation="relu" if i < n_layers - 1 else None,
+                dtype=dtype,
+                # torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
+                kernel_initializer=keras.initializers.VarianceScaling(
+                    scale=1.0 / 3.0, mode="fan_in", distribution="uniform"),
+                bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+            ))
+        if mixed:
+            # Logits (and so the loss and its NaN check) in float32, as Keras' mixed
+            # precision guide prescribes: softmax cross-entropy in 16 bit loses accuracy.
+            layers.append(keras.layers.Activation("linear", dtype="float32"))
+        return keras.Sequential(layers)
+
+    def _dense_layers(self) -> list[Any]:
+        return [layer for layer in self.model.layers
+                if isinstance(layer, self.keras.layers.Dense)]
+
+    def _kernels(self) -> list[Any]:
+        return [layer.kernel for layer in self._dense_layers()]
+
+    def _make_optimizer(self, name: str, lr: float, *, loss_scale: bool = False) -> Any:
+        """Keras optimizers with torch's defaults where Keras' differ (eps 1e-8, AdamW
+        weight decay 0.01), built before any step so no variable is created while tracing."""
+        optimizers = self.keras.optimizers
+        if name == "sgd":
+            opt = optimizers.SGD(learning_rate=lr, momentum=0.9)
+        elif name == "adam":
+            opt = optimizers.Adam(learning_rate=lr, epsilon=1e-8)
+        elif name == "adamw":
+            opt = optimizers.AdamW(learning_rate=lr, epsilon=1e-8, weight_decay=0.01)
+        else:
+            raise UnsupportedConfigError(f"unknown optimizer {name!r}")
+        if loss_scale:
+            opt = optimizers.LossScaleOptimizer(opt)
+        opt.build(self.model.trainable_variables)
+        return opt
+
+    def _make_train_step(self) -> Callable[[Any, Any], Any]:
+        tf = self.tf
+        model, optimizer = self.model, self.optimizer
+        variables = list(model.trainable_variables)
+        kernels, masks = self._kernels(), list(self._masks)
+        loss_scale = isinstance(optimizer, self.keras.optimizers.LossScaleOptimizer)
+
+        def train_step(x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+                scaled = optimizer.scale_loss(loss) if loss_scale else loss
+            grads = tape.gradient(scaled, variables)
+            optimizer.apply(grads, variables)
+            # Unstructured pruning: pruned weights stay zero after every update (in the
+            # compiled step, so it costs one fused multiply per kernel, no Python).
+            for kernel, mask in zip(kernels, masks, strict=True):
+                kernel.assign(kernel * mask)
+            return loss
+
+        return train_step
+
+    def _make_forward(self) -> Callable[[Any], Any]:
+        model = self.model
+
+        def forward(x: Any) -> Any:
+            return model(x, training=False)
+
+        return forward
+
+    def _make_predict(self) -> Callable[[Any], Any]:
+        tf, model = self.tf, self.model
+
+        def predict(x: Any) -> Any:
+            return tf.argmax(model(x, training=False), axis=1)
+
+        return predict
+
+    def _compile(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
+        """``fn`` as the execution mode runs it: as is, a graph, or an XLA cluster."""
+        if execution == "eager":
+            return fn
+        return self.tf.function(fn, jit_compile=execution == "xla")  # type: ignore[no-any-return]
+
+    # -- inference model -------------------------------------------------------------------
+
+    def _train_base_model(self, config: TrialConfig, workload: Workload,
+                          weights: list[np.ndarray], biases: list[np.ndarray]
+                          ) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
+        """Train fp32 with the fixed recipe, so every inference trial measures the same model.
+
+        Cached per (workload, widths, epochs, seed, TensorFlow version) as an ``.npz`` of
+        ``w0..`` ``(out, in)`` and ``b0..`` arrays (the shared pruning layout), readable
+        without TensorFlow. Returns ``"cached"`` or ``"trained"`` and the weights.
+        """
+        from autotune._cache import cache_dir, write_atomically
+
+        tf = self.tf
+        key = (f"tf-{workload.name}-{'x'.join(map(str, workload.layer_widths))}"
+               f"-e{config.budget.train_epochs}-s{config.seed}-{tf.__version__}")
+        path = cache_dir() / f"{key}.npz"
+        n_layers = len(weights)
+        if path.exists():
+            with np.load(path) as f:
+                return ("cached", [f[f"w{i}"] for i in range(n_layers)],
+                        [f[f"b{i}"] for i in range(n_layers)])
+        model = self._make_model(workload.layer_widths, "float32")
+        _set_weights(tf, model, weights, biases)
+        self.model = model
+        optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR)
+        self.model = None
+        variables = list(model.trainable_variables)
+
+        def recipe_step(x: Any, y: Any) -> None:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=y, logits=model(x, training=True)))
+            optimizer.apply(tape.gradient(loss, variables), variables)
+
+        # A graph (untimed setup, so the fastest mode without a compile); reduce_retracing:
+        # the last batch of an epoch is smaller, one shape-generic trace serves both.
+        step = tf.function(recipe_step, reduce_retracing=True)
+
+        assert self._x_train is not None and self._y_train is not None
+        x_train = tf.constant(self._x_train)
+        y_train = tf.constant(self._y_train)
+        rng = np.random.default_rng(config.seed)
+        n = len(self._x_train)
+        for _ in range(config.budget.train_epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, _RECIPE_BATCH):
+                idx = tf.constant(order[start:start + _RECIPE_BATCH])
+                step(tf.gather(x_train, idx), tf.gather(y_train, idx))
+        weights, biases = _get_weights(model)
+
+        def save(tmp: str) -> None:
+            arrays = {f"w{i}": w for i, w in enumerate(weights)}
+            arrays.update({f"b{i}": b for i, b in enumerate(biases)})
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+
+        write_atomically(path, save)
+        return "trained", weights, biases
+
+    def _convert_to_tflite(self, weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
+        """Dynamic-range int8 (int8 weights, activations quantised on the fly per batch).
+
+        ``from_keras_model`` on a float32 Keras model: ``from_concrete_functions`` produces
+        a model of READ_VARIABLE ops whose output is NaN (research/frameworks_on_cpu.md).
+        """
+        tf = self.tf
+        fp32 = self._make_model(_widths_of(weights), "float32")
+        _set_weights(tf, fp32, weights, biases)
+        converter = tf.lite.TFLiteConverter.from_keras_model(fp32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        content = converter.convert()
+        del fp32, converter
+        self._interpreter, self._interpreter_name = _make_interpreter(tf, content,
+                                                                      self._threads)
+        assert self.config is not None
+        detail = self._interpreter.get_input_details()[0]
+        self._input_index = detail["index"]
+        self._interpreter.resize_tensor_input(self._input_index,
+                                              [self.config.batch_size, weights[0].shape[1]])
+        self._interpreter.allocate_tensors()
+
+    def _make_infer_batches(self, batch_size: int) -> None:
+        """A few distinct input batches drawn from the held-out split (tiled if too small)."""
+        assert self._x_test is not None
+        x = self._x_test
+        reps = math.ceil(batch_size * _INFER_BATCHES / len(x))
+        pool = np.tile(x, (reps, 1)) if reps > 1 else x
+        batches = [np.ascontiguousarray(pool[i * batch_size:(i + 1) * batch_size])
+                   for i in range(_INFER_BATCHES)]
+        if self._interpreter is not None:
+            self._infer_batches = batches
+        else:
+            dtype = self.model.layers[0].compute_dtype
+            self._infer_batches = [self.tf.cast(self.tf.constant(b), dtype) for b in batches]
+
+    # -- stepping --------------------------------------------------------------------------
+
+    def _new_epoch(self) -> None:
+        """Shuffle once per epoch outside the timed steps, so a step only picks a batch.
+
+        The order is extended cyclically to ``steps_per_epoch * batch_size`` samples: the
+        last, partial batch wraps around to the first samples of this epoch's order (and a
+        batch larger than the split repeats it), exactly as the torch backend does.
+        """
+        tf = self.tf
+        assert self.config is not None and self._x_train is not None
+        assert self._y_train is not None
+        rng = np.random.default_rng(self.config.seed + self._epoch)
+        order = rng.permutation(len(self._x_train))
+        bs, steps = self.config.batch_size, self.steps_per_epoch
+        order = np.resize(order, steps * bs)
+        x = tf.reshape(tf.constant(self._x_train[order]), (steps, bs, -1))
+        y = tf.reshape(tf.constant(self._y_train[order]), (steps, bs))
+        # One unstack op here instead of a slice op per step (eager slices cost ~20 us).
+        self._epoch_x, self._epoch_y = tf.unstack(x), tf.unstack(y)
+        self._cursor = 0
+        self._epoch += 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training split (last batch may wrap)."""
+        assert self.config is not None and self._x_train is not None
+        return max(1, math.ceil(len(self._x_train) / self.config.batch_size))
+
+    def step(self) -> int:
+        assert self.config is not None
+        try:
+            if self.config.mode == "train":
+                with self.tf.device(self._device):
+                    return self._train_step()
+            return self._infer_step()
+        except NonFiniteLossError:
+            raise
+        except Exception as e:
+            _raise_if_oom(self.tf, e, "in a step")
+            raise
+
+    def _train_step(self) -> int:
+        assert self.config is not None and self._step_fn is not None
+        if self._cursor >= self.steps_per_epoch:
+            self._new_epoch()
+        x, y = self._epoch_x[self._cursor], self._epoch_y[self._cursor]
+        self._cursor += 1
+        loss = self._step_fn(x, y)
+        # Reading the loss waits for the step: on CPU the step has already finished (see
+        # synchronize), on GPU this is the sync a NaN check needs anyway.
+        self.last_loss = float(loss)
+        if not math.isfinite(self.last_loss):
+            raise NonFiniteLossError(
+                f"loss became {self.last_loss} at epoch {self._epoch} "
+                f"(learning_rate={self.config.learning_rate}, optimizer={self.config.optimizer})"
+            )
+        return self.config.batch_size
+
+    def _infer_step(self) -> int:
+        assert self.config is not None
+        batch = self._infer_batches[self._cursor % len(self._infer_batches)]
+        self._cursor += 1
+        if self._interpreter is not None:
+            self._interpreter.set_tensor(self._input_index, batch)
+            self._interpreter.invoke()  # synchronous: returns when the outputs are written
+        else:
+            assert self._forward is not None
+            with self.tf.device(self._device):
+                self._last_output = self._forward(batch)
+        return self.config.batch_size
+
+    def synchronize(self) -> None:
+        """Wait for queued device work.
+
+        On CPU TensorFlow executes synchronously: an eager op, and a ``tf.function`` call
+        (graph or XLA), return only after their kernels have run and their outputs exist
+        (the CPU device has no stream to queue on; checked: timing a step with and without
+        ``.numpy()`` on its output gives the same time). GPUs run asynchronously, so there
+        all devices are drained.
+        """
+        if self._gpu:
+            self.tf.test.experimental.sync_devices()
+
+    def evaluate(self) -> float:
+        assert self.config is not None
+        assert self._x_test is not None and self._y_test is not None
+        x, y = self._x_test, self._y_test
+        correct = 0
+        if self._interpreter is not None:
+            # Through the int8 model itself, in chunks of its input size (padded at the end).
+            bs = self.config.batch_size
+            output = self._interpreter.get_output_details()[0]["index"]
+            for start in range(0, len(x), bs):
+                chunk = x[start:start + bs]
+                n = len(chunk)
+                if n < bs:
+                    chunk = np.resize(chunk, (bs, x.shape[1]))
+                self._interpreter.set_tensor(self._input_index,
+                                             np.ascontiguousarray(chunk, dtype=np.float32))
+                self._interpreter.invoke()
+                pred = self._interpreter.get_tensor(output)[:n].argmax(axis=1)
+                correct += int((pred == y[start:start + n]).sum())
+            return correct / len(x)
+        assert self._eval_fn is not None
+        tf = self.tf
+        dtype = "float32" if self.config.mode == "train" else \
+            self.model.layers[0].compute_dtype
+        with tf.device(self._device):
+            for start in range(0, len(x), _EVAL_CHUNK):
+                chunk = tf.cast(tf.constant(x[start:start + _EVAL_CHUNK]), dtype)
+                pred = self._eval_fn(chunk).numpy()
+                correct += int((pred == y[start:start + _EVAL_CHUNK]).sum())
+        return correct / len(x)
+
+    def compute_dtype(self) -> str:
+        assert self.config is not None
+        if self._interpreter is not None:
+            kinds = {d["dtype"] for d in self._interpreter.get_tensor_details()}
+            return "int8" if np.int8 in kinds else "float32"
+        # For a mixed policy this is the matmul dtype (variables stay float32).
+        return str(self._dense_layers()[0].compute_dtype)
+
+    def peak_memory_bytes(self) -> int | None:
+        """Device allocator peak on GPU; ``None`` on CPU.
+
+        ``get_memory_info('CPU:0')`` does work on CPU, but it only counts tensors from TF's
+        allocator (not XLA buffers, TFLite arenas or numpy), so the worker's peak RSS is
+        the figure comparable with the other backends.
+        """
+        if self._gpu:
+            info = self.tf.config.experimental.get_memory_info(self._device.lstrip("/"))
+            return int(info["peak"])
+        return None
+
+    def versions(self) -> dict[str, str]:
+        tf = self.tf
+        out = {"tensorflow": str(tf.__version__), "keras": str(self.keras.__version__),
+               "runtime": "tflite" if self._interpreter is not None else "tensorflow"}
+        if self._interpreter is not None:
+            out["tflite_interpreter"] = self._interpreter_name
+        if self.config is not None:
+            out["execution"] = ("tflite" if self._interpreter is not None
+                                else self.config.execution)
+        return out
+
+    def teardown(self) -> None:
+        self.model = self.optimizer = self._interpreter = None
+        self._step_fn = self._forward = self._eval_fn = None
+        self._masks, self._infer_batches = [], []
+        self._epoch_x, self._epoch_y = [], []
+        self._last_output = None
+        self.keras.backend.clear_session()
+
+
+# -- helpers (numpy side; weights in the shared (out, in) layout) --------------------------
+
+
+def _eval_execution(config: TrialConfig) -> str:
+    """Evaluation is untimed: eager would only slow the trial down, so it runs as a graph;
+    XLA trials evaluate with XLA (fp16 has usable CPU kernels only there)."""
+    return "xla" if config.execution == "xla" else "graph"
+
+
+def _get_weights(model: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Kernels as float32 ``(out, in)`` arrays and biases, input layer first."""
+    weights, biases = [], []
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            weights.append(np.asarray(layer.kernel.numpy(), dtype=np.float32).T.copy())
+            biases.append(np.asarray(layer.bias.numpy(), dtype=np.float32).copy())
+    return weights, biases
+
+
+def _set_weights(tf: Any, model: Any, weights: Sequence[np.ndarray],
+                 biases: Sequence[np.ndarray]) -> None:
+    dense = [layer for layer in model.layers if hasattr(layer, "kernel")]
+    for layer, w, b in zip(dense, weights, biases, strict=True):
+        layer.kernel.assign(tf.cast(tf.constant(w.T), layer.kernel.dtype))
+        layer.bias.assign(tf.cast(tf.constant(b), layer.bias.dtype))
+
+
+def _widths_of(weights: Sequence[np.ndarray]) -> tuple[int, ...]:
+    return (weights[0].shape[1], *(w.shape[0] for w in weights))
+
+
+def _prune(weights: list[np.ndarray], biases: list[np.ndarray], structure: str, ratio: float
+           ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Pruned weights, biases and keep-masks (all True unless unstructured)."""
+    if ratio > 0 and structure == "structured":
+        weights, biases = _pruning.apply_structured(weights, biases, ratio)
+    elif ratio > 0 and structure == "unstructured":
+        masks = _pruning.unstructured_masks(weights, ratio)
+        return [w * m for w, m in zip(weights, masks, strict=True)], biases, masks
+    elif ratio > 0:
+        raise UnsupportedConfigError(f"unknown pruning structure {structure!r}")
+    return weights, biases, [np.ones(w.shape, dtype=bool) for w in weights]
+
+
+def _sparsity(weights: Sequence[np.ndarray]) -> float:
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return float(zeros / sum(w.size for w in weights))
+
+
+def _make_interpreter(tf: Any, content: bytes, threads: int) -> tuple[Any, str]:
+    """The LiteRT interpreter where ``ai_edge_litert`` is installed, else ``tf.lite``'s
+    (same runtime and XNNPACK kernels; it only warns that it moves to LiteRT)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        pass
+    else:
+        return Interpreter(model_content=content, num_threads=threads), "ai_edge_litert"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is "
+                                r"deprecated", category=UserWarning)
+        return tf.lite.Interpreter(model_content=content, num_threads=threads), "tf.lite"
+
+
+def _raise_if_oom(tf: Any, error: BaseException, where: str) -> None:
+    """Re-raise an allocation failure as :class:`OutOfMemoryError`; return otherwise."""
+    if isinstance(error, OutOfMemoryError):
+        raise error
+    if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)) or \
+            _OOM_TEXT.search(str(error)):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OutOfMemoryError(f"out of memory {where}: {first}") from error

@@ -1,0 +1,132 @@
+"""Device discovery: which backends are installed and which devices each one sees.
+
+Each backend is probed in a process of its own (frameworks never share a process), in
+parallel. A backend that is not installed is reported with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.backends import BACKENDS
+
+PROBE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as a backend sees it. ``id`` is framework-neutral: cpu, cuda:N, npu:N."""
+
+    id: str
+    name: str
+    memory_mb: int | None = None
+    driver: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BackendDevices:
+    """A backend's installation state and the devices it sees."""
+
+    backend: str
+    installed: bool
+    install_hint: str
+    version: str | None = None
+    devices: tuple[Device, ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``autotune devices --json``)."""
+        return {"backend": self.backend, "installed": self.installed,
+                "install_hint": self.install_hint, "version": self.version,
+                "error": self.error, "devices": [vars(d) for d in self.devices]}
+
+
+@dataclass
+class _Probe:
+    argv_prefix: list[str] = field(default_factory=lambda: [sys.executable, "-m",
+                                                            "autotune.backends._probe"])
+
+    def __call__(self, backend: str) -> BackendDevices:
+        entry = BACKENDS[backend]
+        if not entry.is_installed():
+            return BackendDevices(backend, False, entry.install_hint)
+        try:
+            proc = subprocess.run([*self.argv_prefix, backend], capture_output=True,
+                                  text=True, timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return BackendDevices(backend, True, entry.install_hint,
+                                  error=f"probe timed out after {PROBE_TIMEOUT_S} s")
+        line = next((ln for ln in proc.stdout.splitlines()
+                     if ln.startswith("AUTOTUNE-PROBE ")), None)
+        if proc.returncode != 0 or line is None:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return BackendDevices(backend, True, entry.install_hint,
+                                  error=f"probe failed: {tail}")
+        data = json.loads(line.removeprefix("AUTOTUNE-PROBE "))
+        return BackendDevices(backend, True, entry.install_hint, version=data["version"],
+                              devices=tuple(Device(**d) for d in data["devices"]))
+
+
+def discover(backends: Iterable[str] | None = None) -> list[BackendDevices]:
+    """Probe each backend (default: all registered) in its own process, in parallel."""
+    names = list(backends) if backends is not None else list(BACKENDS)
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return list(pool.map(_Probe(), names))
+
+
+def device_ids(reports: Iterable[BackendDevices]) -> list[str]:
+    """Every device id any of the reports sees, cpu first, then sorted."""
+    ids = {d.id for r in reports for d in r.devices}
+    return sorted(ids, key=lambda i: (i != "cpu", i.split(":")[0], int(i.split(":")[1])
+                                      if ":" in i else 0))
+
+
+def check_installed(space: Any) -> None:
+    """Raise :class:`StudyError` naming the install command of any backend the space names
+    that is not installed (checked without importing it)."""
+    from autotune.exceptions import StudyError
+    from autotune.space import KNOB_DEFAULTS
+
+    spec = space.param("backend")
+    names = list(spec.choices) if spec is not None else [KNOB_DEFAULTS["backend"]]
+    for name in names:
+        entry = BACKENDS[name]
+        if not entry.is_installed():
+            raise StudyError(f"backend {name!r} named in the space is not installed; "
+                             f"install it with: {entry.install_hint}")
+
+
+def resolve_devices(space: Any) -> Any:
+    """The space with ``device: auto`` replaced by every device its backends see, after
+    checking that every listed device exists. CPU-only spaces need no probe."""
+    import dataclasses
+
+    from autotune.exceptions import StudyError
+    from autotune.space import KNOB_DEFAULTS, ParamSpec
+
+    spec = space.param("device")
+    wanted = list(spec.choices) if spec is not None and spec.kind in ("fixed", "categorical") \
+        else [KNOB_DEFAULTS["device"]]
+    if all(d == "cpu" for d in wanted):
+        return space
+    backend_spec = space.param("backend")
+    backends = list(backend_spec.choices) if backend_spec else [KNOB_DEFAULTS["backend"]]
+    found = device_ids(discover(backends))
+    if wanted == ["auto"]:
+        choices: tuple[str, ...] = tuple(found)
+    else:
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise StudyError(f"device {missing[0]!r} does not exist here; devices found by "
+                             f"{', '.join(backends)}: {', '.join(found)}")
+        return space
+    new = ParamSpec("device", "fixed" if len(choices) == 1 else "categorical", choices=choices)
+    params = tuple(new if p.name == "device" else p for p in space.params)
+    return dataclasses.replace(space, params=params)
