@@ -429,8 +429,8 @@ def _cmd_devices(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
-_COMMANDS = {"devices": _cmd_devices, "create": _cmd_create, "run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
-             "delete": _cmd_delete}
+_COMMANDS = {"devices": _cmd_devices, "create": _cmd_create, "run": _cmd_run,
+             "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
