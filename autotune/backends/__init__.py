@@ -111,7 +111,15 @@ def capabilities(backend: str, device: str) -> Capabilities:
 
 
 def load_backend(name: str) -> Backend:
-    """Import and instantiate backend ``name`` (in the worker process only)."""
+    """Import and instantiate backend ``name`` (in the worker process only).
+
+    ``name`` is a registered backend or ``"package.module:Class"`` (a third-party backend,
+    e.g. one being checked with :mod:`autotune.testing.conformance`).
+    """
+    if name not in BACKENDS and ":" in name:
+        module_name, _, cls_name = name.partition(":")
+        custom: Backend = getattr(importlib.import_module(module_name), cls_name)()
+        return custom
     entry = BACKENDS[name]
     if not entry.is_installed():
         from autotune.exceptions import UnsupportedConfigError

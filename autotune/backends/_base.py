@@ -138,6 +138,11 @@ class Backend(ABC):
         ``float16`` or ``int8`` (checked by the conformance suite: a precision knob must
         really change it)."""
 
+    def dense_weights(self) -> list[Any]:
+        """The dense layers' weight matrices as numpy ``(out, in)`` arrays, input layer first,
+        as they are now (used by the conformance suite to check pruning independently)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its weights")
+
     def set_threads(self, n: int) -> int:
         """Size the framework's intra-op thread pool to ``n``; return the size it reports.
 

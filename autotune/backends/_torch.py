@@ -371,6 +371,14 @@ class TorchBackend(Backend):
             return str(self._compute_dtype).removeprefix("torch.")
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
+    def dense_weights(self) -> list[Any]:
+        layers = self._linear_layers()
+        if layers:
+            return [m.weight.detach().float().cpu().numpy() for m in layers]
+        # int8: dynamically quantised layers keep an int8 weight with a scale
+        return [m.weight().dequantize().numpy() for m in self.model.modules()
+                if type(m).__name__ == "Linear" and callable(getattr(m, "weight", None))]
+
     def set_threads(self, n: int) -> int:
         self.torch.set_num_threads(n)
         return int(self.torch.get_num_threads())

@@ -1,0 +1,93 @@
+"""The backend conformance suite: one set of checks every backend must pass.
+
+Use it from pytest by subclassing::
+
+    from autotune.testing.conformance import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        backend = "mypackage.backend:MyBackend"        # or a registered name
+        precisions = {"fp32": "float32", "fp16": "float16"}
+
+Each check runs in a fresh process (frameworks must never share one). What is checked:
+the lifecycle in train and infer mode; that the profiler synchronises after every step
+before it reads the clock; that model size and FLOPs are deterministic and match the
+workload's formula (also after structured pruning); that unstructured pruning really
+zeroes the stated fraction of the weights and keeps them zero through optimizer steps;
+that each precision really changes the compute dtype; that running out of memory raises
+``OutOfMemoryError``; and that teardown frees memory (repeated cycles do not grow).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any, ClassVar
+
+from autotune.backends._pruning import dense_flops, dense_param_count
+
+#: Resident memory may grow this much across repeated setup/teardown cycles (allocator
+#: caches, lazily imported modules), beyond which a backend is leaking models.
+TEARDOWN_SLACK_BYTES = 64 * 2**20
+
+
+def run_check(backend: str, check: str, timeout_s: float = 600, **kwargs: Any) -> Any:
+    """Run one check in a fresh process; return its JSON result."""
+    argv = [sys.executable, "-m", "autotune.testing._conformance_runner", backend, check]
+    if kwargs:
+        argv.append(json.dumps(kwargs))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    line = next((ln for ln in proc.stdout.splitlines()
+                 if ln.startswith("AUTOTUNE-CONFORMANCE ")), None)
+    if proc.returncode != 0 or line is None:
+        raise AssertionError(f"conformance check {check!r} on {backend!r} failed "
+                             f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("AUTOTUNE-CONFORMANCE "))
+
+
+class BackendConformance:
+    """Subclass with ``backend`` (and ``precisions``) set; pytest collects ``Test*`` names."""
+
+    backend: ClassVar[str]
+    #: precision knob -> the compute dtype it must produce
+    precisions: ClassVar[dict[str, str]] = {"fp32": "float32"}
+
+    def test_lifecycle(self) -> None:
+        result = run_check(self.backend, "lifecycle")
+        for mode in ("train", "infer"):
+            assert result[mode]["samples"] == [32] * 5, mode
+            assert 0.0 <= result[mode]["accuracy"] <= 1.0, mode
+            assert result[mode]["info"]["param_count"] > 0
+
+    def test_synchronizes_before_every_clock_read(self) -> None:
+        result = run_check(self.backend, "sync")
+        assert result["measured"] >= 5
+        assert result["steps_not_followed_by_sync"] == 0
+        assert result["syncs"] >= result["steps"]
+
+    def test_model_size_and_flops_are_deterministic_and_match_the_workload(self) -> None:
+        runs = run_check(self.backend, "size")["runs"]
+        assert runs[0]["param_count"] == runs[1]["param_count"]
+        assert runs[0]["flops_per_sample"] == runs[1]["flops_per_sample"]
+        for run in runs:
+            widths = run["expected_widths"]
+            assert run["param_count"] == dense_param_count(widths)
+            assert run["flops_per_sample"] == dense_flops(widths, "train")
+        assert runs[2]["param_count"] < runs[0]["param_count"]  # structured really shrinks
+
+    def test_pruning_zeroes_the_stated_fraction(self) -> None:
+        result = run_check(self.backend, "pruning")
+        for mode in ("train", "infer"):
+            assert abs(result[mode]["zero_fraction"] - 0.5) < 0.01, (mode, result[mode])
+
+    def test_precision_changes_the_compute_dtype(self) -> None:
+        result = run_check(self.backend, "precision", precisions=self.precisions)
+        assert result == self.precisions
+
+    def test_out_of_memory_raises_out_of_memory_error(self) -> None:
+        result = run_check(self.backend, "oom")
+        assert result["raised"] == "OutOfMemoryError", result
+
+    def test_teardown_frees_memory(self) -> None:
+        rss = run_check(self.backend, "teardown")["rss"]
+        assert rss[-1] - rss[0] < TEARDOWN_SLACK_BYTES, rss
