@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from typing import ClassVar
+
 from autotune.testing.conformance import BackendConformance
 
 
 class TestNumpyFake(BackendConformance):
     backend = "autotune.testing.fake_backend:NumpyBackend"
-    precisions = {"fp32": "float32", "fp16": "float16"}
+    precisions: ClassVar[dict[str, str]] = {"fp32": "float32", "fp16": "float16"}
 
 
 @pytest.mark.slow
@@ -17,4 +19,5 @@ class TestTorch(BackendConformance):
     backend = "torch"
     # autocast bf16/fp16 compute on any x86 CPU (slowly without native support); int8 is
     # dynamic quantisation in infer mode
-    precisions = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+    precisions: ClassVar[dict[str, str]] = {"fp32": "float32", "bf16": "bfloat16",
+                                            "fp16": "float16", "int8": "int8"}

@@ -11,6 +11,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -186,7 +187,7 @@ def check_teardown(backend: str, cycles: int = 4) -> dict[str, Any]:
     return {"rss": rss, "model_bytes": model_bytes}
 
 
-CHECKS = {"lifecycle": check_lifecycle, "sync": check_sync, "size": check_size,
+CHECKS: dict[str, Callable[..., dict[str, Any]]] = {"lifecycle": check_lifecycle, "sync": check_sync, "size": check_size,
           "pruning": check_pruning, "precision": check_precision, "oom": check_oom,
           "teardown": check_teardown}
 

@@ -9,6 +9,7 @@ compute, train and infer, unstructured and structured pruning, and raises
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ class NumpyBackend(Backend):
     def _init(self, widths: tuple[int, ...], seed: int) -> None:
         rng = np.random.default_rng(seed)
         self.w, self.b = [], []
-        for a, b in zip(widths, widths[1:], strict=False):
+        for a, b in itertools.pairwise(widths):
             bound = 1 / math.sqrt(a)  # torch.nn.Linear's default init range
             self.w.append(rng.uniform(-bound, bound, (b, a)).astype(np.float32))
             self.b.append(rng.uniform(-bound, bound, b).astype(np.float32))
