@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from typing import ClassVar
+
+import pytest
 
 from autotune.testing.conformance import BackendConformance
 

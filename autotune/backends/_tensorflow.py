@@ -195,60 +195,84 @@ class TensorFlowBackend(Backend):
             raise
 
     def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+        tf = self.tf
         self._x_train, self._y_train = data.x_train, data.y_train
         self._x_test, self._y_test = data.x_test, data.y_test
         info: dict[str, Any] = {"execution": config.execution, "runtime": "tensorflow"}
-        # Initial weights from the full model, seeded: every precision, pruning and
-        # execution of a seed starts from the same numbers.
-        full = self._make_model(workload.layer_widths, "float32")
-        weights, biases = _get_weights(full)
-        del full
+        ratio = config.pruning_ratio
+        if config.pruning_structure not in ("unstructured", "structured"):
+            raise UnsupportedConfigError(
+                f"unknown pruning structure {config.pruning_structure!r}")
+        structured = config.pruning_structure == "structured" and ratio > 0
+        full_widths = workload.layer_widths
+        # Every model below starts from the seeded initialisation of the *full* model (so a
+        # seed means the same initial weights whatever the precision or pruning). Models are
+        # built once where possible: building twice would inflate the measured peak memory.
         if config.mode == "train":
-            weights, biases, masks = _prune(weights, biases, config.pruning_structure,
-                                            config.pruning_ratio)
-            self.model = self._make_model(_widths_of(weights), _TRAIN_POLICY[config.precision])
-            _set_weights(self.tf, self.model, weights, biases)
-            self._masks = [self.tf.constant(m.T, dtype=k.dtype)
-                           for m, k in zip(masks, self._kernels(), strict=True)]
+            policy = _TRAIN_POLICY[config.precision]
+            if structured:
+                weights, biases = _pruning.apply_structured(
+                    *_get_weights(self._make_model(full_widths, "float32")), ratio)
+                self.model = self._model_from(weights, biases, policy)
+            else:
+                self.model = self._make_model(full_widths, policy)  # mixed: float32 variables
+                if ratio > 0:
+                    masks = self._mask_in_place(self.model, ratio)
+                    # kept for the step: pruned weights stay zero through training
+                    self._masks = [tf.constant(m.T, dtype=k.dtype)
+                                   for m, k in zip(masks, self._kernels(), strict=True)]
             self.optimizer = self._make_optimizer(config.optimizer, config.learning_rate,
                                                   loss_scale=config.precision == "fp16")
             self._step_fn = self._compile(self._make_train_step(), config.execution)
             self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
+            model = self.model  # its variables are float32 under mixed policies too
             self._new_epoch()
         else:
-            info["base_model"], weights, biases = self._train_base_model(
-                config, workload, weights, biases)
-            weights, biases, _ = _prune(weights, biases, config.pruning_structure,
-                                        config.pruning_ratio)
-            if config.precision == "int8":
-                self._convert_to_tflite(weights, biases)
-                info["runtime"] = info["execution"] = "tflite"
-                info["tflite_interpreter"] = self._interpreter_name
-            else:
-                self.model = self._make_model(_widths_of(weights),
-                                              _INFER_DTYPE[config.precision])
-                _set_weights(self.tf, self.model, weights, biases)
-                self._forward = self._compile(self._make_forward(), config.execution)
-                self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
-            self._make_infer_batches(config.batch_size)
-        self._widths = _widths_of(weights)
-        expected = workload.widths_after(config.pruning_structure, config.pruning_ratio)
+            # float32 until the precision conversion at the end
+            model, info["base_model"] = self._base_model(config, workload)
+            if structured:
+                weights, biases = _pruning.apply_structured(*_get_weights(model), ratio)
+                model = self._model_from(weights, biases, "float32")
+            elif ratio > 0:
+                self._mask_in_place(model, ratio)  # permanent: nothing to keep
+        self._widths = _widths_of_model(model)
+        expected = workload.widths_after(config.pruning_structure, ratio)
         if self._widths != expected:
             raise RuntimeError(f"built widths {self._widths} differ from the workload's "
                                f"{expected} after pruning")
         info["param_count"] = _pruning.dense_param_count(self._widths)
-        if self.model is not None and int(self.model.count_params()) != info["param_count"]:
-            raise RuntimeError(f"Keras counts {self.model.count_params()} parameters, the "
+        if int(model.count_params()) != info["param_count"]:
+            raise RuntimeError(f"Keras counts {model.count_params()} parameters, the "
                                f"dense formula {info['param_count']}")
         info["flops_per_sample"] = _pruning.dense_flops(self._widths, config.mode)
         info["widths"] = list(self._widths)
-        info["sparsity"] = _sparsity(weights if self.model is None
-                                     else _get_weights(self.model)[0])
+        info["sparsity"] = _sparsity(tf, [layer.kernel for layer in model.layers
+                                          if hasattr(layer, "kernel")])
+        if config.mode == "infer":
+            if config.precision == "int8":
+                self._convert_to_tflite(model)
+                info["runtime"] = info["execution"] = "tflite"
+                info["tflite_interpreter"] = self._interpreter_name
+            elif config.precision == "fp32":
+                self.model = model
+            else:
+                self.model = self._model_from(*_get_weights(model),
+                                              _INFER_DTYPE[config.precision])
+            del model
+            if self.model is not None:
+                self._forward = self._compile(self._make_forward(), config.execution)
+                self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
+            self._make_infer_batches(config.batch_size)
         info["compute_dtype"] = self.compute_dtype()
         return info
 
-    def _make_model(self, widths: Sequence[int], dtype: str) -> Any:
-        """Dense(+ReLU) stack of ``widths`` in Keras ``dtype`` (a dtype or a policy name)."""
+    def _make_model(self, widths: Sequence[int], dtype: str, *,
+                    initialise: bool = True) -> Any:
+        """Dense(+ReLU) stack of ``widths`` in Keras ``dtype`` (a dtype or a policy name).
+
+        ``initialise=False`` fills zeros, for a model whose weights are assigned next (a
+        random initialisation would cost time and temporary memory for nothing).
+        """
         keras = self.keras
         mixed = dtype.startswith("mixed_")
         layers: list[Any] = [keras.Input(shape=(widths[0],),
@@ -262,14 +286,33 @@ class TensorFlowBackend(Backend):
                 dtype=dtype,
                 # torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
                 kernel_initializer=keras.initializers.VarianceScaling(
-                    scale=1.0 / 3.0, mode="fan_in", distribution="uniform"),
-                bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+                    scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+                if initialise else "zeros",
+                bias_initializer=keras.initializers.RandomUniform(-bound, bound)
+                if initialise else "zeros",
             ))
         if mixed:
             # Logits (and so the loss and its NaN check) in float32, as Keras' mixed
             # precision guide prescribes: softmax cross-entropy in 16 bit loses accuracy.
             layers.append(keras.layers.Activation("linear", dtype="float32"))
         return keras.Sequential(layers)
+
+    def _model_from(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
+                    dtype: str) -> Any:
+        """A model of the widths of ``weights`` in ``dtype``, holding these weights."""
+        model = self._make_model(_widths_of(weights), dtype, initialise=False)
+        _set_weights(self.tf, model, weights, biases)
+        return model
+
+    def _mask_in_place(self, model: Any, ratio: float) -> list[np.ndarray]:
+        """Zero the globally smallest ``ratio`` of ``model``'s weights; return the masks."""
+        weights, _ = _get_weights(model)
+        masks = _pruning.unstructured_masks(weights, ratio)
+        del weights
+        dense = [layer for layer in model.layers if hasattr(layer, "kernel")]
+        for layer, mask in zip(dense, masks, strict=True):
+            layer.kernel.assign(layer.kernel * self.tf.constant(mask.T, layer.kernel.dtype))
+        return masks
 
     def _dense_layers(self) -> list[Any]:
         return [layer for layer in self.model.layers
@@ -278,10 +321,13 @@ class TensorFlowBackend(Backend):
     def _kernels(self) -> list[Any]:
         return [layer.kernel for layer in self._dense_layers()]
 
-    def _make_optimizer(self, name: str, lr: float, *, loss_scale: bool = False) -> Any:
+    def _make_optimizer(self, name: str, lr: float, *, loss_scale: bool = False,
+                        model: Any = None) -> Any:
         """Keras optimizers with torch's defaults where Keras' differ (eps 1e-8, AdamW
         weight decay 0.01), built before any step so no variable is created while tracing."""
         optimizers = self.keras.optimizers
+        model = self.model if model is None else model
+        lr = float(lr)  # Keras rejects an int learning rate (a space may say 1000)
         if name == "sgd":
             opt = optimizers.SGD(learning_rate=lr, momentum=0.9)
         elif name == "adam":
@@ -292,7 +338,7 @@ class TensorFlowBackend(Backend):
             raise UnsupportedConfigError(f"unknown optimizer {name!r}")
         if loss_scale:
             opt = optimizers.LossScaleOptimizer(opt)
-        opt.build(self.model.trainable_variables)
+        opt.build(model.trainable_variables)
         return opt
 
     def _make_train_step(self) -> Callable[[Any, Any], Any]:
@@ -342,14 +388,13 @@ class TensorFlowBackend(Backend):
 
     # -- inference model -------------------------------------------------------------------
 
-    def _train_base_model(self, config: TrialConfig, workload: Workload,
-                          weights: list[np.ndarray], biases: list[np.ndarray]
-                          ) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
-        """Train fp32 with the fixed recipe, so every inference trial measures the same model.
+    def _base_model(self, config: TrialConfig, workload: Workload) -> tuple[Any, str]:
+        """The full fp32 model trained with the fixed recipe, so every inference trial
+        measures the same model; ``"cached"`` or ``"trained"`` with it.
 
-        Cached per (workload, widths, epochs, seed, TensorFlow version) as an ``.npz`` of
-        ``w0..`` ``(out, in)`` and ``b0..`` arrays (the shared pruning layout), readable
-        without TensorFlow. Returns ``"cached"`` or ``"trained"`` and the weights.
+        The weights are cached per (workload, widths, epochs, seed, TensorFlow version) as an
+        ``.npz`` of ``w0..`` ``(out, in)`` and ``b0..`` arrays (the shared pruning layout),
+        readable without TensorFlow.
         """
         from autotune._cache import cache_dir, write_atomically
 
@@ -357,16 +402,30 @@ class TensorFlowBackend(Backend):
         key = (f"tf-{workload.name}-{'x'.join(map(str, workload.layer_widths))}"
                f"-e{config.budget.train_epochs}-s{config.seed}-{tf.__version__}")
         path = cache_dir() / f"{key}.npz"
-        n_layers = len(weights)
+        n_layers = len(workload.layer_widths) - 1
         if path.exists():
             with np.load(path) as f:
-                return ("cached", [f[f"w{i}"] for i in range(n_layers)],
-                        [f[f"b{i}"] for i in range(n_layers)])
+                weights = [f[f"w{i}"] for i in range(n_layers)]
+                biases = [f[f"b{i}"] for i in range(n_layers)]
+            return self._model_from(weights, biases, "float32"), "cached"
         model = self._make_model(workload.layer_widths, "float32")
-        _set_weights(tf, model, weights, biases)
-        self.model = model
-        optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR)
-        self.model = None
+        self._train_recipe(config, model)
+        weights, biases = _get_weights(model)
+        arrays = {f"w{i}": w for i, w in enumerate(weights)}
+        arrays.update({f"b{i}": b for i, b in enumerate(biases)})
+        del weights, biases
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+
+        write_atomically(path, save)
+        return model, "trained"
+
+    def _train_recipe(self, config: TrialConfig, model: Any) -> None:
+        """Adam, lr 1e-3, batch 128, ``budget.train_epochs`` epochs, fp32, seeded shuffles."""
+        tf = self.tf
+        optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR, model=model)
         variables = list(model.trainable_variables)
 
         def recipe_step(x: Any, y: Any) -> None:
@@ -375,13 +434,13 @@ class TensorFlowBackend(Backend):
                     labels=y, logits=model(x, training=True)))
             optimizer.apply(tape.gradient(loss, variables), variables)
 
-        # A graph (untimed setup, so the fastest mode without a compile); reduce_retracing:
-        # the last batch of an epoch is smaller, one shape-generic trace serves both.
-        step = tf.function(recipe_step, reduce_retracing=True)
-
+        # A graph: untimed setup, so the fastest mode that needs no compile. The last batch
+        # of an epoch is smaller: a signature with an unknown batch keeps it to one trace.
         assert self._x_train is not None and self._y_train is not None
-        x_train = tf.constant(self._x_train)
-        y_train = tf.constant(self._y_train)
+        step = tf.function(recipe_step, input_signature=[
+            tf.TensorSpec((None, self._x_train.shape[1]), tf.float32),
+            tf.TensorSpec((None,), tf.int64)])
+        x_train, y_train = tf.constant(self._x_train), tf.constant(self._y_train)
         rng = np.random.default_rng(config.seed)
         n = len(self._x_train)
         for _ in range(config.budget.train_epochs):
@@ -389,37 +448,24 @@ class TensorFlowBackend(Backend):
             for start in range(0, n, _RECIPE_BATCH):
                 idx = tf.constant(order[start:start + _RECIPE_BATCH])
                 step(tf.gather(x_train, idx), tf.gather(y_train, idx))
-        weights, biases = _get_weights(model)
 
-        def save(tmp: str) -> None:
-            arrays = {f"w{i}": w for i, w in enumerate(weights)}
-            arrays.update({f"b{i}": b for i, b in enumerate(biases)})
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-
-        write_atomically(path, save)
-        return "trained", weights, biases
-
-    def _convert_to_tflite(self, weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
+    def _convert_to_tflite(self, model: Any) -> None:
         """Dynamic-range int8 (int8 weights, activations quantised on the fly per batch).
 
-        ``from_keras_model`` on a float32 Keras model: ``from_concrete_functions`` produces
+        ``from_keras_model`` on the float32 Keras model: ``from_concrete_functions`` produces
         a model of READ_VARIABLE ops whose output is NaN (research/frameworks_on_cpu.md).
         """
         tf = self.tf
-        fp32 = self._make_model(_widths_of(weights), "float32")
-        _set_weights(tf, fp32, weights, biases)
-        converter = tf.lite.TFLiteConverter.from_keras_model(fp32)
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         content = converter.convert()
-        del fp32, converter
+        del converter
         self._interpreter, self._interpreter_name = _make_interpreter(tf, content,
                                                                       self._threads)
         assert self.config is not None
-        detail = self._interpreter.get_input_details()[0]
-        self._input_index = detail["index"]
+        self._input_index = self._interpreter.get_input_details()[0]["index"]
         self._interpreter.resize_tensor_input(self._input_index,
-                                              [self.config.batch_size, weights[0].shape[1]])
+                                              [self.config.batch_size, self._widths[0]])
         self._interpreter.allocate_tensors()
 
     def _make_infer_batches(self, batch_size: int) -> None:
@@ -622,22 +668,16 @@ def _widths_of(weights: Sequence[np.ndarray]) -> tuple[int, ...]:
     return (weights[0].shape[1], *(w.shape[0] for w in weights))
 
 
-def _prune(weights: list[np.ndarray], biases: list[np.ndarray], structure: str, ratio: float
-           ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Pruned weights, biases and keep-masks (all True unless unstructured)."""
-    if ratio > 0 and structure == "structured":
-        weights, biases = _pruning.apply_structured(weights, biases, ratio)
-    elif ratio > 0 and structure == "unstructured":
-        masks = _pruning.unstructured_masks(weights, ratio)
-        return [w * m for w, m in zip(weights, masks, strict=True)], biases, masks
-    elif ratio > 0:
-        raise UnsupportedConfigError(f"unknown pruning structure {structure!r}")
-    return weights, biases, [np.ones(w.shape, dtype=bool) for w in weights]
+def _widths_of_model(model: Any) -> tuple[int, ...]:
+    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    return (int(kernels[0].shape[0]), *(int(k.shape[1]) for k in kernels))
 
 
-def _sparsity(weights: Sequence[np.ndarray]) -> float:
-    zeros = sum(int((w == 0).sum()) for w in weights)
-    return float(zeros / sum(w.size for w in weights))
+def _sparsity(tf: Any, kernels: Sequence[Any]) -> float:
+    """Fraction of zero weights (biases not counted, as in torch's backend)."""
+    nonzero = sum(int(tf.math.count_nonzero(k)) for k in kernels)
+    size = sum(int(np.prod(k.shape)) for k in kernels)
+    return float((size - nonzero) / size)
 
 
 def _make_interpreter(tf: Any, content: bytes, threads: int) -> tuple[Any, str]:
