@@ -187,9 +187,11 @@ def check_teardown(backend: str, cycles: int = 4) -> dict[str, Any]:
     return {"rss": rss, "model_bytes": model_bytes}
 
 
-CHECKS: dict[str, Callable[..., dict[str, Any]]] = {"lifecycle": check_lifecycle, "sync": check_sync, "size": check_size,
-          "pruning": check_pruning, "precision": check_precision, "oom": check_oom,
-          "teardown": check_teardown}
+CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "lifecycle": check_lifecycle, "sync": check_sync, "size": check_size,
+    "pruning": check_pruning, "precision": check_precision, "oom": check_oom,
+    "teardown": check_teardown,
+}
 
 
 def main(argv: list[str]) -> None:
