@@ -296,13 +296,11 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
         def on_trial(result: Any) -> None:
             results.append(result)
             progress.console.print(_trial_line(result), highlight=False, markup=False)
-            front = study.pareto_front()
-            best = []
-            for name, direction in study.space.objectives:
-                values = [p.values[name] for p in front]
-                if values:
-                    best.append(f"{name} {_fmt((max if direction == 'maximize' else min)(values))}")
-            status = f"front {len(front)} | " + (", ".join(best) if best else "no feasible yet")
+            summary = study.summary()
+            best = [f"{name} {_fmt(value)}" for name, value in summary["best"].items()
+                    if value is not None]
+            status = f"front {summary['front_size']} | " + (
+                ", ".join(best) if best else "no feasible yet")
             done = len(results) if n_trials is not None else \
                 min(time.monotonic() - start, timeout or 0)
             progress.update(task, completed=done, status=status,
@@ -321,7 +319,12 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     elapsed = time.monotonic() - start
     console.print(f"{len(results)} trial(s) in {elapsed:.0f} s "
                   f"({elapsed / max(1, len(results)):.1f} s per trial)")
-    _print_front(console, study, study.pareto_front())
+    front = study.pareto_front()
+    if front:
+        _print_front(console, study, front)
+    else:
+        console.print(f"no feasible trial yet; `autotune study show {study.name} --all` "
+                      "says why each trial was infeasible")
     return 0
 
 
@@ -453,18 +456,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autotune.exceptions import AutotuneError
 
     action = "devices" if args.command == "devices" else args.action
+    from autotune.space import one_line
+
+    _terminate_as_interrupt()
     try:
         return _COMMANDS[action](args, console)
     except AutotuneError as e:
         if args.debug:
             raise
-        from autotune.space import one_line
-
         print(f"autotune: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("autotune: interrupted; finished trials are stored", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # a bug or a library error: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"autotune: error: {type(e).__name__}: {one_line(str(e))} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM/SIGHUP (a CI job cancelled, a closed terminal) unwind like Ctrl-C, so the
+    running trial's worker is killed and the trial recorded, not orphaned."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _quiet_libraries() -> None:

@@ -63,7 +63,9 @@ _CONSTRAINT_RE = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE]
 class Constraint:
     """A bound on one metric, e.g. ``accuracy >= 0.9``.
 
-    ``violation(value)`` follows Optuna's convention: a value <= 0 is feasible.
+    ``violation(value)`` follows Optuna's convention: a value <= 0 is feasible. It is
+    relative to the bound (``|bound|``, or 1 for a zero bound), because samplers add the
+    violations of all constraints: megabytes must not drown accuracy fractions.
     """
 
     metric: str
@@ -88,7 +90,7 @@ class Constraint:
         gap = self.bound - value if self.op in (">=", ">") else value - self.bound
         # A strict bound met with equality is violated by the smallest representable amount.
         if gap == 0 and self.op in (">", "<"):
-            return math.ulp(self.bound) or 1e-300
+            return math.ulp(1.0)
         return gap
 
     def is_satisfied(self, value: float | None) -> bool:

@@ -221,11 +221,30 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space_text(text, source=str(path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def parse_space_text(text: str, *, source: str = "<space>") -> SearchSpace:
-    """Parse YAML text (safe-loaded) into a validated space."""
+    """Parse YAML text (safe-loaded, duplicate keys refused) into a validated space."""
     where = _Where(source)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -264,9 +283,14 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>") -> SearchSp
         raise where.fail("mode", f"got {mode!r}; allowed: {', '.join(MODES)}")
 
     objectives = _parse_objectives(data["objectives"], where)
-    constraints = _parse_constraints(data.get("constraints") or {}, where)
-    params = _parse_params(data.get("params") or {}, mode, where)
-    budget = _parse_budget(data.get("budget") or {}, where)
+    # An absent (or empty, `key:`) section means none; any other non-mapping is an error.
+    def section(key: str) -> Any:
+        value = data.get(key)
+        return {} if value is None else value
+
+    constraints = _parse_constraints(section("constraints"), where)
+    params = _parse_params(section("params"), mode, where)
+    budget = _parse_budget(section("budget"), where)
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise where.fail("description", "must be text")
@@ -379,6 +403,9 @@ def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
     return tuple(specs)
 
 
+_INTEGER_KNOBS = frozenset({"batch_size", "threads"})
+
+
 def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
     if isinstance(value, Sequence) and not isinstance(value, str):
         if not value:
@@ -409,6 +436,9 @@ def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
         if log and low <= 0:
             raise where.fail(f"{key}.low", f"must be > 0 on a log scale, got {low!r}")
         is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
+        if name in _INTEGER_KNOBS and not is_int:
+            raise where.fail(key, "low, high and step must be integers for this knob, got "
+                                  f"low={low!r}, high={high!r}, step={step!r}")
         return ParamSpec(name, "int" if is_int else "float", low=low, high=high,
                          step=step, log=log)
     return ParamSpec(name, "fixed", choices=(value,))

@@ -182,18 +182,19 @@ class Study:
             if timeout is not None and time.monotonic() - start >= timeout:
                 break
             trial = ostudy.ask(distributions)
-            config = TrialConfig.from_params(self.space, trial.params, seed=self.seed or 0)
-            config = dataclasses.replace(
-                config, budget=budget,
-                execution=resolve_execution(config.backend, config.execution))
+            # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
+            # must not stay RUNNING forever: it is told FAIL and the error goes on.
             try:
+                config = TrialConfig.from_params(self.space, trial.params,
+                                                 seed=self.seed or 0)
+                config = dataclasses.replace(
+                    config, budget=budget,
+                    execution=resolve_execution(config.backend, config.execution))
                 outcome = self._run_one(config, launcher)
-            except BaseException:
-                import optuna
-
-                ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+                result = recorder.record(trial, config, outcome)
+            except BaseException as e:
+                _tell_fail_quietly(ostudy, trial, e)
                 raise
-            result = recorder.record(trial, config, outcome)
             results.append(result)
             for callback in callbacks or ():
                 callback(result)
@@ -333,6 +334,13 @@ class _Recorder:
                                    for o in missing)
         values: list[float] | None = None
         feasible = False
+        # autotune's row first: a trial Optuna calls finished always has its measurement.
+        self.study.storage.add_measurement(MeasurementRow(
+            study_id=self.study._row.id, trial_number=trial.number, machine_id=self.machine_id,
+            state=state, failure_kind=kind, reason=reason, traceback=outcome.traceback,
+            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
+            raw_json=json.dumps(raw), wall_s=outcome.wall_s,
+        ))
         trial.set_user_attr("wall_s", round(outcome.wall_s, 3))
         trial.set_user_attr("fixed_knobs", space.fixed_params())
         if state in ("ok", "infeasible"):
@@ -362,14 +370,10 @@ class _Recorder:
             self.ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
             _logger.warning("trial %d failed (%s): %s; params %s", trial.number, kind, reason,
                             trial.params)
-            if kind in ("crash", "killed") and _RETRY_ATTR not in trial.user_attrs:
+            # A crash may be transient (retried once). A timeout or a SIGKILL (the OOM
+            # killer) would strike again: retrying would only spend the budget twice.
+            if kind == "crash" and _RETRY_ATTR not in trial.user_attrs:
                 self.ostudy.enqueue_trial(trial.params, user_attrs={_RETRY_ATTR: trial.number})
-        self.study.storage.add_measurement(MeasurementRow(
-            study_id=self.study._row.id, trial_number=trial.number, machine_id=self.machine_id,
-            state=state, failure_kind=kind, reason=reason, traceback=outcome.traceback,
-            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
-            raw_json=json.dumps(raw), wall_s=outcome.wall_s,
-        ))
         if values is not None:
             self._update_front()
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),
@@ -382,6 +386,19 @@ class _Recorder:
             self.study._row.id,
             [(p.trial_number, [p.values[o] for o in self.study.space.objective_names])
              for p in front])
+
+
+def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
+    """Mark ``trial`` FAIL after an error between ask and tell; never mask that error."""
+    import optuna
+
+    try:
+        trial.set_user_attr("failure_kind", "interrupted" if isinstance(
+            error, KeyboardInterrupt) else "storage")
+        trial.set_user_attr("reason", f"{type(error).__name__}: {error}"[:2000])
+        ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception:  # the storage may be what failed; the original error matters more
+        _logger.debug("could not mark trial %d failed", trial.number, exc_info=True)
 
 
 # -- module-level API ------------------------------------------------------------------------
@@ -416,6 +433,9 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     if store.exists:
         store.check_readable()
     existing = store.get_study(name) if store.exists else None
+    if existing is not None and name not in optuna.get_all_study_names(store.optuna):
+        store.delete_study_rows(existing.id)  # orphan rows of a study Optuna deleted
+        existing = None
     if existing is not None:
         if not exist_ok:
             raise StudyExistsError(f"study {name!r} already exists in {store.url}; "
@@ -454,6 +474,11 @@ def load_study(name: str, *, storage: str | None = None) -> Study:
     if store.exists:
         store.check_readable()
     row = store.get_study(name) if store.exists else None
+    if row is not None and store.exists:
+        import optuna
+
+        if name not in optuna.get_all_study_names(store.optuna):
+            row = None  # deleted with Optuna's own tools: only orphan rows remain
     if row is None:
         known = [r.study_name for r in store.list_studies()] if store.exists else []
         hint = f"; studies there: {', '.join(known[:10])}" if known else \
@@ -464,11 +489,18 @@ def load_study(name: str, *, storage: str | None = None) -> Study:
 
 def list_studies(*, storage: str | None = None) -> list[Study]:
     """Every autotune study in the storage (empty if the database does not exist yet)."""
+    import optuna
+
     store = AutotuneStorage(storage)
     if not store.exists:
         return []
     store.check_readable()
-    return [Study(row, store) for row in store.list_studies()]
+    rows = store.list_studies()
+    if not rows:
+        return []
+    # A study deleted with Optuna's own tools leaves autotune rows behind: skip them.
+    alive = set(optuna.get_all_study_names(store.optuna))
+    return [Study(row, store) for row in rows if row.study_name in alive]
 
 
 def delete_study(name: str, *, storage: str | None = None) -> None:
@@ -476,8 +508,12 @@ def delete_study(name: str, *, storage: str | None = None) -> None:
     import optuna
 
     study = load_study(name, storage=storage)
-    optuna.delete_study(study_name=name, storage=study.storage.optuna)
+    # autotune's rows first: if Optuna's delete is interrupted, the study is simply gone
+    # from autotune's view instead of leaving rows that point at nothing.
     study.storage.delete_study_rows(study._row.id)
+    if name in optuna.get_all_study_names(study.storage.optuna):
+        optuna.delete_study(study_name=name, storage=study.storage.optuna)
+    study.close()
 
 
 def _version() -> str:

@@ -159,7 +159,7 @@ def test_crash_is_fail_retried_once_and_study_goes_on(tmp_path: Path) -> None:
                         constraints={}, params={"threads": 1}), storage=url)
     results = study.optimize(n_trials=3)
     assert [r.state for r in results] == ["fail", "fail", "fail"]
-    assert all(r.failure_kind == "killed" and "SIGSEGV" in r.reason for r in results)
+    assert all(r.failure_kind == "crash" and "SIGSEGV" in r.reason for r in results)
     trials = optuna.load_study(study_name="crash", storage=url).trials
     assert all(t.state == optuna.trial.TrialState.FAIL for t in trials[:3])
     # Trial 0 is retried once (trial 1); trial 1, itself a retry, is not retried again.
@@ -183,3 +183,16 @@ def test_hung_trial_is_killed_at_its_budget(tmp_path: Path) -> None:
     assert result.state == "fail" and result.failure_kind == "timeout"
     assert elapsed < budget["trial_seconds"] + 2  # killed within budget plus a little
     assert not _children()  # no orphan worker left behind
+
+
+def test_python_exception_in_worker_is_a_fail_with_its_traceback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    study = autotune.create_study(
+        "raise", _space(tmp_path, workload="autotune.testing.workloads:raising",
+                        constraints={}, params={"threads": 1}), storage=url)
+    [result] = study.optimize(n_trials=1)
+    assert result.state == "fail" and result.failure_kind == "crash"
+    assert "data file is corrupt" in result.reason
+    [row] = study.storage.measurements(study._row.id)
+    assert "Traceback" in row.traceback and "_raise" in row.traceback
+    assert not _children()

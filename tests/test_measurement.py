@@ -118,9 +118,12 @@ def test_latency_percentiles_in_ms() -> None:
 def test_power_and_energy_per_sample() -> None:
     m = _measure()
     assert m.power_w == pytest.approx(5.0 / 0.5)
-    assert m.energy_per_sample_j == pytest.approx(10.0 / m.throughput_sps)
-    # consistency: energy per sample x samples per second = watts
-    assert m.energy_per_sample_j * m.throughput_sps == pytest.approx(m.power_w)
+    # the window's energy over the window's samples (slow steps included)
+    assert m.energy_per_sample_j == pytest.approx(5.0 / (SAMPLES_PER_STEP * len(STEP_TIMES)))
+    assert m.sustained_throughput_sps == pytest.approx(
+        SAMPLES_PER_STEP * len(STEP_TIMES) / sum(STEP_TIMES))
+    # the median-based throughput ignores the slowest steps, the sustained one does not
+    assert m.sustained_throughput_sps <= m.throughput_sps
 
 
 def test_no_energy_gives_none_power() -> None:
@@ -215,6 +218,9 @@ class _StubBackend:
     steps_per_epoch = 2
 
     def synchronize(self) -> None:
+        pass
+
+    def between_steps(self) -> None:
         pass
 
     def step(self) -> int:
@@ -377,3 +383,29 @@ def test_combine_with_missing_energy_and_empty() -> None:
     empty = combine([])
     assert empty.energy_j is None and empty.source == "none" and empty.window_s == 0.0
     assert empty.samples == 0
+
+
+class _SlowEvalBackend(_StubBackend):
+    """Reaches its training budget inside the measured window; evaluation takes 0.3 s."""
+
+    steps_per_epoch = 400
+
+    def evaluate(self) -> float:
+        time.sleep(0.3)
+        return 0.5
+
+
+def test_evaluation_inside_the_window_is_cut_out_of_time_and_energy() -> None:
+    space = parse_space({"workload": "mlp", "mode": "train",
+                         "objectives": {"throughput_sps": "maximize"}})
+    budget = Budget(trial_seconds=30, warmup_max_s=0.3, window_min_s=1.0, window_min_steps=5,
+                    window_max_s=1.5, train_epochs=1, target_spread=1e-9)
+    config = TrialConfig.from_params(space, {"batch_size": 8, "threads": 1})
+    config = TrialConfig(**{**vars(config), "budget": budget})
+    raw = run_profile(_SlowEvalBackend(), config, EstimatedCpuMeter(),  # type: ignore[arg-type]
+                      time.perf_counter() + 20)
+    assert raw["accuracy"] == 0.5 and raw["eval_s"] >= 0.3
+    assert raw["train_steps"] > 400  # the evaluation happened inside the window
+    # neither the window nor the energy window contains the 0.3 s evaluation
+    assert raw["energy"]["window_s"] == pytest.approx(raw["window_s"], abs=0.05)
+    assert sum(raw["step_times_s"]) <= raw["window_s"] + 0.01

@@ -495,3 +495,34 @@ def test_unhashable_backend_choice_is_a_space_error(choice: Any) -> None:
 ])
 def test_key_with_newline_gives_one_line(edits: tuple[tuple[str, Any], ...]) -> None:
     space_error(edited(*edits))
+
+
+# -- review findings: sections, duplicates, integer knobs -------------------------------------
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("workload: mlp\nworkload: digits_mlp\nmode: train\nobjectives: {accuracy: maximize}\n",
+     "duplicate key 'workload'"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize, accuracy: minimize}\n",
+     "duplicate key 'accuracy'"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\nparams: 0\n",
+     "params: must be a mapping"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\nbudget: ''\n",
+     "budget: must be a mapping"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\nconstraints: []\n",
+     "constraints: must map"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\n"
+     "params: {batch_size: {low: 16, high: 64, step: 0.5}}\n", "params.batch_size: low, high"),
+    ("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\n"
+     "params: {threads: {low: 1.0, high: 2.5}}\n", "params.threads: low, high"),
+])
+def test_review_findings_are_space_errors(text: str, needle: str) -> None:
+    message = space_error(text)
+    assert needle in message, message
+    assert "\n" not in message
+
+
+def test_empty_sections_mean_none() -> None:
+    space = parse_space_text("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\n"
+                             "params:\nconstraints:\nbudget:\n", source=SOURCE)
+    assert space.params == () and space.constraints == ()

@@ -138,6 +138,15 @@ class Backend(ABC):
         ``float16`` or ``int8`` (checked by the conformance suite: a precision knob must
         really change it)."""
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training split (train mode's budget unit)."""
+        raise NotImplementedError(f"{type(self).__name__} must define steps_per_epoch")
+
+    def between_steps(self) -> None:  # noqa: B027 - optional hook
+        """Untimed bookkeeping between steps (e.g. reshuffling at an epoch boundary); the
+        profiler calls it after every step, outside the step's clock reads."""
+
     def dense_weights(self) -> list[Any]:
         """The dense layers' weight matrices as numpy ``(out, in)`` arrays, input layer first,
         as they are now (used by the conformance suite to check pruning independently)."""

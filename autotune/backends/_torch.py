@@ -283,19 +283,25 @@ class TorchBackend(Backend):
     # -- stepping --------------------------------------------------------------------------
 
     def _new_epoch(self) -> None:
-        """Shuffle once per epoch outside the timed steps, so a step slices a contiguous view."""
+        """Shuffle once per epoch, called from between_steps (untimed), so a step only
+        slices a contiguous view."""
         torch = self.torch
         assert self.config is not None
         generator = torch.Generator().manual_seed(self.config.seed + self._epoch)
         order = torch.randperm(len(self._x_train), generator=generator).to(self.device)
         bs = self.config.batch_size
-        reps = math.ceil(bs / len(order))
-        if reps > 1:  # batch larger than the training split: wrap around
-            order = order.repeat(reps)
+        # Pad by wrapping around so every step slices a full batch: no copy inside a step.
+        needed = self.steps_per_epoch * bs
+        order = order.repeat(math.ceil(needed / len(order)))[:needed]
         self._order_x = self._x_train[order].contiguous()
         self._order_y = self._y_train[order].contiguous()
         self._cursor = 0
         self._epoch += 1
+
+    def between_steps(self) -> None:
+        assert self.config is not None
+        if self.config.mode == "train" and self._cursor >= self.steps_per_epoch:
+            self._new_epoch()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -318,14 +324,11 @@ class TorchBackend(Backend):
         torch = self.torch
         assert self.config is not None
         bs = self.config.batch_size
-        if self._cursor >= self.steps_per_epoch:
+        if self._cursor >= self.steps_per_epoch:  # only if between_steps was not called
             self._new_epoch()
         start = self._cursor * bs
         x = self._order_x[start:start + bs]
         y = self._order_y[start:start + bs]
-        if len(x) < bs:  # last partial batch: wrap to keep every step the same size
-            x = torch.cat([x, self._order_x[:bs - len(x)]])
-            y = torch.cat([y, self._order_y[:bs - len(y)]])
         self._cursor += 1
         self.optimizer.zero_grad(set_to_none=True)
         forward = self._forward or self.model

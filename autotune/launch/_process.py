@@ -55,12 +55,13 @@ class ProcessLauncher:
             stderr_path = Path(tmp, "stderr.txt")
             config_path.write_text(json.dumps(config.to_dict()))
             start = time.perf_counter()
+            env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time())}
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(
                     [self.python, "-m", "autotune.launch._worker", str(config_path),
                      str(result_path)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                    start_new_session=True,
+                    start_new_session=True, env=env,
                 )
                 timed_out = False
                 try:
@@ -87,19 +88,20 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def _outcome(returncode: int, timed_out: bool, result_path: Path, stderr_tail: str,
              wall: float, limit_s: float) -> WorkerOutcome:
-    if timed_out:
-        return WorkerOutcome("fail", failure_kind="timeout", wall_s=wall,
-                             reason=f"killed after exceeding its {limit_s:g} s budget",
-                             traceback=stderr_tail)
     result: dict[str, Any] = {}
-    if result_path.exists():
+    if result_path.exists():  # written atomically: complete or absent
         try:
             result = json.loads(result_path.read_text())
         except json.JSONDecodeError:
             result = {}
     status = result.get("status")
-    if status == "ok" and returncode == 0:
+    # A result written before the kill is a result: only exiting was late.
+    if status == "ok" and (returncode == 0 or timed_out):
         return WorkerOutcome("ok", result=result, wall_s=wall)
+    if timed_out:
+        return WorkerOutcome("fail", failure_kind="timeout", wall_s=wall,
+                             reason=f"killed after exceeding its {limit_s:g} s budget",
+                             traceback=stderr_tail)
     if status == "infeasible":
         return WorkerOutcome("infeasible", result=result, failure_kind=result["failure_kind"],
                              reason=result.get("reason", ""), wall_s=wall)
@@ -107,9 +109,16 @@ def _outcome(returncode: int, timed_out: bool, result_path: Path, stderr_tail: s
         return WorkerOutcome("fail", failure_kind="crash", reason=result.get("reason", ""),
                              traceback=result.get("traceback", "") or stderr_tail, wall_s=wall)
     if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (the kernel's OOM killer sends this)" if name == "SIGKILL" else ""
-        return WorkerOutcome("fail", failure_kind="killed", wall_s=wall,
-                             reason=f"worker killed by {name}{hint}", traceback=stderr_tail)
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # real-time signals have no name
+            name = f"signal {-returncode}"
+        if name == "SIGKILL":
+            # Not retried: the kernel's OOM killer sends this, and it would strike again.
+            return WorkerOutcome("fail", failure_kind="killed", wall_s=wall, traceback=stderr_tail,
+                                 reason="worker killed by SIGKILL (the kernel's OOM killer "
+                                        "sends this)")
+        return WorkerOutcome("fail", failure_kind="crash", wall_s=wall,
+                             reason=f"worker died of {name}", traceback=stderr_tail)
     return WorkerOutcome("fail", failure_kind="crash", wall_s=wall, traceback=stderr_tail,
                          reason=f"worker exited with code {returncode} without a result")

@@ -110,15 +110,34 @@ def run_trial(config_data: dict[str, Any], process_start: float) -> dict[str, An
     return result
 
 
+def _die_with_parent_and_budget(trial_seconds: float) -> None:
+    """Never outlive the driver or the budget, even if the driver is killed uncleanly.
+
+    PR_SET_PDEATHSIG delivers SIGKILL when the parent dies (Linux); the alarm is a second,
+    portable guard a few seconds past the budget (the driver normally kills us first).
+    """
+    import ctypes
+    import math
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    signal.alarm(math.ceil(trial_seconds) + 5)
+
+
 def main(argv: list[str]) -> int:
     """Read the config file, run the trial, write the result file. Exit code 1 on a crash."""
-    import psutil
-
-    process_start = psutil.Process().create_time()
+    # The launcher passes the wall-clock time it started us (psutil's create_time has
+    # only clock-tick resolution), so process start-up is measured, not guessed.
+    process_start = float(os.environ.get("AUTOTUNE_LAUNCH_TIME", time.time()))
     config_path, result_path = argv
     from autotune.exceptions import TrialError
 
     config_data = json.loads(Path(config_path).read_text())
+    _die_with_parent_and_budget(float(config_data["budget"]["trial_seconds"]))
     code = 0
     try:
         result = run_trial(config_data, process_start)

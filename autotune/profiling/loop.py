@@ -35,15 +35,23 @@ class _Trainer:
         self.accuracy: float | None = None
         self.eval_s = 0.0
 
-    def after_step(self) -> bool:
-        """Count a step; evaluate if the budget was just reached. True when it evaluated."""
+    def count(self) -> bool:
+        """Count a step (and let the backend do its untimed between-step work). True when
+        the training budget was just reached and evaluation is due."""
         self.steps += 1
-        if self.budget_steps is not None and self.steps == self.budget_steps:
-            t0 = time.perf_counter()
-            self.accuracy = self.backend.evaluate()
-            self.eval_s = time.perf_counter() - t0
-            return True
-        return False
+        self.backend.between_steps()
+        return self.budget_steps is not None and self.steps == self.budget_steps
+
+    def evaluate(self) -> None:
+        """Held-out accuracy now, timed apart."""
+        t0 = time.perf_counter()
+        self.accuracy = self.backend.evaluate()
+        self.eval_s = time.perf_counter() - t0
+
+    def after_step(self) -> None:
+        """Count a step outside the measured window and evaluate if due."""
+        if self.count():
+            self.evaluate()
 
 
 def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
@@ -56,8 +64,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     budget = config.budget
     warnings: list[str] = []
     if config.mode == "train":
-        steps_per_epoch = int(getattr(backend, "steps_per_epoch", 1))
-        trainer = _Trainer(backend, budget.train_epochs * steps_per_epoch)
+        trainer = _Trainer(backend, budget.train_epochs * backend.steps_per_epoch)
     else:
         trainer = _Trainer(backend, None)
         t0 = time.perf_counter()
@@ -107,8 +114,9 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         samples += backend.step()
         backend.synchronize()
         times.append(time.perf_counter() - s)
-        if trainer.after_step():  # evaluation inside the window: cut it out of the energy
+        if trainer.count():  # evaluation inside the window: cut it out of time and energy
             readings.append(meter.end())
+            trainer.evaluate()
             excluded_s += trainer.eval_s
             meter.begin()
         now = time.perf_counter()

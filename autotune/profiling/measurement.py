@@ -21,12 +21,16 @@ class Measurement:
     """One trial's measurement. Units are in the names; raw step times are kept.
 
     Latencies are per step: one optimizer step in train mode, one batch's forward pass in
-    infer mode. Throughput is ``samples_per_step / median step time``.
+    infer mode. ``throughput_sps`` is ``samples_per_step / median step time``: robust to the
+    outliers of a noisy machine, and what the confidence interval is about.
+    ``sustained_throughput_sps`` (samples / window) includes the slow steps; energy per
+    sample is the window's energy over the window's samples.
     """
 
     step_times_s: tuple[float, ...]
     samples_per_step: int
     mode: str
+    samples: int
     window_s: float
     warmup_s: float
     warmup_steps: int
@@ -58,6 +62,7 @@ class Measurement:
             step_times_s=tuple(raw["step_times_s"]),
             samples_per_step=samples_per_step,
             mode=mode,
+            samples=int(raw.get("samples", samples_per_step * len(raw["step_times_s"]))),
             window_s=raw["window_s"],
             warmup_s=raw["warmup_s"],
             warmup_steps=len(raw["warmup_step_times_s"]),
@@ -125,10 +130,17 @@ class Measurement:
         return self.energy_j / self.energy_window_s
 
     @property
+    def sustained_throughput_sps(self) -> float:
+        """Samples processed in the window divided by its length (slow steps included)."""
+        return self.samples / self.window_s if self.window_s > 0 else 0.0
+
+    @property
     def energy_per_sample_j(self) -> float | None:
-        """Energy per sample: mean power divided by throughput."""
-        power = self.power_w
-        return None if power is None else power / self.throughput_sps
+        """Energy of the window divided by the samples processed in it (slow steps
+        included, unlike the median-based throughput)."""
+        if self.energy_j is None or self.samples <= 0:
+            return None
+        return self.energy_j / self.samples
 
     def metrics(self) -> dict[str, float | None]:
         """Every metric of :data:`autotune.objectives.METRICS`, by name."""
@@ -163,6 +175,7 @@ class Measurement:
         return {
             **self.metrics(),
             "throughput_ci_sps": list(ci) if ci else None,
+            "sustained_throughput_sps": self.sustained_throughput_sps,
             "steps_measured": len(self.step_times_s),
             "latency_unit": "per optimizer step" if self.mode == "train" else "per batch",
             "spread": self.spread,

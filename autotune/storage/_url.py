@@ -30,6 +30,9 @@ def resolve_storage_url(url: str | None = None) -> str:
             f"malformed storage URL {url!r} ({e}); expected e.g. sqlite:///studies/autotune.db "
             "or postgresql+psycopg://user@host:5432/db"
         ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError(f"storage URL {url!r} is an in-memory database: studies would "
+                           "vanish with the process; use sqlite:///path/to/file.db")
     try:
         parsed.get_dialect()
     except Exception as e:  # NoSuchModuleError and driver import errors

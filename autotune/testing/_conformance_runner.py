@@ -71,7 +71,10 @@ class _SyncSpy:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.events: list[str] = []
-        self.steps_per_epoch = getattr(backend, "steps_per_epoch", 1)
+        self.steps_per_epoch = backend.steps_per_epoch
+
+    def between_steps(self) -> None:
+        self.backend.between_steps()
 
     def step(self) -> int:
         self.events.append("step")

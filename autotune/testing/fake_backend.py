@@ -183,6 +183,11 @@ class NumpyBackend(Backend):
         assert self._data is not None and self.config is not None
         return max(1, math.ceil(len(self._data.x_train) / self.config.batch_size))
 
+    def between_steps(self) -> None:
+        assert self.config is not None
+        if self.config.mode == "train" and self._cursor >= self.steps_per_epoch:
+            self._reshuffle()
+
     def step(self) -> int:
         assert self.config is not None and self._data is not None
         bs = self.config.batch_size
