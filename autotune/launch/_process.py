@@ -55,13 +55,20 @@ class ProcessLauncher:
             stderr_path = Path(tmp, "stderr.txt")
             config_path.write_text(json.dumps(config.to_dict()))
             start = time.perf_counter()
-            env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time())}
+            # The worker runs in the trial's temporary directory, so whatever a framework
+            # writes to its working directory (MindSpore's rank_0/ logs) goes away with it;
+            # the driver's directory stays importable for custom workloads.
+            path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
+                                   if p)
+            env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time()), "PYTHONPATH": path}
+            if env.get("AUTOTUNE_CACHE_DIR"):  # a relative cache dir means the driver's
+                env["AUTOTUNE_CACHE_DIR"] = os.path.abspath(env["AUTOTUNE_CACHE_DIR"])
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(
                     [self.python, "-m", "autotune.launch._worker", str(config_path),
                      str(result_path)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                    start_new_session=True, env=env,
+                    start_new_session=True, env=env, cwd=tmp,
                 )
                 timed_out = False
                 try:
