@@ -1,0 +1,192 @@
+"""Device discovery against fakes at the vendor boundary: fake framework modules and fake
+nvidia-smi / npu-smi executables on PATH. No GPU, TPU or NPU exists on the test machine."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import autotune
+from autotune.backends._probe import (
+    npu_smi,
+    nvidia_smi,
+    probe_mindspore,
+    probe_tensorflow,
+    probe_torch,
+    run_tool,
+)
+from autotune.devices import BackendDevices, Device, device_ids
+
+NVIDIA_SMI_OUT = ("0, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n"
+                  "1, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n")
+NPU_SMI_OUT = """\
++------------------------------------------------------------------------------------------------+
+| npu-smi 23.0.rc3                 Version: 23.0.rc3                                             |
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     910B3               | OK            | 93.6        38                0    / 0             |
+| 0                         | 0000:C1:00.0  | 0           0    / 0          3396 / 65536         |
++===========================+===============+====================================================+
+| 1     910B3               | OK            | 90.1        37                0    / 0             |
+| 0                         | 0000:C2:00.0  | 0           0    / 0          3390 / 65536         |
++===========================+===============+====================================================+
+"""
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fake nvidia-smi and npu-smi executables first on PATH."""
+    for name, out in (("nvidia-smi", NVIDIA_SMI_OUT), ("npu-smi", NPU_SMI_OUT)):
+        tool = tmp_path / name
+        tool.write_text(f"#!/bin/sh\ncat <<'EOF'\n{out}EOF\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+def test_nvidia_smi_parsed_from_a_fake_executable(fake_tools: Path) -> None:
+    gpus = nvidia_smi()
+    assert gpus[0] == {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559,
+                       "driver": "550.54.15"}
+    assert set(gpus) == {0, 1}
+
+
+def test_npu_smi_parsed_from_a_fake_executable(fake_tools: Path) -> None:
+    npus = npu_smi()
+    assert npus[0] == {"name": "Ascend 910B3", "memory_mb": 65536, "driver": "23.0.rc3"}
+    assert set(npus) == {0, 1}
+
+
+def test_missing_tools_give_nothing_not_a_crash(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert run_tool(["nvidia-smi"]) == ""
+    assert nvidia_smi() == {} and npu_smi() == {}
+
+
+def _fake_torch(n_gpus: int, npus: int = 0) -> Any:
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30)
+    cuda = SimpleNamespace(is_available=lambda: n_gpus > 0, device_count=lambda: n_gpus,
+                           get_device_properties=lambda i: props)
+    torch = SimpleNamespace(__version__="2.13.0", cuda=cuda,
+                            version=SimpleNamespace(cuda="12.8"))
+    if npus:
+        torch.npu = SimpleNamespace(is_available=lambda: True, device_count=lambda: npus,
+                                    get_device_name=lambda i: "Ascend910B3")
+    return torch
+
+
+def test_probe_torch_with_fake_cuda_and_npu(fake_tools: Path) -> None:
+    report = probe_torch(_fake_torch(2, npus=1))
+    ids = [d["id"] for d in report["devices"]]
+    assert ids == ["cpu", "cuda:0", "cuda:1", "npu:0"]
+    gpu = report["devices"][1]
+    assert gpu["memory_mb"] == 80 * 1024 and gpu["driver"] == "550.54.15"
+    assert "12.8" in gpu["detail"]
+    assert report["devices"][3]["memory_mb"] == 65536
+
+
+def test_probe_torch_cpu_only() -> None:
+    report = probe_torch(_fake_torch(0))
+    assert [d["id"] for d in report["devices"]] == ["cpu"]
+
+
+def test_probe_tensorflow_with_fake_gpu_and_tpu(fake_tools: Path) -> None:
+    gpu = SimpleNamespace(name="/physical_device:GPU:0")
+    tpu = SimpleNamespace(name="/physical_device:TPU:0")
+    config = SimpleNamespace(
+        list_physical_devices=lambda kind: {"GPU": [gpu], "TPU": [tpu]}.get(kind, []),
+        experimental=SimpleNamespace(get_device_details=lambda d: {"device_name": "H100"}))
+    tf = SimpleNamespace(__version__="2.21.0", config=config,
+                         sysconfig=SimpleNamespace(get_build_info=lambda: {"cuda_version": "12.5"}))
+    report = probe_tensorflow(tf)
+    assert [d["id"] for d in report["devices"]] == ["cpu", "cuda:0", "tpu:0"]
+    assert report["devices"][1]["memory_mb"] == 81559
+
+
+def test_probe_mindspore_with_fake_ascend(fake_tools: Path) -> None:
+    hal = SimpleNamespace(is_available=lambda target: target == "Ascend",
+                          device_count=lambda target: 2,
+                          get_device_name=lambda i, target: "Ascend910B3")
+    report = probe_mindspore(SimpleNamespace(__version__="2.10.0", hal=hal))
+    assert [d["id"] for d in report["devices"]] == ["cpu", "npu:0", "npu:1"]
+    assert report["devices"][1]["driver"] == "23.0.rc3"
+
+
+def test_device_ids_are_unique_cpu_first() -> None:
+    reports = [BackendDevices("torch", True, "", devices=(Device("cpu", "x"),
+                                                          Device("cuda:1", "g"),
+                                                          Device("cuda:0", "g"))),
+               BackendDevices("tensorflow", True, "", devices=(Device("cpu", "x"),
+                                                               Device("tpu:0", "t")))]
+    assert device_ids(reports) == ["cpu", "cuda:0", "cuda:1", "tpu:0"]
+
+
+# -- create-time checks ---------------------------------------------------------------------
+
+SPACE: dict[str, Any] = {"workload": "mlp", "mode": "infer",
+                         "objectives": {"throughput_sps": "maximize"}}
+
+
+def _fake_discover(found: list[str]) -> Any:
+    def discover(backends: Any = None) -> list[BackendDevices]:
+        return [BackendDevices("torch", True, "", "2.13",
+                               devices=tuple(Device(i, i) for i in found))]
+    return discover
+
+
+def test_missing_device_is_refused_at_create(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    monkeypatch.setattr("autotune.devices.discover", _fake_discover(["cpu"]))
+    space = autotune.parse_space({**SPACE, "params": {"device": ["cpu", "cuda:3"]}})
+    url = f"sqlite:///{tmp_path}/d.db"
+    with pytest.raises(autotune.StudyError, match=r"device 'cuda:3' does not exist here; "
+                                                  r"devices found by torch: cpu"):
+        autotune.create_study("d", space, storage=url)
+    assert not (tmp_path / "d.db").exists()  # nothing written
+
+
+def test_device_auto_becomes_every_device_found(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.setattr("autotune.devices.discover", _fake_discover(["cpu", "cuda:0"]))
+    space = autotune.parse_space({**SPACE, "params": {"device": "auto"}})
+    with autotune.create_study("a", space, storage=f"sqlite:///{tmp_path}/a.db") as study:
+        spec = study.space.param("device")
+        assert spec is not None and spec.choices == ("cpu", "cuda:0")
+        assert study.space.distributions()["device"].choices == ("cpu", "cuda:0")
+
+
+def test_uninstalled_backend_is_refused_with_the_install_command(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    original = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mindspore" else original(name, *a))
+    space = autotune.parse_space({**SPACE, "params": {"backend": ["torch", "mindspore"]}})
+    with pytest.raises(autotune.StudyError,
+                       match=r"backend 'mindspore' .* not installed; install it with: "
+                             r"pip install 'autotune\[mindspore\]'"):
+        autotune.create_study("u", space, storage=f"sqlite:///{tmp_path}/u.db")
+    assert not (tmp_path / "u.db").exists()
+
+
+@pytest.mark.slow
+def test_devices_cli_reports_every_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from autotune.cli import main
+
+    assert main(["devices", "--json"]) == 0
+    reports = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(reports) == {"torch", "tensorflow", "mindspore"}
+    for r in reports.values():
+        assert r["installed"] and r["error"] is None, r
+        assert r["devices"][0]["id"] == "cpu"
