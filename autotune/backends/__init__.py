@@ -95,6 +95,10 @@ def capabilities(backend: str, device: str) -> Capabilities:
             # TF's fp16 CPU kernels take ~1.2 s per MLP step without XLA (research).
             for ex in ("eager", "graph"):
                 excluded[("fp16", ex)] = "TensorFlow fp16 on CPU is usable only with xla"
+            # int8 runs on TFLite whatever the execution knob says: one measured variant
+            for ex in ("eager", "xla"):
+                excluded[("int8", ex)] = ("TensorFlow int8 runs on TFLite; execution has no "
+                                          "effect (use graph or auto)")
         else:
             reasons["int8"] = "TensorFlow int8 (TFLite) runs on CPU only here"
         return Capabilities(precisions, both, {"infer"}, reasons,

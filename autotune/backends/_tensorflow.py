@@ -22,11 +22,13 @@ both frameworks start from the same distribution and their accuracies compare li
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,8 +71,6 @@ def _quiet_tensorflow_logging() -> None:
     XNNPACK delegate notes) but keeps errors, which the launcher keeps as the crash tail.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # XLA's and absl's own C++ logging, read at import
-    os.environ.setdefault("TF_CPP_MAX_VLOG_LEVEL", "0")
     # Keras 3 is multi-backend: this backend is only correct on its TensorFlow backend.
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
@@ -113,6 +113,7 @@ class TensorFlowBackend(Backend):
         self._cursor = 0
         self._epoch = 0
         self.last_loss = math.nan
+        self._gradients_before: frozenset[str] = frozenset()
 
     # -- threads and devices ---------------------------------------------------------------
 
@@ -120,10 +121,13 @@ class TensorFlowBackend(Backend):
         """Size TensorFlow's pools; must run before any op creates the runtime.
 
         ``inter_op`` is 1: the model is a chain of dependent ops (matmul -> bias -> relu ->
-        next matmul), so a second inter-op thread finds nothing to run in parallel, while it
-        does compete for the same ``n`` pinned cores with the intra-op pool that computes
-        every kernel. Measured on the 2-vCPU EPYC, inter 1 against 2 with intra 2:
-        see the module's tests and the report that introduced this backend (no gain from 2).
+        next matmul), and the few independent ops of a train step (weight and input
+        gradients, per-variable optimizer updates) each already use all ``n`` intra-op
+        threads; extra inter-op threads would only add hand-offs and compete for the same
+        ``n`` pinned cores. Measured on the 2-vCPU AVX2 EPYC (batch 64, 2 intra threads,
+        six interleaved runs each on a shared, loaded machine): inter 1 and 2 were not
+        distinguishable (train graph 25-52 vs 20-38 ms, infer graph 4.1-8.3 vs 5.7-11.5 ms,
+        CPU time per step equal), so the structural argument decides.
 
         The runtime (and with it both thread pools) is then created by a trivial op, here,
         before the worker applies ``budget.memory_mb``: creating threads under a tight
@@ -134,7 +138,11 @@ class TensorFlowBackend(Backend):
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         with tf.device("/CPU:0"):
-            tf.constant(1.0).numpy()  # creates the eager context and its thread pools
+            # The eager context and its thread pools, then the graph runtime's and XLA's
+            # (XLA starts its own pools on its first compile: 17 threads here). Under 0.1 s.
+            x = tf.ones((2, 2))
+            tf.function(tf.linalg.matmul)(x, x).numpy()
+            tf.function(tf.linalg.matmul, jit_compile=True)(x, x).numpy()
         self._threads = n
         return int(tf.config.threading.get_intra_op_parallelism_threads())
 
@@ -187,6 +195,7 @@ class TensorFlowBackend(Backend):
             if self._gpu:
                 raise UnsupportedConfigError("TensorFlow int8 (TFLite) runs on CPU only here")
         self.keras.utils.set_random_seed(config.seed)
+        self._gradients_before = _custom_gradient_names()
         try:
             with self.tf.device(self._device):
                 return self._build(config, workload, data)
@@ -263,6 +272,8 @@ class TensorFlowBackend(Backend):
                 self._forward = self._compile(self._make_forward(), config.execution)
                 self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
             self._make_infer_batches(config.batch_size)
+        if config.execution == "xla" and self.model is not None:
+            self._compile_xla_ahead()
         info["compute_dtype"] = self.compute_dtype()
         return info
 
@@ -314,6 +325,31 @@ class TensorFlowBackend(Backend):
             layer.kernel.assign(layer.kernel * self.tf.constant(mask.T, layer.kernel.dtype))
         return masks
 
+    def _compile_xla_ahead(self) -> None:
+        """Compile the XLA step and evaluation now instead of on their first call.
+
+        XLA compiles when a function first runs. Under ``budget.memory_mb`` (an address-space
+        cap) LLVM's code memory then fails to map and XLA aborts the process, so a trial
+        that should end "oom" would end killed. Compilation is the framework's one-off cost,
+        not memory the model runs in: it runs here with the cap lifted, on the real shapes.
+        A train step updates the weights, so the model and optimizer state are restored
+        afterwards: the measured training starts from the same state as in other modes.
+        """
+        assert self.config is not None
+        with _address_space_cap_lifted():
+            if self.config.mode == "train":
+                assert self._step_fn is not None
+                state = list(self.model.variables) + list(self.optimizer.variables)
+                saved = [v.numpy() for v in state]
+                self._step_fn(self._epoch_x[0], self._epoch_y[0])
+                for variable, value in zip(state, saved, strict=True):
+                    variable.assign(value)
+                del saved
+            else:
+                assert self._forward is not None
+                self._forward(self._infer_batches[0])
+            self.evaluate()  # compiles the evaluation's chunk shapes
+
     def _dense_layers(self) -> list[Any]:
         return [layer for layer in self.model.layers
                 if isinstance(layer, self.keras.layers.Dense)]
@@ -345,7 +381,8 @@ class TensorFlowBackend(Backend):
         tf = self.tf
         model, optimizer = self.model, self.optimizer
         variables = list(model.trainable_variables)
-        kernels, masks = self._kernels(), list(self._masks)
+        masks = list(self._masks)
+        kernels = self._kernels() if masks else []
         loss_scale = isinstance(optimizer, self.keras.optimizers.LossScaleOptimizer)
 
         def train_step(x: Any, y: Any) -> Any:
@@ -356,8 +393,8 @@ class TensorFlowBackend(Backend):
                 scaled = optimizer.scale_loss(loss) if loss_scale else loss
             grads = tape.gradient(scaled, variables)
             optimizer.apply(grads, variables)
-            # Unstructured pruning: pruned weights stay zero after every update (in the
-            # compiled step, so it costs one fused multiply per kernel, no Python).
+            # Unstructured pruning: pruned weights stay zero after every update. Part of the
+            # step, so in graph/xla it is compiled with it (one multiply per kernel).
             for kernel, mask in zip(kernels, masks, strict=True):
                 kernel.assign(kernel * mask)
             return loss
@@ -458,7 +495,13 @@ class TensorFlowBackend(Backend):
         tf = self.tf
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        content = converter.convert()
+        # Keras 3's converter exports a SavedModel first (and prints its signature), then
+        # converts it with TensorFlow's C++ converter, which starts threads of its own.
+        # Conversion is a one-off compile step, not memory the int8 model runs in, and
+        # under an address-space cap (budget.memory_mb) its thread stacks alone fail
+        # pthread_create, which aborts the process: so it runs with the cap lifted.
+        with contextlib.redirect_stdout(io.StringIO()), _address_space_cap_lifted():
+            content = converter.convert()
         del converter
         self._interpreter, self._interpreter_name = _make_interpreter(tf, content,
                                                                       self._threads)
@@ -466,7 +509,17 @@ class TensorFlowBackend(Backend):
         self._input_index = self._interpreter.get_input_details()[0]["index"]
         self._interpreter.resize_tensor_input(self._input_index,
                                               [self.config.batch_size, self._widths[0]])
-        self._interpreter.allocate_tensors()
+        try:
+            self._interpreter.allocate_tensors()
+        except RuntimeError as e:
+            # TFLite reports a failed arena allocation as a failed delegate "prepare"; with
+            # a memory cap that is what it means (without one, a real error stays one).
+            if self.config.budget.memory_mb is not None:
+                raise OutOfMemoryError(
+                    f"out of memory allocating TFLite tensors for batch "
+                    f"{self.config.batch_size} under budget.memory_mb="
+                    f"{self.config.budget.memory_mb}: {str(e).strip()}") from e
+            raise
 
     def _make_infer_batches(self, batch_size: int) -> None:
         """A few distinct input batches drawn from the held-out split (tiled if too small)."""
@@ -485,7 +538,8 @@ class TensorFlowBackend(Backend):
     # -- stepping --------------------------------------------------------------------------
 
     def _new_epoch(self) -> None:
-        """Shuffle once per epoch outside the timed steps, so a step only picks a batch.
+        """Shuffle once per epoch, called from between_steps (untimed), so a step only picks
+        a batch.
 
         The order is extended cyclically to ``steps_per_epoch * batch_size`` samples: the
         last, partial batch wraps around to the first samples of this epoch's order (and a
@@ -504,6 +558,12 @@ class TensorFlowBackend(Backend):
         self._epoch_x, self._epoch_y = tf.unstack(x), tf.unstack(y)
         self._cursor = 0
         self._epoch += 1
+
+    def between_steps(self) -> None:
+        assert self.config is not None
+        if self.config.mode == "train" and self._cursor >= self.steps_per_epoch:
+            with self.tf.device(self._device):
+                self._new_epoch()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -526,7 +586,7 @@ class TensorFlowBackend(Backend):
 
     def _train_step(self) -> int:
         assert self.config is not None and self._step_fn is not None
-        if self._cursor >= self.steps_per_epoch:
+        if self._cursor >= self.steps_per_epoch:  # only if between_steps was not called
             self._new_epoch()
         x, y = self._epoch_x[self._cursor], self._epoch_y[self._cursor]
         self._cursor += 1
@@ -559,9 +619,10 @@ class TensorFlowBackend(Backend):
 
         On CPU TensorFlow executes synchronously: an eager op, and a ``tf.function`` call
         (graph or XLA), return only after their kernels have run and their outputs exist
-        (the CPU device has no stream to queue on; checked: timing a step with and without
-        ``.numpy()`` on its output gives the same time). GPUs run asynchronously, so there
-        all devices are drained.
+        (the CPU device has no stream to queue on). Checked with a 3000x3000 matmul: the
+        eager, graph and XLA calls each returned after the whole ~450 ms product, and a
+        ``.numpy()`` afterwards took only the 7-37 ms of copying the 36 MB result. GPUs run
+        asynchronously, so there all devices are drained.
         """
         if self._gpu:
             self.tf.test.experimental.sync_devices()
@@ -605,6 +666,29 @@ class TensorFlowBackend(Backend):
         # For a mixed policy this is the matmul dtype (variables stay float32).
         return str(self._dense_layers()[0].compute_dtype)
 
+    def dense_weights(self) -> list[Any]:
+        if self._interpreter is None:
+            return _get_weights(self.model)[0]
+        # int8: the TFLite model's int8 weights, dequantised (per output channel)
+        interpreter = self._interpreter
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        try:  # weight operand of each FULLY_CONNECTED op, in execution order
+            order = [op["inputs"][1] for op in interpreter._get_ops_details()
+                     if op["op_name"] == "FULLY_CONNECTED"]
+        except (AttributeError, KeyError, IndexError):
+            order = sorted(i for i, d in details.items()
+                           if d["dtype"] == np.int8 and len(d["shape"]) == 2)
+        weights = []
+        for index in order:
+            quant = details[index]["quantization_parameters"]
+            raw = interpreter.get_tensor(index).astype(np.float32)
+            scales = quant["scales"].reshape(-1, 1) if len(quant["scales"]) > 1 \
+                else quant["scales"]
+            zeros = quant["zero_points"].reshape(-1, 1) if len(quant["zero_points"]) > 1 \
+                else quant["zero_points"]
+            weights.append((raw - zeros) * scales)
+        return weights
+
     def peak_memory_bytes(self) -> int | None:
         """Device allocator peak on GPU; ``None`` on CPU.
 
@@ -635,6 +719,7 @@ class TensorFlowBackend(Backend):
         self._epoch_x, self._epoch_y = [], []
         self._last_output = None
         self.keras.backend.clear_session()
+        _forget_custom_gradients(self._gradients_before)
 
 
 # -- helpers (numpy side; weights in the shared (out, in) layout) --------------------------
@@ -675,7 +760,7 @@ def _widths_of_model(model: Any) -> tuple[int, ...]:
 
 def _sparsity(tf: Any, kernels: Sequence[Any]) -> float:
     """Fraction of zero weights (biases not counted, as in torch's backend)."""
-    nonzero = sum(int(tf.math.count_nonzero(k)) for k in kernels)
+    nonzero = sum(int(tf.math.count_nonzero(k, dtype=tf.int32)) for k in kernels)
     size = sum(int(np.prod(k.shape)) for k in kernels)
     return float((size - nonzero) / size)
 
@@ -695,11 +780,65 @@ def _make_interpreter(tf: Any, content: bytes, threads: int) -> tuple[Any, str]:
         return tf.lite.Interpreter(model_content=content, num_threads=threads), "tf.lite"
 
 
+def _gradient_registry() -> dict[str, Any] | None:
+    """TensorFlow's global gradient-function registry (private), or None if it moved."""
+    try:
+        from tensorflow.python.framework import ops
+    except ImportError:
+        return None
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+def _custom_gradient_names() -> frozenset[str]:
+    registry = _gradient_registry()
+    return frozenset(registry) if registry is not None else frozenset()
+
+
+def _forget_custom_gradients(before: frozenset[str]) -> None:
+    """Unregister the ``CustomGradient-*`` functions traced since ``before``.
+
+    Keras' optimizer all-reduces gradients through ``ReplicaContext.all_reduce``, a
+    ``tf.custom_gradient``; in a ``tf.function`` each trace registers its gradient function
+    in a global registry that is never cleaned. That function's closure holds the traced
+    graph, the graph holds the captured variable handles, so without this every torn-down
+    model and optimizer state (24 MB for the 3x1000 MLP with Adam) would stay allocated.
+    """
+    registry = _gradient_registry()
+    if registry is None:
+        return
+    for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
+        del registry[name]
+
+
+@contextlib.contextmanager
+def _address_space_cap_lifted() -> Iterator[None]:
+    """Raise the soft ``RLIMIT_AS`` (the worker's memory cap) to the hard limit meanwhile.
+
+    Only for one-off compile steps whose memory the measured model never uses.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == hard:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _raise_if_oom(tf: Any, error: BaseException, where: str) -> None:
     """Re-raise an allocation failure as :class:`OutOfMemoryError`; return otherwise."""
     if isinstance(error, OutOfMemoryError):
         raise error
     if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)) or \
             _OOM_TEXT.search(str(error)):
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OutOfMemoryError(f"out of memory {where}: {first}") from error
+        # TensorFlow's messages start with "Graph execution error:" or Keras' "Exception
+        # encountered when calling ...": report the line that names the allocation.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        line = next((ln for ln in lines if _OOM_TEXT.search(ln)),
+                    lines[0] if lines else type(error).__name__)
+        raise OutOfMemoryError(f"out of memory {where}: {line}") from error
