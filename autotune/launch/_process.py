@@ -61,6 +61,10 @@ class ProcessLauncher:
             path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
                                    if p)
             env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time()), "PYTHONPATH": path}
+            if config.budget.memory_mb is not None:
+                # glibc reserves 64 MB of address space per thread arena; under an address
+                # space cap that is phantom memory (MindSpore needs 800 MB less headroom).
+                env.setdefault("MALLOC_ARENA_MAX", "2")
             if env.get("AUTOTUNE_CACHE_DIR"):  # a relative cache dir means the driver's
                 env["AUTOTUNE_CACHE_DIR"] = os.path.abspath(env["AUTOTUNE_CACHE_DIR"])
             with open(stderr_path, "wb") as stderr:
