@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from autotune.workloads import Dataset, Workload
 
 
+#: The fixed recipe that trains the model an inference trial measures. It is the same on
+#: every backend, so inference trials of different backends measure equivalent models.
+RECIPE_OPTIMIZER, RECIPE_LR, RECIPE_BATCH = "adam", 1e-3, 128
+#: Held-out samples evaluated per forward pass.
+EVAL_CHUNK = 1024
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend supports on one device.

@@ -34,6 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.backends import _pruning
+from autotune.backends._base import EVAL_CHUNK as _EVAL_CHUNK
+from autotune.backends._base import RECIPE_BATCH as _RECIPE_BATCH
+from autotune.backends._base import RECIPE_LR as _RECIPE_LR
+from autotune.backends._base import RECIPE_OPTIMIZER as _RECIPE_OPTIMIZER
 from autotune.backends._base import Backend
 from autotune.exceptions import (
     NonFiniteLossError,
@@ -45,9 +49,6 @@ if TYPE_CHECKING:
     from autotune.config import TrialConfig
     from autotune.workloads import Dataset, Workload
 
-# Fixed recipe that trains the model an inference trial measures (same as torch's).
-_RECIPE_OPTIMIZER, _RECIPE_LR, _RECIPE_BATCH = "adam", 1e-3, 128
-_EVAL_CHUNK = 1024
 _INFER_BATCHES = 4
 
 #: Keras dtype policy per precision in training (weights stay float32, matmuls in 16 bit).

@@ -18,6 +18,10 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from autotune.backends._base import EVAL_CHUNK as _EVAL_CHUNK
+from autotune.backends._base import RECIPE_BATCH as _RECIPE_BATCH
+from autotune.backends._base import RECIPE_LR as _RECIPE_LR
+from autotune.backends._base import RECIPE_OPTIMIZER as _RECIPE_OPTIMIZER
 from autotune.backends._base import Backend
 from autotune.backends._pruning import apply_structured, dense_flops
 from autotune.exceptions import (
@@ -30,9 +34,6 @@ if TYPE_CHECKING:
     from autotune.config import TrialConfig
     from autotune.workloads import Dataset, Workload
 
-# Fixed recipe that trains the model an inference trial measures.
-_RECIPE_OPTIMIZER, _RECIPE_LR, _RECIPE_BATCH = "adam", 1e-3, 128
-_EVAL_CHUNK = 1024
 
 
 def _is_oom(error: BaseException) -> bool:
