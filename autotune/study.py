@@ -422,11 +422,12 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     """
     import optuna
 
-    from autotune.devices import check_installed, resolve_devices
+    from autotune.devices import check_installed, check_workload, resolve_devices
 
     _check_name(name)
     parsed, source = _as_space(space)
     check_installed(parsed)
+    check_workload(parsed)
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     store = AutotuneStorage(storage)

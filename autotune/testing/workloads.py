@@ -51,3 +51,8 @@ def hanging() -> Workload:
 def raising() -> Workload:
     """Raises a Python exception while loading its data."""
     return Workload("raising", 64, (32,), 10, _raise, "raises")
+
+
+def not_a_workload() -> object:
+    """A factory that returns the wrong thing (for create-time validation tests)."""
+    return {"layers": [64, 10]}
