@@ -31,6 +31,7 @@ from autotune.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from autotune.measure import measure
     from autotune.space import Budget, SearchSpace, load_space, parse_space
     from autotune.study import (
         FrontPoint,
@@ -50,7 +51,7 @@ _LAZY = {
     "FrontPoint": "autotune.study", "Study": "autotune.study",
     "TrialResult": "autotune.study", "create_study": "autotune.study",
     "delete_study": "autotune.study", "list_studies": "autotune.study",
-    "load_study": "autotune.study",
+    "load_study": "autotune.study", "measure": "autotune.measure",
 }
 
 
@@ -94,5 +95,6 @@ __all__ = [
     "list_studies",
     "load_space",
     "load_study",
+    "measure",
     "parse_space",
 ]

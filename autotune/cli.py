@@ -29,6 +29,7 @@ examples:
   autotune study list
   autotune study delete quick --yes
   autotune devices                     # backends, devices, install commands
+  autotune measure --workload mlp --mode infer --batch-size 64 --threads 1 --json
 
 storage: --storage URL on any command, else $AUTOTUNE_STORAGE, else
 sqlite:///studies/autotune.db (relative to the working directory). Any SQLAlchemy URL
@@ -109,6 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "file means every device listed here for the space's backends.")
     p.add_argument("--backend", action="append", choices=("torch", "tensorflow", "mindspore"),
                    help="probe only this backend (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
+
+    p = commands.add_parser(
+        "measure", help="measure one configuration exactly as a trial would",
+        description="Measure one configuration (a real trial in a worker process) outside "
+                    "any study: how you benchmark the configuration you run today. Knobs "
+                    "not given take the same defaults as in a space file.")
+    p.add_argument("--workload", required=True, help="mlp, digits_mlp or module:factory")
+    p.add_argument("--mode", required=True, choices=("train", "infer"))
+    for knob, kind, helptext in (
+            ("backend", str, "torch | tensorflow | mindspore"),
+            ("device", str, "cpu | cuda:N | tpu:N | npu:N"),
+            ("batch-size", int, "samples per step"),
+            ("precision", str, "fp32 | bf16 | fp16 | int8"),
+            ("learning-rate", float, "train mode only"),
+            ("optimizer", str, "sgd | adam | adamw (train mode only)"),
+            ("pruning-ratio", float, "fraction in [0, 1)"),
+            ("pruning-structure", str, "unstructured | structured"),
+            ("execution", str, "auto | eager | graph | xla"),
+            ("threads", int, "intra-op threads (pinned)")):
+        p.add_argument(f"--{knob}", type=kind, help=helptext)
+    p.add_argument("--trial-seconds", type=float, help="hard time limit (default 30)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
@@ -432,8 +457,29 @@ def _cmd_devices(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
-_COMMANDS = {"devices": _cmd_devices, "create": _cmd_create, "run": _cmd_run,
-             "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete}
+def _cmd_measure(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    names = ("backend", "device", "batch_size", "precision", "learning_rate", "optimizer",
+             "pruning_ratio", "pruning_structure", "execution", "threads")
+    knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    budget = {"trial_seconds": args.trial_seconds} if args.trial_seconds else None
+    m = autotune.measure(args.workload, args.mode, budget=budget, **knobs)
+    summary = m.summary()
+    if args.json:
+        print(json.dumps({"workload": args.workload, "mode": args.mode, "knobs": knobs,
+                          "metrics": summary, "measurement": m.to_dict()}, indent=2))
+        return 0
+    for key in ("throughput_sps", "sustained_throughput_sps", "latency_p50_ms",
+                "latency_p95_ms", "latency_p99_ms", "peak_memory_mb", "accuracy", "power_w",
+                "energy_per_sample_j", "energy_source", "noise", "steps_measured",
+                "first_step_s", "param_count", "execution", "threads"):
+        console.print(f"{key:>26}  {_fmt(summary.get(key))}", highlight=False, markup=False)
+    return 0
+
+
+_COMMANDS = {"devices": _cmd_devices, "measure": _cmd_measure, "create": _cmd_create,
+             "run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -455,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     from autotune.exceptions import AutotuneError
 
-    action = "devices" if args.command == "devices" else args.action
+    action = args.command if args.command in ("devices", "measure") else args.action
     from autotune.space import one_line
 
     _terminate_as_interrupt()
