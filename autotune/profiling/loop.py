@@ -58,7 +58,8 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
                 deadline: float) -> dict[str, Any]:
     """Warm up, measure and evaluate an already set-up ``backend``.
 
-    ``deadline`` is a ``time.perf_counter()`` value by which the loop must have returned.
+    ``deadline`` is a ``time.perf_counter()`` value by which the loop must have returned;
+    no step is started that would, at the last step's pace, end past it.
     Returns the raw result (step times in seconds, energy reading, accuracy...).
     """
     budget = config.budget
@@ -96,7 +97,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         if now - w_start >= budget.warmup_max_s:
             warnings.append(f"warm-up did not stabilise within {budget.warmup_max_s:g} s")
             break
-        if now >= deadline:
+        if now + warmup[-1] >= deadline:  # the next step would end past the deadline
             break
     warmup_s = time.perf_counter() - w_start
 
@@ -121,7 +122,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
             meter.begin()
         now = time.perf_counter()
         elapsed = now - window_start - excluded_s
-        if now >= deadline:
+        if now + times[-1] >= deadline:  # the next step would end past the deadline
             warnings.append("the trial budget ended the measured window")
             break
         long_enough = elapsed >= budget.window_min_s and len(times) >= budget.window_min_steps
@@ -137,9 +138,12 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
 
     # Finish the training budget (untimed) if the window ended before it.
     if trainer.budget_steps is not None:
-        while trainer.accuracy is None and time.perf_counter() < deadline:
+        last = times[-1]
+        while trainer.accuracy is None and time.perf_counter() + last < deadline:
+            s = time.perf_counter()
             backend.step()
             trainer.after_step()
+            last = time.perf_counter() - s
         if trainer.accuracy is None:
             warnings.append(
                 f"training budget of {trainer.budget_steps} steps not reached within the "
