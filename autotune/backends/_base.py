@@ -21,6 +21,12 @@ RECIPE_OPTIMIZER, RECIPE_LR, RECIPE_BATCH = "adam", 1e-3, 128
 EVAL_CHUNK = 1024
 
 
+def epoch_steps(n_samples: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``n_samples`` (the last batch wraps around, so
+    every step has ``batch_size`` samples): the unit of train mode's budget everywhere."""
+    return max(1, -(-n_samples // batch_size))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend supports on one device.

@@ -22,7 +22,7 @@ from autotune.backends._base import EVAL_CHUNK as _EVAL_CHUNK
 from autotune.backends._base import RECIPE_BATCH as _RECIPE_BATCH
 from autotune.backends._base import RECIPE_LR as _RECIPE_LR
 from autotune.backends._base import RECIPE_OPTIMIZER as _RECIPE_OPTIMIZER
-from autotune.backends._base import Backend
+from autotune.backends._base import Backend, epoch_steps
 from autotune.backends._pruning import apply_structured, dense_flops
 from autotune.exceptions import (
     NonFiniteLossError,
@@ -308,7 +308,7 @@ class TorchBackend(Backend):
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass over the training split (last batch may wrap)."""
         assert self.config is not None
-        return max(1, math.ceil(len(self._x_train) / self.config.batch_size))
+        return epoch_steps(len(self._x_train), self.config.batch_size)
 
     def step(self) -> int:
         assert self.config is not None
