@@ -165,6 +165,7 @@ class Study:
             raise StudyError(f"timeout must be a positive number of seconds, got {timeout}")
         if n_trials is None and timeout is None:
             n_trials = 10
+        start = time.monotonic()  # the timeout counts from the call, set-up included
         self.storage.prepare_for_writing()
         done_before = len(self._optuna_study().trials)
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
@@ -177,7 +178,6 @@ class Study:
         budget = self._effective_budget()
         distributions = self.space.distributions()
         results: list[TrialResult] = []
-        start = time.monotonic()
         while n_trials is None or len(results) < n_trials:
             if timeout is not None and time.monotonic() - start >= timeout:
                 break
