@@ -534,8 +534,10 @@ def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
         elapsed = time.monotonic() - start
         assert 1 <= len(results) <= math.ceil(timeout / launcher.sleep_s) + 1
         assert len(results) == len(launcher.calls)
-        # no trial was started after the timeout; the last one was allowed to finish
-        assert all(t - start < timeout for t in launcher.call_times)
+        # The timeout is checked before each ask, so only the last launch may begin past it (a
+        # slow ask on a loaded machine can push that one over); none follows a late one.
+        late = [t - start >= timeout for t in launcher.call_times]
+        assert not any(late[:-1])
         assert elapsed >= timeout
         assert elapsed < timeout + launcher.sleep_s + 2.0
         assert len(study.trials()) == len(results)
