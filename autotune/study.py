@@ -21,7 +21,7 @@ from autotune.exceptions import (
     StudyExistsError,
     StudyNotFoundError,
 )
-from autotune.launch import ProcessLauncher, WorkerOutcome
+from autotune.launch import Launcher, WarmLauncher, WorkerOutcome
 from autotune.objectives import worst_value
 from autotune.pareto import pareto_front
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
@@ -153,11 +153,14 @@ class Study:
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, *,
                  sampler: str | None = None,
                  callbacks: list[Callable[[TrialResult], None]] | None = None,
-                 launcher: ProcessLauncher | None = None) -> list[TrialResult]:
+                 launcher: Launcher | None = None) -> list[TrialResult]:
         """Run trials until ``n_trials`` are done or ``timeout`` seconds have passed.
 
         With neither given, runs 10 trials. A trial is not started after the timeout; the
         one running then finishes (within its own ``trial_seconds``).
+
+        Trials run on warm workers (:class:`autotune.launch.WarmLauncher`) unless another
+        ``launcher`` is given; workers this call started are gone when it returns.
         """
         if n_trials is not None and n_trials < 1:
             raise StudyError(f"n_trials must be a positive integer, got {n_trials}")
@@ -174,7 +177,17 @@ class Study:
         fingerprint = machine_fingerprint()
         machine_id = self.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
         recorder = _Recorder(self, ostudy, machine_id, fingerprint)
-        launcher = launcher or ProcessLauncher()
+        own_launcher = launcher is None
+        active: Launcher = launcher if launcher is not None else WarmLauncher()
+        try:
+            return self._loop(ostudy, recorder, active, n_trials, timeout, start, callbacks)
+        finally:
+            if own_launcher:
+                active.close()
+
+    def _loop(self, ostudy: Any, recorder: _Recorder, launcher: Launcher,
+              n_trials: int | None, timeout: float | None, start: float,
+              callbacks: list[Callable[[TrialResult], None]] | None) -> list[TrialResult]:
         budget = self._effective_budget()
         distributions = self.space.distributions()
         results: list[TrialResult] = []
@@ -202,7 +215,7 @@ class Study:
 
     def _effective_budget(self) -> Any:
         """The space's budget, with enough window steps for every latency percentile the
-        objectives and constraints use (p95 needs 20 samples, p99 100)."""
+        objectives and constraints use (p90 needs 64 samples, p95 132, p99 662)."""
         budget = self.space.budget
         needed = [PERCENTILE_MIN_SAMPLES[int(m[len("latency_p"):-len("_ms")])]
                   for m in [*self.space.objective_names,
@@ -212,7 +225,7 @@ class Study:
         return dataclasses.replace(budget, window_min_steps=steps)
 
     @staticmethod
-    def _run_one(config: TrialConfig, launcher: ProcessLauncher) -> WorkerOutcome:
+    def _run_one(config: TrialConfig, launcher: Launcher) -> WorkerOutcome:
         reason = capabilities(config.backend, config.device).check(
             config.mode, config.precision, config.execution)
         if reason is not None:  # known in advance: no worker is started

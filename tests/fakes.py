@@ -77,6 +77,7 @@ class FakeLauncher:
         seed: base seed of the noise.
         with_energy: ``False`` reports no energy (source ``none``).
         device_peak_memory_bytes: reported device peak (``None``: CPU, no device memory).
+        contended: report foreign CPU load during every window.
     """
 
     infeasible: Selector = None
@@ -89,8 +90,10 @@ class FakeLauncher:
     seed: int = 0
     with_energy: bool = True
     device_peak_memory_bytes: int | None = None
+    contended: bool = False
     calls: list[TrialConfig] = field(default_factory=list, init=False)
     call_times: list[float] = field(default_factory=list, init=False)
+    closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.fail_kind not in FAIL_KINDS:
@@ -98,6 +101,10 @@ class FakeLauncher:
         if self.infeasible_kind not in INFEASIBLE_KINDS:
             raise ValueError(f"infeasible_kind must be one of {INFEASIBLE_KINDS}, "
                              f"got {self.infeasible_kind!r}")
+
+    def close(self) -> None:
+        """Nothing to release (part of the launcher interface)."""
+        self.closed = True
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Same interface as :meth:`autotune.launch.ProcessLauncher.run`."""
@@ -165,6 +172,7 @@ class FakeLauncher:
             "samples": 2 if self.with_energy else 0,
             "model": f"process CPU time x {watts:g} W per busy core ({SYNTHETIC_NOTE})"
             if self.with_energy else "",
+            "fallback_reason": "" if self.with_energy else "no energy source (fake)",
         }
         return {
             "step_times_s": step_times,
@@ -191,6 +199,14 @@ class FakeLauncher:
             "versions": {"fake": "0 (synthetic)"},
             "peak_rss_bytes": 200 * 2**20 + config.batch_size * 2**20,
             "device_peak_memory_bytes": self.device_peak_memory_bytes,
+            "peak_rss_scope": "trial",
+            "environment": {"OMP_NUM_THREADS": str(threads)},
+            "worker": {"pid": 0, "trial": 1, "warm": False},
+            "data_cached": False,
+            "remeasured": 0,
+            "contention": {"available": True, "contended": self.contended,
+                           "foreign_fraction": 0.3 if self.contended else 0.0,
+                           "reason": "fake contention" if self.contended else ""},
         }
 
 

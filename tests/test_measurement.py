@@ -27,7 +27,7 @@ from autotune.profiling.power import (
 from autotune.space import Budget, parse_space
 from tests.fakes import SYNTHETIC_NOTE, FakeLauncher, on_calls
 
-# 25 step times: p50 and p95 are defined, p99 (needs 100) is not.
+# 25 step times: p50 is defined; p90 (needs 64), p95 (132) and p99 (662) are not.
 STEP_TIMES = [0.010 + 0.0001 * i for i in range(25)]
 SAMPLES_PER_STEP = 32
 
@@ -75,7 +75,11 @@ def test_fields_copied_from_raw() -> None:
     assert m.step_times_s == tuple(STEP_TIMES)
     assert m.samples_per_step == SAMPLES_PER_STEP
     assert m.warmup_steps == 6
-    assert m.setup_s == pytest.approx(0.75)  # setup plus data loading
+    assert m.setup_s == pytest.approx(0.5)  # model build (and base model in infer mode)
+    assert m.data_s == pytest.approx(0.25)
+    assert set(m.phases_s) == {"process_start", "framework_import", "data", "model_build",
+                               "first_step_compile", "warmup", "measured", "evaluation"}
+    assert m.phases_s["model_build"] == m.setup_s and m.phases_s["measured"] == m.window_s
     assert m.import_s == 1.5
     assert m.process_start_s == 0.08
     assert m.energy_j == 5.0
@@ -108,11 +112,16 @@ def test_throughput_ci_brackets_throughput() -> None:
 def test_latency_percentiles_in_ms() -> None:
     m = _measure()
     assert m.latency_ms(50) == pytest.approx(float(np.percentile(STEP_TIMES, 50)) * 1000)
-    assert m.latency_ms(95) == pytest.approx(float(np.percentile(STEP_TIMES, 95)) * 1000)
-    assert m.latency_ms(99) is None  # 25 < 100 samples
+    assert m.latency_ms(90) is None  # 25 < 64 samples
+    assert m.latency_ms(99) is None  # 25 < 662 samples
     metrics = m.metrics()
     assert metrics["latency_p50_ms"] == pytest.approx(11.2)  # 10 ms + 12 x 0.1 ms
+    assert metrics["latency_p90_ms"] is None
     assert metrics["latency_p99_ms"] is None
+    many = [0.010 + 0.0001 * i for i in range(64)]
+    m64 = _measure(_raw(step_times_s=many))
+    assert m64.latency_ms(90) == pytest.approx(float(np.percentile(many, 90)) * 1000)
+    assert m64.latency_ms(95) is None
 
 
 def test_power_and_energy_per_sample() -> None:
@@ -158,14 +167,15 @@ def test_memory_source() -> None:
 def test_missing_reasons_explain_none_metrics() -> None:
     m = _measure(_raw(accuracy=None))
     metrics, reasons = m.metrics(), m.missing_reasons()
-    assert "latency_p95_ms" not in reasons
-    assert reasons["latency_p99_ms"] == "25 steps measured; p99 needs 100"
+    assert "latency_p50_ms" not in reasons
+    assert reasons["latency_p90_ms"] == "25 steps measured; p90 needs 64"
+    assert reasons["latency_p99_ms"] == "25 steps measured; p99 needs 662"
     assert "accuracy" in reasons and "training budget" in reasons["accuracy"]
     # every None metric has a reason; no reason for a metric that is present
     for name, value in metrics.items():
         assert (value is None) == (name in reasons), name
     few = _measure(_raw(step_times_s=STEP_TIMES[:10]))
-    assert few.missing_reasons()["latency_p95_ms"] == "10 steps measured; p95 needs 20"
+    assert few.missing_reasons()["latency_p95_ms"] == "10 steps measured; p95 needs 132"
 
 
 def test_summary_names_and_provenance() -> None:
@@ -209,7 +219,8 @@ def test_to_dict_keeps_raw_step_times_and_is_json() -> None:
 
 #: Keys _worker.run_trial adds to run_profile's result.
 _WORKER_KEYS = {"process_start_s", "import_s", "data_s", "setup_s", "status", "threads",
-                "model", "versions", "peak_rss_bytes", "device_peak_memory_bytes"}
+                "model", "versions", "peak_rss_bytes", "device_peak_memory_bytes",
+                "peak_rss_scope", "environment", "worker", "data_cached"}
 
 
 class _StubBackend:

@@ -29,7 +29,7 @@ def test_percentile_none_below_minimum_samples(q: int) -> None:
 @pytest.mark.parametrize("q", sorted(PERCENTILE_MIN_SAMPLES))
 def test_percentile_equals_numpy_at_and_above_minimum(q: int) -> None:
     rng = np.random.default_rng(q)
-    for n in (PERCENTILE_MIN_SAMPLES[q], PERCENTILE_MIN_SAMPLES[q] + 1, 500):
+    for n in (PERCENTILE_MIN_SAMPLES[q], PERCENTILE_MIN_SAMPLES[q] + 1, 1000):
         values = rng.lognormal(mean=-5, sigma=0.3, size=n).tolist()
         got = percentile(values, q)
         assert got is not None
@@ -37,11 +37,19 @@ def test_percentile_equals_numpy_at_and_above_minimum(q: int) -> None:
         assert isinstance(got, float)
 
 
-def test_percentile_thresholds_are_sensible() -> None:
+def test_percentile_thresholds_are_mlperfs() -> None:
     assert PERCENTILE_MIN_SAMPLES[50] >= 1
-    # a p-th percentile needs at least 1/(1-p) samples to be more than the maximum
-    assert PERCENTILE_MIN_SAMPLES[95] >= 20
-    assert PERCENTILE_MIN_SAMPLES[99] >= 100
+    assert PERCENTILE_MIN_SAMPLES[90] == 64
+    assert PERCENTILE_MIN_SAMPLES[99] == 662
+    # every gated percentile leaves at least 6 samples beyond it
+    for q in (90, 95, 99):
+        assert PERCENTILE_MIN_SAMPLES[q] * (100 - q) / 100 >= 6
+
+
+@pytest.mark.parametrize(("q", "n"), [(90, 64), (95, 132), (99, 662)])
+def test_percentile_gated_exactly_at_the_mlperf_count(q: int, n: int) -> None:
+    assert percentile([1.0] * (n - 1), q) is None
+    assert percentile([1.0] * n, q) == 1.0
 
 
 def test_percentile_empty_is_none() -> None:
@@ -51,8 +59,8 @@ def test_percentile_empty_is_none() -> None:
 def test_percentile_median_of_known_values() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert percentile([float(i) for i in range(101)], 99) == pytest.approx(99.0)
-    assert percentile([float(i) for i in range(21)], 95) == pytest.approx(19.0)
+    assert percentile([float(i) for i in range(1001)], 99) == pytest.approx(990.0)
+    assert percentile([float(i) for i in range(201)], 95) == pytest.approx(190.0)
 
 
 # -- spread ------------------------------------------------------------------------------------

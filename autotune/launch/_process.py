@@ -37,8 +37,27 @@ class WorkerOutcome:
     wall_s: float = 0.0
 
 
+def worker_environment(memory_mb: int | None) -> dict[str, str]:
+    """The environment a worker starts with: the driver's, plus the launch time (so process
+    start-up is measured), the driver's directory on ``PYTHONPATH`` (custom workloads stay
+    importable from the worker's own working directory) and an absolute cache dir."""
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time()), "PYTHONPATH": path}
+    if memory_mb is not None:
+        # glibc reserves 64 MB of address space per thread arena; under an address
+        # space cap that is phantom memory (MindSpore needs 800 MB less headroom).
+        env.setdefault("MALLOC_ARENA_MAX", "2")
+    if env.get("AUTOTUNE_CACHE_DIR"):  # a relative cache dir means the driver's
+        env["AUTOTUNE_CACHE_DIR"] = os.path.abspath(env["AUTOTUNE_CACHE_DIR"])
+    return env
+
+
 class ProcessLauncher:
-    """Starts ``python -m autotune.launch._worker`` per trial and enforces its budget.
+    """Starts a fresh ``python -m autotune.launch._worker`` per trial; enforces its budget.
+
+    Every trial pays process start and framework import (seconds); :class:`WarmLauncher`
+    pays them once per (backend, device, threads). Fresh processes are the reference the
+    warm ones are checked against (``benchmarks/overhead_benchmark.py``).
 
     The worker runs in its own session (process group), so on timeout the whole group,
     including any helper processes a framework started, is killed with SIGKILL.
@@ -46,6 +65,9 @@ class ProcessLauncher:
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
+
+    def close(self) -> None:
+        """Nothing to release: every worker is gone when its :meth:`run` returns."""
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Run ``config`` to completion, failure or its ``budget.trial_seconds`` limit."""
@@ -58,15 +80,7 @@ class ProcessLauncher:
             # The worker runs in the trial's temporary directory, so whatever a framework
             # writes to its working directory (MindSpore's rank_0/ logs) goes away with it;
             # the driver's directory stays importable for custom workloads.
-            path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
-                                   if p)
-            env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time()), "PYTHONPATH": path}
-            if config.budget.memory_mb is not None:
-                # glibc reserves 64 MB of address space per thread arena; under an address
-                # space cap that is phantom memory (MindSpore needs 800 MB less headroom).
-                env.setdefault("MALLOC_ARENA_MAX", "2")
-            if env.get("AUTOTUNE_CACHE_DIR"):  # a relative cache dir means the driver's
-                env["AUTOTUNE_CACHE_DIR"] = os.path.abspath(env["AUTOTUNE_CACHE_DIR"])
+            env = worker_environment(config.budget.memory_mb)
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(
                     [self.python, "-m", "autotune.launch._worker", str(config_path),
@@ -79,19 +93,20 @@ class ProcessLauncher:
                     proc.wait(timeout=config.budget.trial_seconds)
                 except subprocess.TimeoutExpired:
                     timed_out = True
-                    _kill_group(proc)
+                    kill_group(proc)
                 except BaseException:  # Ctrl-C in the driver: never leave an orphan
-                    _kill_group(proc)
+                    kill_group(proc)
                     raise
                 finally:
-                    _kill_group(proc)  # helpers the worker left behind
+                    kill_group(proc)  # helpers the worker left behind
             wall = time.perf_counter() - start
             stderr_tail = stderr_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
             return _outcome(proc.returncode, timed_out, result_path, stderr_tail, wall,
                             config.budget.trial_seconds)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker's whole process group (helpers a framework started included)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -105,9 +120,20 @@ def _outcome(returncode: int, timed_out: bool, result_path: Path, stderr_tail: s
             result = json.loads(result_path.read_text())
         except json.JSONDecodeError:
             result = {}
+    return outcome_of(result, returncode=returncode, timed_out=timed_out,
+                      stderr_tail=stderr_tail, wall=wall, limit_s=limit_s)
+
+
+def outcome_of(result: dict[str, Any], *, returncode: int | None, timed_out: bool,
+               stderr_tail: str, wall: float, limit_s: float) -> WorkerOutcome:
+    """Classify what a worker said (``result``, possibly empty) and how it ended.
+
+    ``returncode`` is ``None`` while the worker process is still alive (a warm worker that
+    answered).
+    """
     status = result.get("status")
     # A result written before the kill is a result: only exiting was late.
-    if status == "ok" and (returncode == 0 or timed_out):
+    if status == "ok" and (not returncode or timed_out):
         return WorkerOutcome("ok", result=result, wall_s=wall)
     if timed_out:
         return WorkerOutcome("fail", failure_kind="timeout", wall_s=wall,
@@ -119,7 +145,7 @@ def _outcome(returncode: int, timed_out: bool, result_path: Path, stderr_tail: s
     if status == "crash":
         return WorkerOutcome("fail", failure_kind="crash", reason=result.get("reason", ""),
                              traceback=result.get("traceback", "") or stderr_tail, wall_s=wall)
-    if returncode < 0:
+    if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:  # real-time signals have no name

@@ -1,29 +1,51 @@
-"""Worker process entry point: ``python -m autotune.launch._worker CONFIG.json RESULT.json``.
+"""Worker process entry point.
 
-It pins its threads, imports the framework (timed apart), builds the workload, runs the
-profiled loop and writes one JSON result. Outcomes:
+Two ways to run it:
+
+* ``python -m autotune.launch._worker CONFIG.json RESULT.json`` runs one trial in a fresh
+  process and writes one JSON result (:class:`autotune.launch.ProcessLauncher`);
+* ``python -m autotune.launch._worker --serve BACKEND THREADS REPLY_FD`` is a warm worker
+  (:class:`autotune.launch.WarmLauncher`): it pins its threads and imports the framework
+  once, then runs one trial per JSON line read from stdin and answers each with one JSON
+  line on ``REPLY_FD`` (a pipe of its own, so nothing a framework prints can corrupt it).
+
+Outcomes of a trial:
 
 * ``{"status": "ok", ...}`` - a measurement;
 * ``{"status": "infeasible", "failure_kind": "oom"|"unsupported"|"nan_loss", ...}`` - a
   result that is itself data (the study records a complete, infeasible trial);
-* ``{"status": "crash", ...}`` and exit code 1 - anything else, with the traceback.
+* ``{"status": "crash", ...}`` - anything else, with the traceback.
 
-A worker that dies without writing a result (killed, segfault) is detected by the launcher.
+A worker that dies without answering (killed, segfault) is detected by the launcher.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import gc
 import json
+import math
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.backends import Backend
+    from autotune.workloads import Dataset
 
 #: Seconds the worker keeps for itself between the end of measuring and the hard kill.
 SAFETY_MARGIN_S = 1.0
+#: Environment variables that change performance, recorded with every measurement so a
+#: trial can be re-run under the same conditions.
+PERFORMANCE_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "MALLOC_",
+                            "TF_", "XLA_", "ONEDNN_", "DNNL_", "TORCH", "PYTORCH_",
+                            "CUDA_", "NVIDIA_", "ASCEND_", "MS_", "GLOG_")
 
 
 def _pin_threads(threads: int | None) -> int:
@@ -46,9 +68,13 @@ def _pin_threads(threads: int | None) -> int:
 
 
 def _vm_size_bytes() -> int:
+    return _status_kib("VmSize") * 1024
+
+
+def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
     return 0
 
 
@@ -63,97 +89,236 @@ def _cap_memory(memory_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def run_trial(config_data: dict[str, Any], process_start: float) -> dict[str, Any]:
-    """Run one trial in this process and return the raw result (raises on failure)."""
-    from autotune.backends import load_backend
+def _uncap_memory() -> None:
+    """Lift a previous trial's cap (a warm worker's next trial sets its own)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the next trial's peak is its own.
+
+    Writing ``5`` to ``/proc/self/clear_refs`` does this (Linux >= 4.0). Returns whether it
+    worked; where it did not, a warm worker's figure is the process's lifetime peak.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory since the last reset (VmHWM), else since the process began."""
+    try:
+        kib = _status_kib("VmHWM")
+    except OSError:
+        kib = 0
+    return kib * 1024 if kib else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def performance_environment() -> dict[str, str]:
+    """The environment variables of this process that can change performance."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith(PERFORMANCE_ENV_PREFIXES)}
+
+
+class WorkerState:
+    """What a worker process keeps between trials: the imported backend and cached data."""
+
+    def __init__(self, backend_name: str, threads: int | None) -> None:
+        from autotune.backends import load_backend
+
+        self.backend_name = backend_name
+        self.pinned_threads = _pin_threads(threads)
+        t0 = time.perf_counter()
+        self.backend: Backend = load_backend(backend_name)
+        self.import_s = time.perf_counter() - t0
+        # What the framework says it uses, recorded. Thread pools can be sized only once
+        # per process in TensorFlow and MindSpore, which is why a warm worker serves one
+        # thread count.
+        self.threads = self.backend.set_threads(self.pinned_threads)
+        self.trials_run = 0
+        self.peak_rss_resettable = _reset_peak_rss()
+        self._data: dict[str, Dataset] = {}
+
+    def data(self, workload_name: str, load: Any) -> tuple[Dataset, bool]:
+        """The workload's data, loaded once per process; each trial gets its own copy (a
+        backend may shuffle or convert arrays in place)."""
+        cached = workload_name in self._data
+        if not cached:
+            self._data[workload_name] = load()
+        return copy.deepcopy(self._data[workload_name]), cached
+
+
+def run_trial(config_data: dict[str, Any], state: WorkerState,
+              deadline: float) -> dict[str, Any]:
+    """Run one trial on ``state``'s backend and return the raw result (raises on failure).
+
+    ``deadline`` is the ``time.perf_counter()`` value by which measuring must be over.
+    """
     from autotune.config import TrialConfig
+    from autotune.profiling.contention import ContentionMonitor
     from autotune.profiling.loop import run_profile
-    from autotune.profiling.power import EstimatedCpuMeter
+    from autotune.profiling.power import meter_for_device
     from autotune.workloads import get_workload
 
     config = TrialConfig.from_dict(config_data)
-    deadline = (time.perf_counter() + config.budget.trial_seconds
-                - (time.time() - process_start) - SAFETY_MARGIN_S)
-    timings: dict[str, float] = {"process_start_s": time.time() - process_start}
-
-    threads = _pin_threads(config.threads)
-    t0 = time.perf_counter()
-    backend = load_backend(config.backend)
-    timings["import_s"] = time.perf_counter() - t0
-    threads = backend.set_threads(threads)  # what the framework says it uses, recorded
+    if config.backend != state.backend_name:
+        raise RuntimeError(f"this worker serves {state.backend_name!r}, not {config.backend!r}")
+    if config.threads is not None and config.threads != state.pinned_threads:
+        raise RuntimeError(f"this worker is pinned to {state.pinned_threads} threads, "
+                           f"not {config.threads}")
+    peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
+    timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     workload = get_workload(config.workload)
-    data = workload.load_data()
+    data, data_cached = state.data(config.workload, workload.load_data)
     timings["data_s"] = time.perf_counter() - t0
 
     _cap_memory(config.budget.memory_mb)
-    t0 = time.perf_counter()
-    model_info = backend.setup(config, workload, data)
-    timings["setup_s"] = time.perf_counter() - t0
-    # Backends report FLOPs of the model they built (smaller after structured pruning).
-    model_info.setdefault("flops_per_sample", workload.flops_per_sample(config.mode))
-
-    result = run_profile(backend, config, EstimatedCpuMeter(), deadline)
-    device_peak = backend.peak_memory_bytes()
-    versions = backend.versions()
-    backend.teardown()
+    backend = state.backend
+    try:
+        t0 = time.perf_counter()
+        model_info = backend.setup(config, workload, data)
+        timings["setup_s"] = time.perf_counter() - t0
+        # Backends report FLOPs of the model they built (smaller after structured pruning).
+        model_info.setdefault("flops_per_sample", workload.flops_per_sample(config.mode))
+        result = run_profile(backend, config, meter_for_device(config.device), deadline,
+                             ContentionMonitor())
+        device_peak = backend.peak_memory_bytes()
+        versions = backend.versions()
+    finally:
+        backend.teardown()
+        _uncap_memory()
+        gc.collect()
     result.update(timings)
     result.update(
         status="ok",
-        threads=threads,
+        threads=state.threads,
         model=model_info,
         versions=versions,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        environment=performance_environment(),
+        peak_rss_bytes=_peak_rss_bytes(),
+        peak_rss_scope="trial" if peak_is_trials else "process",
         device_peak_memory_bytes=device_peak,
+        data_cached=data_cached,
     )
     return result
 
 
-def _die_with_parent_and_budget(trial_seconds: float) -> None:
-    """Never outlive the driver or the budget, even if the driver is killed uncleanly.
+def _guarded(run: Any) -> dict[str, Any]:
+    """Run ``run()`` and turn its exceptions into a worker outcome."""
+    from autotune.exceptions import TrialError
 
-    PR_SET_PDEATHSIG delivers SIGKILL when the parent dies (Linux); the alarm is a second,
-    portable guard a few seconds past the budget (the driver normally kills us first).
-    """
+    try:
+        result: dict[str, Any] = run()
+        return result
+    except TrialError as e:
+        return {"status": "infeasible", "failure_kind": e.failure_kind, "reason": str(e)}
+    except MemoryError as e:
+        return {"status": "infeasible", "failure_kind": "oom",
+                "reason": f"out of memory: {e or 'allocation failed'}"}
+    except Exception as e:
+        return {"status": "crash", "failure_kind": "crash",
+                "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _die_with_parent() -> None:
+    """Never outlive the driver, even if it is killed uncleanly: PR_SET_PDEATHSIG delivers
+    SIGKILL when the parent dies (Linux)."""
     import ctypes
-    import math
-    import signal
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _arm_alarm(trial_seconds: float) -> None:
+    """A second guard a few seconds past the trial's budget (the driver normally kills us
+    first); a hung trial dies of SIGALRM."""
     signal.alarm(math.ceil(trial_seconds) + 5)
 
 
-def main(argv: list[str]) -> int:
-    """Read the config file, run the trial, write the result file. Exit code 1 on a crash."""
+def run_once(argv: list[str]) -> int:
+    """Fresh-process mode: read the config file, run the trial, write the result file.
+
+    Exit code 1 on a crash.
+    """
     # The launcher passes the wall-clock time it started us (psutil's create_time has
     # only clock-tick resolution), so process start-up is measured, not guessed.
-    process_start = float(os.environ.get("AUTOTUNE_LAUNCH_TIME", time.time()))
+    launched = float(os.environ.get("AUTOTUNE_LAUNCH_TIME", time.time()))
     config_path, result_path = argv
-    from autotune.exceptions import TrialError
-
     config_data = json.loads(Path(config_path).read_text())
-    _die_with_parent_and_budget(float(config_data["budget"]["trial_seconds"]))
-    code = 0
-    try:
-        result = run_trial(config_data, process_start)
-    except TrialError as e:
-        result = {"status": "infeasible", "failure_kind": e.failure_kind, "reason": str(e)}
-    except MemoryError as e:
-        result = {"status": "infeasible", "failure_kind": "oom",
-                  "reason": f"out of memory: {e or 'allocation failed'}"}
-    except Exception as e:
-        result = {"status": "crash", "failure_kind": "crash",
-                  "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        code = 1
+    budget_s = float(config_data["budget"]["trial_seconds"])
+    _die_with_parent()
+    _arm_alarm(budget_s)
+    process_start_s = time.time() - launched
+    deadline = time.perf_counter() + budget_s - process_start_s - SAFETY_MARGIN_S
+    holder: dict[str, WorkerState] = {}
+
+    def trial() -> dict[str, Any]:
+        holder["state"] = WorkerState(config_data["backend"], config_data.get("threads"))
+        result = run_trial(config_data, holder["state"], deadline)
+        result.update(process_start_s=process_start_s, import_s=holder["state"].import_s,
+                      worker={"pid": os.getpid(), "trial": 1, "warm": False})
+        return result
+
+    result = _guarded(trial)
     tmp = Path(result_path + ".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)  # atomic: the launcher never reads half a result
-    return code
+    return 1 if result["status"] == "crash" else 0
+
+
+def serve(argv: list[str]) -> int:
+    """Warm mode: import once, then one trial per stdin line, one reply line per trial.
+
+    The first reply (``{"status": "ready", ...}`` or a failure) answers start-up itself.
+    """
+    launched = float(os.environ.get("AUTOTUNE_LAUNCH_TIME", time.time()))
+    backend_name, threads_arg, reply_fd = argv
+    _die_with_parent()
+    reply = os.fdopen(int(reply_fd), "w", buffering=1)
+    process_start_s = time.time() - launched
+    holder: dict[str, WorkerState] = {}
+
+    def start() -> dict[str, Any]:
+        threads = int(threads_arg) if threads_arg != "auto" else None
+        holder["state"] = WorkerState(backend_name, threads)
+        return {"status": "ready", "process_start_s": process_start_s,
+                "import_s": holder["state"].import_s, "threads": holder["state"].threads}
+
+    hello = _guarded(start)
+    reply.write(json.dumps(hello) + "\n")
+    if hello["status"] != "ready":
+        return 1
+    state = holder["state"]
+    for line in sys.stdin:
+        request = json.loads(line)
+        config_data = request["config"]
+        budget_s = float(config_data["budget"]["trial_seconds"])
+        _arm_alarm(budget_s)
+        # The budget counts from when the driver sent the trial.
+        deadline = (time.perf_counter() + budget_s - (time.time() - request["sent_at"])
+                    - SAFETY_MARGIN_S)
+        result = _guarded(functools.partial(run_trial, config_data, state, deadline))
+        signal.alarm(0)
+        state.trials_run += 1
+        result.update(process_start_s=0.0, import_s=0.0,
+                      worker={"pid": os.getpid(), "trial": state.trials_run, "warm": True})
+        reply.write(json.dumps(result) + "\n")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to :func:`serve` (``--serve ...``) or :func:`run_once`."""
+    if argv and argv[0] == "--serve":
+        return serve(argv[1:])
+    return run_once(argv)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,27 @@
 """The measured loop of one trial, run inside the worker process.
 
 warm-up (until step times are stable; never counted) -> measured window (each step timed
-between synchronised clock reads; extended until the spread is small or the budget ends)
--> quality. In train mode accuracy is taken after exactly ``train_epochs`` epochs, wherever
-that falls; the evaluation is excluded from the step times and from the energy window.
+between synchronised clock reads; extended until the spread is small or the budget ends;
+measured again once if another process used our cores) -> quality. In train mode accuracy
+is taken after exactly ``train_epochs`` epochs, wherever that falls; the evaluation is
+excluded from the step times and from the energy window.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from autotune.profiling.contention import ContentionMonitor, ContentionReading
+from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
 from autotune.profiling.stats import is_stable, spread
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
     from autotune.config import TrialConfig
+    from autotune.space import Budget
 
 #: Warm-up lasts at least this long even when the first steps already look stable.
 WARMUP_MIN_S = 0.25
@@ -54,12 +58,89 @@ class _Trainer:
             self.evaluate()
 
 
+@dataclass
+class _Window:
+    """One measured window: step times, samples, energy and the contention seen."""
+
+    times: list[float]
+    samples: int
+    window_s: float
+    excluded_s: float
+    stop_reason: str
+    energy: EnergyReading
+    contention: ContentionReading | None
+    warnings: list[str]
+
+
+def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
+                    monitor: ContentionMonitor | None, deadline: float) -> _Window:
+    """Time synchronised steps until the spread is small, ``window_max_s`` or the deadline.
+
+    An evaluation falling inside the window (train mode's budget reached) is cut out of
+    the window's time, energy and contention reading.
+    """
+    times: list[float] = []
+    samples = 0
+    readings: list[EnergyReading] = []
+    loads: list[ContentionReading] = []
+    warnings: list[str] = []
+    stop_reason = "deadline"
+    window_start = time.perf_counter()
+    excluded_s = 0.0
+
+    def begin() -> None:
+        if monitor is not None:
+            monitor.begin()
+        meter.begin()
+
+    def end() -> None:
+        readings.append(meter.end())
+        if monitor is not None:
+            loads.append(monitor.end())
+
+    begin()
+    while True:
+        backend.synchronize()
+        s = time.perf_counter()
+        samples += backend.step()
+        backend.synchronize()
+        times.append(time.perf_counter() - s)
+        if trainer.count():  # evaluation inside the window: cut it out
+            end()
+            trainer.evaluate()
+            excluded_s += trainer.eval_s
+            begin()
+        now = time.perf_counter()
+        elapsed = now - window_start - excluded_s
+        if now + times[-1] >= deadline:  # the next step would end past the deadline
+            warnings.append("the trial budget ended the measured window")
+            break
+        long_enough = elapsed >= budget.window_min_s and len(times) >= budget.window_min_steps
+        if long_enough and len(times) % SPREAD_CHECK_EVERY == 0 and \
+                spread(times) <= budget.target_spread:
+            stop_reason = "stable"
+            break
+        if long_enough and elapsed >= budget.window_max_s:
+            stop_reason = "window_max_s"
+            break
+    window_end = time.perf_counter()  # before the meters' reads (npu-smi's may block)
+    end()
+    return _Window(
+        times=times, samples=samples,
+        window_s=window_end - window_start - excluded_s, excluded_s=excluded_s,
+        stop_reason=stop_reason, energy=combine(readings),
+        contention=combine_loads(loads) if loads else None, warnings=warnings,
+    )
+
+
 def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
-                deadline: float) -> dict[str, Any]:
+                deadline: float, monitor: ContentionMonitor | None = None) -> dict[str, Any]:
     """Warm up, measure and evaluate an already set-up ``backend``.
 
     ``deadline`` is a ``time.perf_counter()`` value by which the loop must have returned;
-    no step is started that would, at the last step's pace, end past it.
+    no step is started that would, at the last step's pace, end past it. With a
+    ``monitor``, a window during which another process used this process's cores is
+    measured again once if the deadline allows, else flagged.
     Returns the raw result (step times in seconds, energy reading, accuracy...).
     """
     budget = config.budget
@@ -101,40 +182,18 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
             break
     warmup_s = time.perf_counter() - w_start
 
-    # Measured window.
-    times: list[float] = []
-    samples = 0
-    readings: list[EnergyReading] = []
-    stop_reason = "deadline"
-    window_start = time.perf_counter()
-    excluded_s = 0.0
-    meter.begin()
-    while True:
-        backend.synchronize()
-        s = time.perf_counter()
-        samples += backend.step()
-        backend.synchronize()
-        times.append(time.perf_counter() - s)
-        if trainer.count():  # evaluation inside the window: cut it out of time and energy
-            readings.append(meter.end())
-            trainer.evaluate()
-            excluded_s += trainer.eval_s
-            meter.begin()
-        now = time.perf_counter()
-        elapsed = now - window_start - excluded_s
-        if now + times[-1] >= deadline:  # the next step would end past the deadline
-            warnings.append("the trial budget ended the measured window")
-            break
-        long_enough = elapsed >= budget.window_min_s and len(times) >= budget.window_min_steps
-        if long_enough and len(times) % SPREAD_CHECK_EVERY == 0 and \
-                spread(times) <= budget.target_spread:
-            stop_reason = "stable"
-            break
-        if long_enough and elapsed >= budget.window_max_s:
-            stop_reason = "window_max_s"
-            break
-    readings.append(meter.end())
-    window_s = time.perf_counter() - window_start - excluded_s
+    # Measured window; measured again (once) if another process used our cores meanwhile.
+    window = _measure_window(backend, budget, trainer, meter, monitor, deadline)
+    remeasured = 0
+    if window.contention is not None and window.contention.contended and \
+            time.perf_counter() + window.window_s + window.excluded_s < deadline:
+        warnings.append(f"re-measured: {window.contention.reason}")
+        remeasured = 1
+        window = _measure_window(backend, budget, trainer, meter, monitor, deadline)
+    if window.contention is not None and window.contention.contended:
+        warnings.append(window.contention.reason)
+    warnings.extend(window.warnings)
+    times = window.times
 
     # Finish the training budget (untimed) if the window ended before it.
     if trainer.budget_steps is not None:
@@ -150,19 +209,20 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
                 f"trial budget ({trainer.steps} steps done); accuracy not measured"
             )
 
-    energy = combine(readings)
     return {
         "step_times_s": times,
         "warmup_step_times_s": warmup,
-        "samples": samples,
-        "window_s": window_s,
+        "samples": window.samples,
+        "window_s": window.window_s,
         "warmup_s": warmup_s,
         "first_step_s": first_step_s,
         "eval_s": trainer.eval_s,
-        "stop_reason": stop_reason,
+        "stop_reason": window.stop_reason,
+        "remeasured": remeasured,
+        "contention": None if window.contention is None else asdict(window.contention),
         "train_steps": trainer.steps,
         "budget_steps": trainer.budget_steps,
         "accuracy": trainer.accuracy,
-        "energy": asdict(energy),
+        "energy": asdict(window.energy),
         "warnings": warnings,
     }

@@ -51,6 +51,16 @@ class Measurement:
     model: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    data_s: float = 0.0
+    eval_s: float = 0.0
+    #: why a better energy source was not used (or why there is no energy figure)
+    energy_fallback_reason: str = ""
+    #: performance-relevant environment variables of the worker (OMP/MKL threads...)
+    environment: dict[str, str] = field(default_factory=dict)
+    #: which worker ran it: ``pid``, ``trial`` (its n-th trial) and ``warm``
+    worker: dict[str, Any] = field(default_factory=dict)
+    #: foreign CPU load seen during the window (see :mod:`autotune.profiling.contention`)
+    contention: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -67,7 +77,9 @@ class Measurement:
             warmup_s=raw["warmup_s"],
             warmup_steps=len(raw["warmup_step_times_s"]),
             first_step_s=raw.get("first_step_s", 0.0),
-            setup_s=raw["setup_s"] + raw.get("data_s", 0.0),
+            setup_s=raw["setup_s"],
+            data_s=raw.get("data_s", 0.0),
+            eval_s=raw.get("eval_s", 0.0),
             import_s=raw["import_s"],
             process_start_s=raw["process_start_s"],
             energy_j=energy["energy_j"],
@@ -75,15 +87,21 @@ class Measurement:
             energy_window_s=energy["window_s"],
             energy_samples=energy["samples"],
             energy_model=energy.get("model", ""),
+            energy_fallback_reason=energy.get("fallback_reason", ""),
             peak_memory_bytes=int(device_peak if device_peak is not None
                                   else raw["peak_rss_bytes"]),
-            memory_source="device_peak" if device_peak is not None else "process_peak_rss",
+            memory_source="device_peak" if device_peak is not None else
+            "process_peak_rss" if raw.get("peak_rss_scope", "trial") == "trial" else
+            "process_lifetime_peak_rss",
             accuracy=raw.get("accuracy"),
             threads=raw["threads"],
             stop_reason=raw["stop_reason"],
             model=dict(raw.get("model", {})),
             versions=dict(raw.get("versions", {})),
             warnings=tuple(raw.get("warnings", ())),
+            environment=dict(raw.get("environment", {})),
+            worker=dict(raw.get("worker", {})),
+            contention=dict(raw.get("contention") or {}),
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -142,11 +160,32 @@ class Measurement:
             return None
         return self.energy_j / self.samples
 
+    @property
+    def phases_s(self) -> dict[str, float]:
+        """Where the trial's time went, per phase, in seconds (the measured window is the
+        only part the metrics come from; a warm worker pays start and import once)."""
+        return {
+            "process_start": self.process_start_s,
+            "framework_import": self.import_s,
+            "data": self.data_s,
+            "model_build": self.setup_s,
+            "first_step_compile": self.first_step_s,
+            "warmup": self.warmup_s,
+            "measured": self.window_s,
+            "evaluation": self.eval_s,
+        }
+
+    @property
+    def contended(self) -> bool:
+        """Whether another process used this trial's cores during the window."""
+        return bool(self.contention.get("contended", False))
+
     def metrics(self) -> dict[str, float | None]:
         """Every metric of :data:`autotune.objectives.METRICS`, by name."""
         return {
             "throughput_sps": self.throughput_sps,
             "latency_p50_ms": self.latency_ms(50),
+            "latency_p90_ms": self.latency_ms(90),
             "latency_p95_ms": self.latency_ms(95),
             "latency_p99_ms": self.latency_ms(99),
             "peak_memory_mb": self.peak_memory_bytes / 2**20,
@@ -159,14 +198,15 @@ class Measurement:
         """Why a metric is ``None``, per metric."""
         reasons = {}
         n = len(self.step_times_s)
-        for q in (95, 99):
+        for q in (90, 95, 99):
             if self.latency_ms(q) is None:
                 reasons[f"latency_p{q}_ms"] = (
                     f"{n} steps measured; p{q} needs {PERCENTILE_MIN_SAMPLES[q]}")
         if self.accuracy is None:
             reasons["accuracy"] = "training budget not reached within the trial budget"
         if self.energy_j is None:
-            reasons["power_w"] = reasons["energy_per_sample_j"] = "no energy source"
+            reasons["power_w"] = reasons["energy_per_sample_j"] = (
+                self.energy_fallback_reason or "no energy source")
         return reasons
 
     def summary(self) -> dict[str, Any]:
@@ -180,8 +220,13 @@ class Measurement:
             "latency_unit": "per optimizer step" if self.mode == "train" else "per batch",
             "spread": self.spread,
             "noise": self.noise_flag,
+            "contended": self.contended,
+            "foreign_cpu_fraction": self.contention.get("foreign_fraction"),
+            "phases_s": self.phases_s,
+            "worker": self.worker,
             "energy_source": self.energy_source,
             "energy_model": self.energy_model,
+            "energy_fallback_reason": self.energy_fallback_reason,
             "memory_source": self.memory_source,
             "threads": self.threads,
             "stop_reason": self.stop_reason,

@@ -1,9 +1,19 @@
 """Power and energy meters behind one interface; every reading carries its provenance.
 
-Sources: ``estimated`` (a model from the worker's CPU time, used where no counter exists,
-as on this VM) and ``none``. Hardware counters (NVML, RAPL, npu-smi) plug into the same
-:class:`PowerMeter` interface. An estimate is never shown as a measurement: its ``source``
-says ``estimated`` and ``model`` says how it was computed.
+Sources:
+
+* ``rapl`` - Intel/AMD package energy counters under ``/sys/class/powercap``
+  (:mod:`autotune.profiling.meters_rapl`);
+* ``nvml`` - NVIDIA's board energy counter, or sampled board power where the GPU has no
+  counter (:mod:`autotune.profiling.meters_nvml`);
+* ``npu-smi`` - Ascend power readings sampled and integrated over the window
+  (:mod:`autotune.profiling.meters_npu`);
+* ``estimated`` - a model from the worker's CPU time, used where no counter exists;
+* ``none`` - no energy information.
+
+:func:`meter_for_device` picks the best of these for a trial's device. An estimate is
+never shown as a measurement: its ``source`` says ``estimated``, ``model`` says how it was
+computed, and ``fallback_reason`` says why no counter was used.
 """
 
 from __future__ import annotations
@@ -19,16 +29,29 @@ from dataclasses import dataclass
 #: less). It is a deliberate, labelled over-estimate; override with AUTOTUNE_CPU_WATTS_PER_CORE.
 DEFAULT_WATTS_PER_CORE = 10.0
 
+#: Environment variable that forces one meter instead of the automatic choice.
+METER_ENV = "AUTOTUNE_ENERGY_METER"
+#: The values :data:`METER_ENV` accepts.
+METER_CHOICES = ("estimated", "rapl", "nvml", "npu-smi", "none")
+
 
 @dataclass(frozen=True)
 class EnergyReading:
-    """Energy over a window, with where it came from."""
+    """Energy over a window, with where it came from.
+
+    ``model`` says how the value was obtained and what it covers (a counter measures a whole
+    package or board, all processes on it; an estimate only this process). ``fallback_reason``
+    says why a better source was not used, or why ``energy_j`` is ``None``; empty when the
+    preferred counter worked. Every field is a plain JSON value: readings are stored as
+    ``dataclasses.asdict``.
+    """
 
     energy_j: float | None
     source: str  # "estimated" | "none" | "nvml" | "rapl" | "npu-smi"
     window_s: float
     samples: int
-    model: str = ""  # how an estimate was computed; empty for measurements
+    model: str = ""
+    fallback_reason: str = ""
 
     @property
     def power_w(self) -> float | None:
@@ -38,10 +61,16 @@ class EnergyReading:
         return self.energy_j / self.window_s
 
 
+class MeterUnavailableError(RuntimeError):
+    """A meter's counter cannot be used on this machine; the message says why."""
+
+
 class PowerMeter(ABC):
     """Measures energy over a window: ``begin()`` ... work ... ``end() -> EnergyReading``.
 
-    A meter whose hardware is absent is a :class:`NullMeter`, not ``None``.
+    A window may be measured in several segments (``begin``/``end`` pairs) that
+    :func:`combine` joins. A meter whose hardware is absent is a :class:`NullMeter`, not
+    ``None``; constructors of hardware meters raise :class:`MeterUnavailableError`.
     """
 
     source = "none"
@@ -56,13 +85,17 @@ class PowerMeter(ABC):
 
 
 class NullMeter(PowerMeter):
-    """No energy information at all."""
+    """No energy information at all; ``reason`` says why (stored in each reading)."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
 
     def begin(self) -> None:
         self._t0 = time.perf_counter()
 
     def end(self) -> EnergyReading:
-        return EnergyReading(None, "none", time.perf_counter() - self._t0, 0)
+        return EnergyReading(None, "none", time.perf_counter() - self._t0, 0,
+                             fallback_reason=self.reason)
 
 
 def watts_per_core() -> float:
@@ -85,12 +118,14 @@ class EstimatedCpuMeter(PowerMeter):
 
     It counts this process's own threads only (user + system time), so idle cores and other
     processes are not charged to the trial. It is a model, not a measurement.
+    ``fallback_reason`` (why no counter was used) is copied into each reading.
     """
 
     source = "estimated"
 
-    def __init__(self, watts: float | None = None) -> None:
+    def __init__(self, watts: float | None = None, fallback_reason: str = "") -> None:
         self.watts = watts if watts is not None else watts_per_core()
+        self.fallback_reason = fallback_reason
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -108,6 +143,7 @@ class EstimatedCpuMeter(PowerMeter):
         return EnergyReading(
             energy_j=cpu * self.watts, source="estimated", window_s=window, samples=2,
             model=f"process CPU time x {self.watts:g} W per busy core",
+            fallback_reason=self.fallback_reason,
         )
 
 
@@ -122,4 +158,83 @@ def combine(readings: list[EnergyReading]) -> EnergyReading:
         window_s=sum(r.window_s for r in readings),
         samples=sum(r.samples for r in readings),
         model="; ".join(dict.fromkeys(r.model for r in readings if r.model)),
+        fallback_reason="; ".join(dict.fromkeys(r.fallback_reason for r in readings
+                                                if r.fallback_reason)),
     )
+
+
+# -- choosing a meter -------------------------------------------------------------------------
+
+
+def _device_index(device: str) -> int:
+    _, _, index = device.partition(":")
+    return int(index) if index.isdigit() else 0
+
+
+def _forced_meter(choice: str, device: str) -> PowerMeter:
+    """The meter ``AUTOTUNE_ENERGY_METER`` asks for; a counter that cannot be read becomes a
+    :class:`NullMeter` carrying the reason (a trial is never failed for want of a meter)."""
+    from autotune.profiling.meters_npu import NpuSmiMeter
+    from autotune.profiling.meters_nvml import NvmlMeter
+    from autotune.profiling.meters_rapl import RaplMeter
+
+    forced = f"{METER_ENV}={choice}"
+    if choice == "none":
+        return NullMeter(forced)
+    if choice == "estimated":
+        return EstimatedCpuMeter(fallback_reason=forced)
+    try:
+        if choice == "rapl":
+            return RaplMeter()
+        if choice == "nvml":
+            return NvmlMeter(_device_index(device))
+        return NpuSmiMeter(_device_index(device))
+    except MeterUnavailableError as e:
+        return NullMeter(f"{forced}, but {e}")
+
+
+def meter_for_device(device: str) -> PowerMeter:
+    """The best available meter for a trial on ``device`` (``cpu``, ``cuda:N``, ``npu:N``,
+    ``tpu:N``).
+
+    * ``cpu`` - RAPL package counters if readable, else :class:`EstimatedCpuMeter`;
+    * ``cuda:N`` - NVML (energy counter, else sampled power), else :class:`NullMeter`;
+    * ``npu:N`` - npu-smi sampled power, else :class:`NullMeter`;
+    * ``tpu:N`` - :class:`NullMeter` (no power counter reaches the host).
+
+    Accelerators without a counter get no energy rather than the CPU-time estimate: that
+    would leave out the accelerator's own power, by far the larger part, and make such a
+    trial look cheaper than a measured one. Whatever is chosen, its readings say why in
+    ``fallback_reason``. ``AUTOTUNE_ENERGY_METER`` (one of :data:`METER_CHOICES`) forces a
+    meter. Raises ``ValueError`` for an unknown device kind or override value.
+    """
+    kind = device.partition(":")[0]
+    if kind not in ("cpu", "cuda", "npu", "tpu"):
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda:N, npu:N or tpu:N")
+    choice = os.environ.get(METER_ENV, "").strip().lower()
+    if choice:
+        if choice not in METER_CHOICES:
+            raise ValueError(f"{METER_ENV}={choice!r}: expected one of "
+                             f"{', '.join(METER_CHOICES)}")
+        return _forced_meter(choice, device)
+
+    # Imported here: each module is small, but none is needed unless a meter is chosen.
+    if kind == "cpu":
+        from autotune.profiling.meters_rapl import RaplMeter
+        try:
+            return RaplMeter()
+        except MeterUnavailableError as e:
+            return EstimatedCpuMeter(fallback_reason=str(e))
+    if kind == "cuda":
+        from autotune.profiling.meters_nvml import NvmlMeter
+        try:
+            return NvmlMeter(_device_index(device))
+        except MeterUnavailableError as e:
+            return NullMeter(str(e))
+    if kind == "npu":
+        from autotune.profiling.meters_npu import NpuSmiMeter
+        try:
+            return NpuSmiMeter(_device_index(device))
+        except MeterUnavailableError as e:
+            return NullMeter(str(e))
+    return NullMeter(f"{device}: no TPU power counter is readable from the host")

@@ -1,0 +1,251 @@
+"""Warm workers: one long-lived process per (backend, device, threads) serves many trials.
+
+A fresh process per trial pays process start and framework import every time (about 4 s
+for torch on the development VM, against a 1 s measured window). A warm worker pays them
+once. Isolation is kept where it matters:
+
+* a worker is replaced after any trial that did not end ``ok`` (a crash, out-of-memory,
+  timeout, unsupported call or diverged loss can leave a framework unusable: MindSpore
+  after a failed mixed-precision call) and after every ``recycle_after`` trials;
+* between trials a worker is stopped (SIGSTOP), so an idle framework's spinning thread
+  pools never steal CPU from the worker that is measuring;
+* a hung trial is killed at its budget, a worker that dies is noticed within
+  :data:`POLL_S`, and :meth:`WarmLauncher.close` kills every worker's process group, so
+  nothing outlives a study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from autotune.config import TrialConfig
+from autotune.launch._process import (
+    STDERR_TAIL_CHARS,
+    WorkerOutcome,
+    kill_group,
+    outcome_of,
+    worker_environment,
+)
+
+#: How often a waiting driver checks that its worker is still alive (a dead worker whose
+#: pipe is held open by a stray child would otherwise go unnoticed until the budget ends).
+POLL_S = 0.2
+#: Seconds a worker may take to start and import its framework before it is given up.
+STARTUP_TIMEOUT_S = 180.0
+#: Default number of trials after which a worker is replaced even if all went well.
+RECYCLE_AFTER = 50
+#: Default number of warm workers kept at once (least recently used ones are closed).
+MAX_WORKERS = 3
+
+WorkerKey = tuple[str, str, int | None, int | None]
+
+
+def worker_key(config: TrialConfig) -> WorkerKey:
+    """Trials that may share a worker: same backend, device, thread count and memory cap
+    (TensorFlow and MindSpore size their thread pools and memory pools once per process)."""
+    return config.backend, config.device, config.threads, config.budget.memory_mb
+
+
+class WarmWorker:
+    """One serving worker process and the pipes to it."""
+
+    def __init__(self, key: WorkerKey, python: str = sys.executable) -> None:
+        backend, _device, threads, memory_mb = key
+        self.key = key
+        self.trials = 0
+        self._dir = tempfile.TemporaryDirectory(prefix="autotune-worker-")
+        self._stderr_path = Path(self._dir.name, "stderr.txt")
+        self._buffer = b""
+        reply_r, reply_w = os.pipe()
+        with open(self._stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [python, "-m", "autotune.launch._worker", "--serve", backend,
+                 "auto" if threads is None else str(threads), str(reply_w)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                pass_fds=(reply_w,), start_new_session=True,
+                env=worker_environment(memory_mb), cwd=self._dir.name,
+            )
+        os.close(reply_w)
+        self._reply = reply_r
+        self.startup: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id (also its process group id)."""
+        return self.proc.pid
+
+    def start(self) -> WorkerOutcome | None:
+        """Wait for the worker to import its framework; ``None`` when it is ready, else
+        the outcome the trial that needed it gets."""
+        t0 = time.perf_counter()
+        reply, timed_out = self._read_reply(STARTUP_TIMEOUT_S)
+        if reply is not None and reply.get("status") == "ready":
+            self.startup = reply
+            self._pause()
+            return None
+        return self._failure(reply, timed_out, time.perf_counter() - t0, STARTUP_TIMEOUT_S)
+
+    def run(self, config: TrialConfig) -> WorkerOutcome:
+        """Send one trial and wait for its reply, at most ``budget.trial_seconds``."""
+        stderr_offset = self._stderr_size()
+        t0 = time.perf_counter()
+        limit = config.budget.trial_seconds
+        self._resume()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"config": config.to_dict(),
+                                              "sent_at": time.time()}).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died: the read below reports how
+        reply, timed_out = self._read_reply(limit)
+        wall = time.perf_counter() - t0
+        self.trials += 1
+        if reply is None or timed_out:
+            return self._failure(reply, timed_out, wall, limit, stderr_offset)
+        self._pause()
+        if self.trials == 1:  # the start-up this trial waited for is part of its cost
+            reply["process_start_s"] = self.startup.get("process_start_s", 0.0)
+            reply["import_s"] = self.startup.get("import_s", 0.0)
+        return outcome_of(reply, returncode=None, timed_out=False,
+                          stderr_tail=self._stderr_tail(stderr_offset), wall=wall, limit_s=limit)
+
+    def close(self) -> None:
+        """Kill the worker's process group and remove its directory."""
+        kill_group(self.proc)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        with contextlib.suppress(OSError):
+            os.close(self._reply)
+        self._dir.cleanup()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def _resume(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def _read_reply(self, limit_s: float) -> tuple[dict[str, Any] | None, bool]:
+        """One JSON line from the worker, ``(None, True)`` after ``limit_s`` and
+        ``(None, False)`` when it died first."""
+        deadline = time.perf_counter() + limit_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None, True
+            ready, _, _ = select.select([self._reply], [], [], min(POLL_S, remaining))
+            if ready:
+                chunk = os.read(self._reply, 1 << 16)
+                if not chunk:  # EOF: the worker is gone
+                    self.proc.wait()
+                    return None, False
+                self._buffer += chunk
+            elif self.proc.poll() is not None:
+                return None, False
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            return None, False
+        return reply, False
+
+    def _failure(self, reply: dict[str, Any] | None, timed_out: bool, wall: float,
+                 limit_s: float, stderr_offset: int = 0) -> WorkerOutcome:
+        kill_group(self.proc)  # a timed-out or broken worker is never reused
+        return outcome_of(reply or {}, returncode=self.proc.returncode, timed_out=timed_out,
+                          stderr_tail=self._stderr_tail(stderr_offset), wall=wall,
+                          limit_s=limit_s)
+
+    def _stderr_size(self) -> int:
+        try:
+            return self._stderr_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _stderr_tail(self, offset: int) -> str:
+        try:
+            with open(self._stderr_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")[-STDERR_TAIL_CHARS:]
+        except OSError:
+            return ""
+
+
+class WarmLauncher:
+    """Runs trials on warm workers, one per (backend, device, threads, memory cap).
+
+    Use it as a context manager (or call :meth:`close`): closing kills every worker.
+
+    Args:
+        recycle_after: trials after which a worker is replaced although all went well
+            (bounds what a framework may accumulate: caches, fragmentation).
+        max_workers: warm workers kept at once; the least recently used is closed first.
+    """
+
+    def __init__(self, *, recycle_after: int = RECYCLE_AFTER, max_workers: int = MAX_WORKERS,
+                 python: str = sys.executable) -> None:
+        if recycle_after < 1 or max_workers < 1:
+            raise ValueError("recycle_after and max_workers must be at least 1")
+        self.recycle_after = recycle_after
+        self.max_workers = max_workers
+        self.python = python
+        self._workers: OrderedDict[WorkerKey, WarmWorker] = OrderedDict()
+        self.started = 0  # workers started so far (replacements included)
+
+    def run(self, config: TrialConfig) -> WorkerOutcome:
+        """Run ``config`` on its warm worker, starting one if needed."""
+        key = worker_key(config)
+        worker = self._workers.get(key)
+        if worker is None:
+            while len(self._workers) >= self.max_workers:
+                _, oldest = self._workers.popitem(last=False)
+                oldest.close()
+            worker = WarmWorker(key, self.python)
+            self.started += 1
+            self._workers[key] = worker
+            failed = worker.start()
+            if failed is not None:
+                self._discard(key)
+                return failed
+        self._workers.move_to_end(key)
+        outcome = worker.run(config)
+        if outcome.status != "ok" or worker.trials >= self.recycle_after:
+            self._discard(key)
+        return outcome
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and diagnostics)."""
+        return [w.pid for w in self._workers.values()]
+
+    def close(self) -> None:
+        """Kill every worker."""
+        while self._workers:
+            _, worker = self._workers.popitem()
+            worker.close()
+
+    def __enter__(self) -> WarmLauncher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _discard(self, key: WorkerKey) -> None:
+        worker = self._workers.pop(key, None)
+        if worker is not None:
+            worker.close()

@@ -1,0 +1,236 @@
+"""Warm workers: reuse, isolation, replacement, hung and killed workers, no orphans.
+
+These run real worker processes with the numpy fake backend (no framework import, so a
+worker starts in well under a second) and the misbehaving workloads of
+:mod:`autotune.testing.workloads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import autotune
+from autotune.config import TrialConfig
+from autotune.launch import ProcessLauncher, WarmLauncher
+from autotune.space import Budget
+
+NUMPY = "autotune.testing.fake_backend:NumpyBackend"
+TINY = "autotune.testing.workloads:tiny"
+BUDGET = Budget(trial_seconds=8.0, warmup_max_s=0.3, window_min_s=0.05, window_min_steps=8,
+                window_max_s=0.2, train_epochs=1)
+
+
+def _config(workload: str = TINY, *, threads: int | None = 1, batch_size: int = 16,
+            trial_seconds: float | None = None) -> TrialConfig:
+    budget = BUDGET if trial_seconds is None else dataclasses.replace(
+        BUDGET, trial_seconds=trial_seconds)
+    return TrialConfig(workload=workload, mode="train", backend=NUMPY, device="cpu",
+                       batch_size=batch_size, precision="fp32", learning_rate=0.01,
+                       optimizer="sgd", pruning_ratio=0.0, threads=threads, budget=budget,
+                       execution="eager")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (a worker and whatever it started)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+@pytest.fixture
+def launcher() -> Iterator[WarmLauncher]:
+    with WarmLauncher() as warm:
+        yield warm
+
+
+def test_trials_share_a_warm_worker_and_report_its_start_once(launcher: WarmLauncher) -> None:
+    first, second = launcher.run(_config()), launcher.run(_config(batch_size=32))
+    assert first.status == second.status == "ok", (first.reason, second.reason)
+    assert first.result["worker"]["pid"] == second.result["worker"]["pid"]
+    assert (first.result["worker"]["trial"], second.result["worker"]["trial"]) == (1, 2)
+    assert first.result["import_s"] > 0 and first.result["process_start_s"] > 0
+    # the second trial pays neither process start nor import, and reuses the loaded data
+    assert second.result["import_s"] == 0 and second.result["process_start_s"] == 0
+    assert second.result["data_cached"] is True
+    assert launcher.started == 1
+    # each trial's peak memory is its own (the kernel's peak mark is reset per trial)
+    assert second.result["peak_rss_scope"] == "trial"
+    # and the reproducibility record is there
+    assert second.result["environment"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_idle_worker_is_stopped_between_trials(launcher: WarmLauncher) -> None:
+    assert launcher.run(_config()).status == "ok"
+    (pid,) = launcher.worker_pids()
+    # stopped (T): an idle framework's thread pools cannot steal CPU from a measuring worker
+    # (SIGSTOP is delivered asynchronously: give the kernel a moment)
+    deadline = time.monotonic() + 2.0
+    while _process_state(pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _process_state(pid) == "T"
+    assert launcher.run(_config()).status == "ok"
+
+
+def test_one_worker_per_thread_count(launcher: WarmLauncher) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    one, two = launcher.run(_config(threads=1)), launcher.run(_config(threads=2))
+    assert one.status == two.status == "ok"
+    assert one.result["worker"]["pid"] != two.result["worker"]["pid"]
+    assert len(launcher.worker_pids()) == 2
+
+
+def test_least_recently_used_worker_is_closed_beyond_max_workers() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    with WarmLauncher(max_workers=1) as warm:
+        first = warm.run(_config(threads=1))
+        old = first.result["worker"]["pid"]
+        assert warm.run(_config(threads=2)).status == "ok"
+        assert warm.worker_pids() != [old]
+        assert not _alive(old)
+
+
+def test_worker_is_recycled_after_n_trials() -> None:
+    with WarmLauncher(recycle_after=2) as warm:
+        pids = [warm.run(_config()).result["worker"]["pid"] for _ in range(3)]
+        assert pids[0] == pids[1] != pids[2]
+        assert not _alive(pids[0])
+        assert warm.started == 2
+
+
+def test_failed_trial_replaces_the_worker(launcher: WarmLauncher) -> None:
+    ok = launcher.run(_config())
+    raised = launcher.run(_config("autotune.testing.workloads:raising"))
+    assert raised.status == "fail" and raised.failure_kind == "crash"
+    assert "data file is corrupt" in raised.reason and "Traceback" in raised.traceback
+    assert not _alive(ok.result["worker"]["pid"])  # a failed worker is never reused
+    after = launcher.run(_config())
+    assert after.status == "ok"
+    assert after.result["worker"]["pid"] != ok.result["worker"]["pid"]
+
+
+def test_infeasible_trial_replaces_the_worker(launcher: WarmLauncher) -> None:
+    ok = launcher.run(_config())
+    # the numpy backend refuses bf16: an "unsupported" outcome, data for the sampler
+    odd = launcher.run(dataclasses.replace(_config(), precision="bf16"))
+    assert odd.status == "infeasible" and odd.failure_kind == "unsupported"
+    assert not _alive(ok.result["worker"]["pid"])
+
+
+def test_segfaulting_worker_is_reported_and_replaced(launcher: WarmLauncher) -> None:
+    crashed = launcher.run(_config("autotune.testing.workloads:crashing"))
+    assert crashed.status == "fail" and crashed.failure_kind == "crash"
+    assert "SIGSEGV" in crashed.reason
+    assert launcher.run(_config()).status == "ok"
+
+
+def test_hung_trial_is_killed_within_its_budget(launcher: WarmLauncher) -> None:
+    start = time.perf_counter()
+    hung = launcher.run(_config("autotune.testing.workloads:hanging", trial_seconds=2.0))
+    elapsed = time.perf_counter() - start
+    assert hung.status == "fail" and hung.failure_kind == "timeout"
+    assert "2 s budget" in hung.reason
+    assert elapsed < 2.0 + 3.0  # worker start-up is not part of the trial's budget
+    assert launcher.worker_pids() == []  # the hung worker is gone, group and all
+    assert launcher.run(_config()).status == "ok"
+
+
+def test_killed_worker_is_recorded_within_two_seconds(launcher: WarmLauncher) -> None:
+    assert launcher.run(_config()).status == "ok"
+    (pid,) = launcher.worker_pids()
+    killed_at: list[float] = []
+
+    def kill_soon() -> None:
+        time.sleep(0.5)  # the worker is now inside the hanging trial
+        killed_at.append(time.perf_counter())
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    outcome = launcher.run(_config("autotune.testing.workloads:hanging", trial_seconds=30.0))
+    noticed = time.perf_counter()
+    killer.join()
+    assert outcome.status == "fail" and outcome.failure_kind == "killed"
+    assert noticed - killed_at[0] < 2.0
+    assert launcher.run(_config()).status == "ok"  # the study goes on with a new worker
+
+
+def test_close_leaves_no_process_behind() -> None:
+    warm = WarmLauncher()
+    assert warm.run(_config()).status == "ok"
+    (pid,) = warm.worker_pids()
+    assert _alive(pid)
+    warm.close()
+    assert not _alive(pid)
+    assert _group_members(pid) == []
+    assert warm.worker_pids() == []
+
+
+def _worker_processes() -> set[int]:
+    """Live worker processes on this machine (found by their command line)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"autotune.launch._worker" in cmdline and _alive(int(entry.name)):
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_study_leaves_no_worker_behind(tmp_path: Path) -> None:
+    space = autotune.parse_space({
+        "workload": TINY, "mode": "train", "objectives": {"throughput_sps": "maximize"},
+        "params": {"backend": "torch", "batch_size": [16, 32], "threads": 1},
+        "budget": {"trial_seconds": 8, "warmup_max_s": 0.3, "window_min_s": 0.05,
+                   "window_min_steps": 8, "window_max_s": 0.2, "train_epochs": 1},
+    })
+    study = autotune.create_study("warm", space, storage=f"sqlite:///{tmp_path / 's.db'}")
+    before = _worker_processes()
+    seen: set[int] = set()
+    results = study.optimize(n_trials=3, callbacks=[lambda r: seen.update(_worker_processes())])
+    assert [r.state for r in results] == ["ok"] * 3
+    assert len(seen - before) == 1  # one warm worker served all three trials
+    assert _worker_processes() - before == set()  # and it is gone
+    study.storage.engine.dispose()
+
+
+def test_fresh_and_warm_launchers_agree_on_the_result_shape() -> None:
+    fresh = ProcessLauncher().run(_config())
+    with WarmLauncher() as warm:
+        warm_outcome = warm.run(_config())
+    assert fresh.status == warm_outcome.status == "ok"
+    assert set(fresh.result) == set(warm_outcome.result)
+    assert fresh.result["worker"]["warm"] is False and warm_outcome.result["worker"]["warm"]
