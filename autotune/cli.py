@@ -30,6 +30,7 @@ examples:
   autotune study delete quick --yes
   autotune devices                     # backends, devices, install commands
   autotune measure --workload mlp --mode infer --batch-size 64 --threads 1 --json
+  autotune measure --from-trial quick:7  # re-run a stored trial exactly, compare
 
 storage: --storage URL on any command, else $AUTOTUNE_STORAGE, else
 sqlite:///studies/autotune.db (relative to the working directory). Any SQLAlchemy URL
@@ -65,6 +66,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
 def _duration(text: str) -> float:
     """Seconds, or a number with s/m/h: 90, 90s, 5m, 1.5h."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -77,6 +89,32 @@ def _duration(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
     return value
+
+
+#: ``autotune measure`` knob flags: (flag, type, help).
+_MEASURE_KNOBS: tuple[tuple[str, type, str], ...] = (
+    ("backend", str, "torch | tensorflow | mindspore"),
+    ("device", str, "cpu | cuda:N | tpu:N | npu:N"),
+    ("batch-size", int, "samples per step"),
+    ("precision", str, "fp32 | bf16 | fp16 | int8"),
+    ("learning-rate", float, "train mode only"),
+    ("optimizer", str, "sgd | adam | adamw (train mode only)"),
+    ("pruning-ratio", float, "fraction in [0, 1)"),
+    ("pruning-structure", str, "unstructured | structured"),
+    ("execution", str, "auto | eager | graph | xla"),
+    ("threads", int, "intra-op threads (pinned)"),
+)
+
+
+def _trial_ref(text: str) -> tuple[str, int]:
+    """``STUDY:NUMBER`` -> (study, number). The number follows the last colon, so a study
+    name may contain colons."""
+    name, colon, number = text.rpartition(":")
+    if not colon or not name or not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected STUDY:NUMBER (a study name, a colon, a trial number from 0), "
+            f"e.g. quick:3; got {text!r}")
+    return name, int(number)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,22 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
         "measure", help="measure one configuration exactly as a trial would",
         description="Measure one configuration (a real trial in a worker process) outside "
                     "any study: how you benchmark the configuration you run today. Knobs "
-                    "not given take the same defaults as in a space file.")
-    p.add_argument("--workload", required=True, help="mlp, digits_mlp or module:factory")
-    p.add_argument("--mode", required=True, choices=("train", "infer"))
-    for knob, kind, helptext in (
-            ("backend", str, "torch | tensorflow | mindspore"),
-            ("device", str, "cpu | cuda:N | tpu:N | npu:N"),
-            ("batch-size", int, "samples per step"),
-            ("precision", str, "fp32 | bf16 | fp16 | int8"),
-            ("learning-rate", float, "train mode only"),
-            ("optimizer", str, "sgd | adam | adamw (train mode only)"),
-            ("pruning-ratio", float, "fraction in [0, 1)"),
-            ("pruning-structure", str, "unstructured | structured"),
-            ("execution", str, "auto | eager | graph | xla"),
-            ("threads", int, "intra-op threads (pinned)")):
+                    "not given take the same defaults as in a space file. With "
+                    "--from-trial, re-run a stored trial with its exact configuration "
+                    "(knobs, budget, seed) and compare: stored vs new metrics, and "
+                    "warnings for what differs (machine, framework versions, threads, "
+                    "OMP/MKL environment variables).",
+        epilog="examples:\n"
+               "  autotune measure --workload mlp --mode infer --batch-size 64 --threads 1\n"
+               "  autotune measure --from-trial quick:7 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", help="mlp, digits_mlp or module:factory (required "
+                                      "without --from-trial)")
+    p.add_argument("--mode", choices=("train", "infer"),
+                   help="required without --from-trial")
+    for knob, kind, helptext in _MEASURE_KNOBS:
         p.add_argument(f"--{knob}", type=kind, help=helptext)
     p.add_argument("--trial-seconds", type=float, help="hard time limit (default 30)")
+    p.add_argument("--from-trial", type=_trial_ref, metavar="STUDY:NUMBER",
+                   help="re-run this stored trial exactly (no knob flags with it); trial "
+                        "numbers as in `autotune study show STUDY --all`")
+    p.add_argument("--storage", metavar="URL",
+                   help="with --from-trial: database URL (default: $AUTOTUNE_STORAGE or "
+                        "sqlite:///studies/autotune.db)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
@@ -154,8 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run trials of a study and print its Pareto front",
                        description="Run trials: each samples a configuration, measures it in "
-                                   "a fresh worker process and records it. Without "
-                                   "--n-trials or --timeout, runs 10 trials.")
+                                   "a worker process and records it. Workers stay warm "
+                                   "between trials of one backend, device and thread count "
+                                   "(framework import is paid once) and are replaced after "
+                                   "any failed trial. Every --recheck-every trials, two "
+                                   "front configurations are measured again to catch drift. "
+                                   "Without --n-trials or --timeout, runs 10 trials.")
     p.add_argument("name", help="study name")
     p.add_argument("--n-trials", type=_positive_int, metavar="N", help="number of trials")
     p.add_argument("--timeout", type=_duration, metavar="DURATION",
@@ -164,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check that the study's stored space equals this file")
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random"),
                    help="override the study's sampler for this run")
+    p.add_argument("--recheck-every", type=_non_negative_int, default=10, metavar="N",
+                   help="re-measure up to two front configurations after every N trials "
+                        "and flag those that drifted (0: never; default 10)")
+    p.add_argument("--fresh-workers", action="store_true",
+                   help="start a fresh worker process for every trial (slower: pays the "
+                        "framework import each time; for comparing with warm workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
     _common(p)
 
@@ -221,6 +275,9 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
     table = Table(title=f"Pareto front of {study.name!r}: {len(front)} configuration(s)",
                   title_justify="left")
     table.add_column("trial", justify="right")
+    checked = any(p.stability != "unchecked" for p in front)
+    if checked:
+        table.add_column("recheck")
     for k in knobs:
         table.add_column(k)
     for m in metrics:
@@ -228,7 +285,8 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
                                                          "")
         table.add_column(m + arrow, justify="right")
     for p in front:
-        cells = [str(p.trial_number), *(_fmt(p.config.get(k)) for k in knobs)]
+        cells = [str(p.trial_number), *([p.stability] if checked else []),
+                 *(_fmt(p.config.get(k)) for k in knobs)]
         for m in metrics:
             text = _fmt(p.metrics.get(m))
             if m in ("energy_per_sample_j", "power_w") and p.metrics.get("energy_source") == \
@@ -240,6 +298,16 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
     if any(p.metrics.get("energy_source") == "estimated" for p in front):
         console.print("[dim]est: energy estimated from process CPU time (no energy counter "
                       "on this machine), not measured[/dim]")
+    sources = sorted({p.energy_source for p in front if p.energy_source})
+    if len(sources) > 1 and any(m in ("power_w", "energy_per_sample_j")
+                                for m in study.space.objective_names):
+        console.print(f"[yellow]energy comes from {len(sources)} sources "
+                      f"({', '.join(sources)}): points are compared on energy only with "
+                      "points of the same source[/yellow]")
+    drifting = [str(p.trial_number) for p in front if p.stability == "drifting"]
+    if drifting:
+        console.print(f"[yellow]drifting: trial(s) {', '.join(drifting)} measured "
+                      "differently when re-checked; not picked as leaders[/yellow]")
 
 
 def _print_trials(console: Any, study: Any, trials: list[Any]) -> None:
@@ -262,7 +330,8 @@ def _front_json(study: Any) -> dict[str, Any]:
     return {
         **study.summary(),
         "front": [{"trial": p.trial_number, "config": p.config, "values": p.values,
-                   "metrics": p.metrics} for p in study.pareto_front()],
+                   "metrics": p.metrics, "stability": p.stability,
+                   "energy_source": p.energy_source} for p in study.pareto_front()],
     }
 
 
@@ -297,6 +366,7 @@ def _cmd_create(args: argparse.Namespace, console: Any) -> int:
 
 def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     import autotune
+    from autotune.launch import ProcessLauncher
     from autotune.space import load_space
 
     study = autotune.load_study(args.name, storage=args.storage)
@@ -306,6 +376,7 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     if n_trials is None and timeout is None:
         n_trials = 10
     show_progress = not args.quiet and not args.json
+    launcher = ProcessLauncher() if args.fresh_workers else None  # None: warm workers
     start = time.monotonic()
     results: list[Any] = []
 
@@ -333,9 +404,11 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
                                         + (f"/{n_trials}" if n_trials else "") + " trials")
 
         with progress:
-            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial])
+            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial],
+                           launcher=launcher, recheck_every=args.recheck_every)
     else:
-        results = study.optimize(n_trials=n_trials, timeout=timeout)
+        results = study.optimize(n_trials=n_trials, timeout=timeout, launcher=launcher,
+                                 recheck_every=args.recheck_every)
     if args.json:
         out = _front_json(study)
         out["run"] = {"trials": len(results), "seconds": round(time.monotonic() - start, 1)}
@@ -457,12 +530,35 @@ def _cmd_devices(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def _measure_usage_error(message: str) -> NoReturn:
+    """A usage error of ``autotune measure``, worded and coded like argparse's own."""
+    sys.stderr.write(f"autotune: error: {message} (see `autotune measure --help`)\n")
+    raise SystemExit(EXIT_USAGE)
+
+
 def _cmd_measure(args: argparse.Namespace, console: Any) -> int:
     import autotune
 
-    names = ("backend", "device", "batch_size", "precision", "learning_rate", "optimizer",
-             "pruning_ratio", "pruning_structure", "execution", "threads")
+    names = [flag.replace("-", "_") for flag, _, _ in _MEASURE_KNOBS]
     knobs = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.from_trial is not None:
+        # Overriding a knob would no longer re-run the stored trial: measure the changed
+        # configuration with --workload/--mode and knob flags instead.
+        given = [f"--{k.replace('_', '-')}" for k in ("workload", "mode", *names,
+                                                      "trial_seconds")
+                 if getattr(args, k) is not None]
+        if given:
+            _measure_usage_error(
+                f"{', '.join(given)} cannot be combined with --from-trial, which re-runs "
+                "the stored configuration as it was; to measure a changed configuration, "
+                "give --workload, --mode and knob flags without --from-trial")
+        return _measure_from_trial(args, console)
+    missing = [f"--{k}" for k in ("workload", "mode") if getattr(args, k) is None]
+    if missing:
+        _measure_usage_error(f"the following arguments are required: {', '.join(missing)} "
+                             "(or --from-trial STUDY:NUMBER)")
+    if args.storage is not None:
+        _measure_usage_error("--storage is only used with --from-trial STUDY:NUMBER")
     budget = {"trial_seconds": args.trial_seconds} if args.trial_seconds else None
     m = autotune.measure(args.workload, args.mode, budget=budget, **knobs)
     summary = m.summary()
@@ -470,11 +566,56 @@ def _cmd_measure(args: argparse.Namespace, console: Any) -> int:
         print(json.dumps({"workload": args.workload, "mode": args.mode, "knobs": knobs,
                           "metrics": summary, "measurement": m.to_dict()}, indent=2))
         return 0
-    for key in ("throughput_sps", "sustained_throughput_sps", "latency_p50_ms",
-                "latency_p95_ms", "latency_p99_ms", "peak_memory_mb", "accuracy", "power_w",
-                "energy_per_sample_j", "energy_source", "noise", "steps_measured",
-                "first_step_s", "param_count", "execution", "threads"):
+    _print_measurement(console, summary)
+    return 0
+
+
+_MEASURE_LINES = ("throughput_sps", "sustained_throughput_sps", "latency_p50_ms",
+                  "latency_p95_ms", "latency_p99_ms", "peak_memory_mb", "accuracy", "power_w",
+                  "energy_per_sample_j", "energy_source", "noise", "steps_measured",
+                  "first_step_s", "param_count", "execution", "threads")
+
+
+def _print_measurement(console: Any, summary: dict[str, Any]) -> None:
+    for key in _MEASURE_LINES:
         console.print(f"{key:>26}  {_fmt(summary.get(key))}", highlight=False, markup=False)
+
+
+def _measure_from_trial(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    study, number = args.from_trial
+    result = autotune.measure_trial(study, number, storage=args.storage)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)
+
+    config = result.config
+    knobs = " ".join(f"{k}={_fmt(v)}" for k, v in config.knobs().items())
+    say(f"re-ran trial {number} of {result.stored.study!r} (stored: "
+        f"{result.stored.describe()}): {config.workload} {config.mode} | {knobs} "
+        f"seed={config.seed}")
+    for difference in result.differences:
+        say(f"warning: {difference.message}")
+    if not result.differences:
+        say("same machine fingerprint, framework versions, threads and performance "
+            "environment as when stored")
+    say(f"{'metric':>26}  {'stored':>12}  {'now':>12}  ratio")
+    for metric, row in result.comparison().items():
+        say(f"{metric:>26}  {_fmt(row['stored']):>12}  {_fmt(row['now']):>12}  "
+            f"{_fmt(row['ratio'])}")
+    throughput = result.comparison().get("throughput_sps", {})
+    if throughput.get("ratio") is not None:
+        noise = {True: "95 % confidence intervals overlap: within measurement noise",
+                 False: "95 % confidence intervals do not overlap",
+                 None: "no confidence interval to compare"}[throughput.get("ci_overlap")]
+        say(f"throughput: {_fmt(throughput['now'])} samples/s now vs "
+            f"{_fmt(throughput['stored'])} stored, ratio {throughput['ratio']:.3f} ({noise})")
+    say("re-run measurement:")
+    _print_measurement(console, result.measurement.summary())
     return 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune import drift
 from autotune.backends import capabilities, resolve_execution
 from autotune.config import TrialConfig
 from autotune.exceptions import (
@@ -30,7 +31,7 @@ from autotune.profiling.power import rated_cpu_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
 from autotune.space import SearchSpace, load_space, parse_space
 from autotune.storage import AutotuneStorage
-from autotune.storage._models import MeasurementRow, StudyRow
+from autotune.storage._models import MeasurementRow, RecheckRow, StudyRow
 
 _logger = logging.getLogger(__name__)
 
@@ -39,6 +40,13 @@ SAMPLERS = ("tpe", "nsga2", "random")
 FAILURE_CONSTRAINT = "measurable"
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 _RETRY_ATTR = "autotune_retry_of"
+#: Objectives whose values depend on where the energy figure came from.
+ENERGY_METRICS = ("power_w", "energy_per_sample_j")
+
+
+def _trial_count(ostudy: Any) -> int:
+    """How many trials the Optuna study holds now."""
+    return len(ostudy.get_trials(deepcopy=False))
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,19 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class FrontPoint:
-    """A configuration on the Pareto front, with its objective values and all metrics."""
+    """A configuration on the Pareto front, with its objective values and all metrics.
+
+    ``stability`` is what later re-measurements said (:mod:`autotune.drift`):
+    ``unchecked``, ``stable``, ``inconclusive`` or ``drifting``. ``energy_source`` says
+    where its energy figures come from (``estimated``, ``rapl``, ``nvml``...).
+    """
 
     trial_number: int
     config: dict[str, Any]
     values: dict[str, float]
     metrics: dict[str, Any]
+    stability: str = "unchecked"
+    energy_source: str | None = None
 
 
 def _check_name(name: str) -> None:
@@ -153,7 +168,8 @@ class Study:
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, *,
                  sampler: str | None = None,
                  callbacks: list[Callable[[TrialResult], None]] | None = None,
-                 launcher: Launcher | None = None) -> list[TrialResult]:
+                 launcher: Launcher | None = None,
+                 recheck_every: int = drift.RECHECK_EVERY) -> list[TrialResult]:
         """Run trials until ``n_trials`` are done or ``timeout`` seconds have passed.
 
         With neither given, runs 10 trials. A trial is not started after the timeout; the
@@ -161,11 +177,18 @@ class Study:
 
         Trials run on warm workers (:class:`autotune.launch.WarmLauncher`) unless another
         ``launcher`` is given; workers this call started are gone when it returns.
+
+        After every ``recheck_every`` trials (0: never) up to two front configurations
+        are measured again and compared with their trials, so a configuration whose speed
+        drifts is flagged ``drifting`` rather than crowned (:mod:`autotune.drift`).
         """
         if n_trials is not None and n_trials < 1:
             raise StudyError(f"n_trials must be a positive integer, got {n_trials}")
         if timeout is not None and timeout <= 0:
             raise StudyError(f"timeout must be a positive number of seconds, got {timeout}")
+        if recheck_every < 0:
+            raise StudyError(f"recheck_every must be 0 (never) or a positive number of "
+                             f"trials, got {recheck_every}")
         if n_trials is None and timeout is None:
             n_trials = 10
         start = time.monotonic()  # the timeout counts from the call, set-up included
@@ -180,14 +203,16 @@ class Study:
         own_launcher = launcher is None
         active: Launcher = launcher if launcher is not None else WarmLauncher()
         try:
-            return self._loop(ostudy, recorder, active, n_trials, timeout, start, callbacks)
+            return self._loop(ostudy, recorder, active, n_trials, timeout, start, callbacks,
+                              recheck_every)
         finally:
             if own_launcher:
                 active.close()
 
     def _loop(self, ostudy: Any, recorder: _Recorder, launcher: Launcher,
               n_trials: int | None, timeout: float | None, start: float,
-              callbacks: list[Callable[[TrialResult], None]] | None) -> list[TrialResult]:
+              callbacks: list[Callable[[TrialResult], None]] | None,
+              recheck_every: int) -> list[TrialResult]:
         budget = self._effective_budget()
         distributions = self.space.distributions()
         results: list[TrialResult] = []
@@ -211,7 +236,53 @@ class Study:
             results.append(result)
             for callback in callbacks or ():
                 callback(result)
+            if recheck_every and len(results) % recheck_every == 0 and not (
+                    timeout is not None and time.monotonic() - start >= timeout):
+                self.recheck_front(launcher, after_trials=_trial_count(ostudy))
         return results
+
+    def recheck_front(self, launcher: Launcher, *, after_trials: int = 0,
+                      points: int = drift.RECHECK_POINTS) -> list[drift.Verdict]:
+        """Measure up to ``points`` front configurations again (the least re-checked
+        first, best on the first objective first) and store how they compare."""
+        front = self.pareto_front()
+        first, direction = self.space.objectives[0]
+        front.sort(key=lambda p: p.values[first], reverse=direction == "maximize")
+        counts: dict[int, int] = {}
+        for row in self.storage.rechecks(self._row.id):
+            counts[row.trial_number] = counts.get(row.trial_number, 0) + 1
+        verdicts = []
+        for number in drift.pick_for_recheck([p.trial_number for p in front], counts, points):
+            stored = self.storage.measurement(self._row.id, number)
+            if stored is None:
+                continue
+            config = TrialConfig.from_dict(json.loads(stored.config_json))
+            outcome = launcher.run(config)
+            if outcome.status == "ok":
+                new = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
+                                              mode=config.mode).summary()
+                verdict = drift.compare(json.loads(stored.metrics_json), new)
+            else:
+                new = {}
+                verdict = drift.Verdict("inconclusive", None,
+                                        f"re-measurement failed ({outcome.failure_kind}): "
+                                        f"{outcome.reason}")
+            if verdict.verdict == "drifting":
+                _logger.warning("trial %d is drifting: %s", number, verdict.reason)
+            self.storage.add_recheck(RecheckRow(
+                study_id=self._row.id, trial_number=number, after_trials=after_trials,
+                state=outcome.status, verdict=verdict.verdict, ratio=verdict.ratio,
+                metrics_json=json.dumps({k: v for k, v in new.items() if k != "missing"}),
+                reason=verdict.reason))
+            verdicts.append(verdict)
+        return verdicts
+
+    def stability(self) -> dict[int, str]:
+        """Each re-checked trial's standing (``stable``, ``drifting``, ``inconclusive``)."""
+        verdicts: dict[int, list[str]] = {}
+        for row in self.storage.rechecks(self._row.id):
+            verdicts.setdefault(row.trial_number, []).append(row.verdict)
+        return {n: drift.stability(v) for n, v in verdicts.items()}
 
     def _effective_budget(self) -> Any:
         """The space's budget, with enough window steps for every latency percentile the
@@ -264,10 +335,19 @@ class Study:
     def pareto_front(self) -> list[FrontPoint]:
         """Feasible trials no other feasible trial dominates (ties are all kept)."""
         trials = [t for t in self.trials() if t.feasible and t.values is not None]
-        keys = pareto_front([(t.number, t.values or []) for t in trials],
-                            self.space.directions)
+        # Energy measured by a counter and energy estimated from CPU time are not
+        # comparable: with an energy objective, points compete only with points whose
+        # energy has the same source, and each point says its source.
+        uses_energy = any(m in ENERGY_METRICS for m in self.space.objective_names)
+        groups: dict[str | None, list[TrialResult]] = {}
+        for t in trials:
+            source = t.metrics.get("energy_source") if uses_energy else None
+            groups.setdefault(source, []).append(t)
+        keys = sorted(n for group in groups.values() for n in pareto_front(
+            [(t.number, t.values or []) for t in group], self.space.directions))
         by_number = {t.number: t for t in trials}
         fixed = {k: v for k, v in TrialConfig.from_params(self.space, {}).knobs().items()}
+        standing = self.stability()
         return [
             FrontPoint(
                 trial_number=n,
@@ -275,6 +355,8 @@ class Study:
                 values=dict(zip(self.space.objective_names, by_number[n].values or [],
                                 strict=True)),
                 metrics=by_number[n].metrics,
+                stability=standing.get(n, "unchecked"),
+                energy_source=by_number[n].metrics.get("energy_source"),
             )
             for n in keys
         ]
@@ -287,9 +369,11 @@ class Study:
         front = self.pareto_front()
         best: dict[str, float | None] = {}
         leaders: dict[str, dict[str, Any]] = {}
+        # A drifting point is not crowned while a steadier one is on the front.
+        steady = [p for p in front if p.stability != "drifting"] or front
         for name, direction in self.space.objectives:
             pick = max if direction == "maximize" else min
-            top = pick(front, key=lambda p: p.values[name], default=None)
+            top = pick(steady, key=lambda p: p.values[name], default=None)
             best[name] = top.values[name] if top else None
             if top is not None:  # the best value of an objective is always on the front
                 leaders[name] = {"backend": top.config.get("backend"),
@@ -305,6 +389,8 @@ class Study:
             "seed": self.seed,
             "trials": counts,
             "front_size": len(front),
+            "drifting": [p.trial_number for p in front if p.stability == "drifting"],
+            "energy_sources": sorted({p.energy_source for p in front if p.energy_source}),
             "best": best,
             "leaders": leaders,
             "created_at": self._row.created_at.isoformat(timespec="seconds"),

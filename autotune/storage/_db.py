@@ -20,6 +20,7 @@ from autotune.storage._models import (
     MachineRow,
     MeasurementRow,
     ParetoPointRow,
+    RecheckRow,
     SchemaVersionRow,
     StudyRow,
 )
@@ -156,6 +157,8 @@ class AutotuneStorage:
         """Delete a study's autotune rows in one transaction."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.execute(delete(ParetoPointRow).where(ParetoPointRow.study_id == study_id))
+            if "autotune_rechecks" in inspect(s.connection()).get_table_names():
+                s.execute(delete(RecheckRow).where(RecheckRow.study_id == study_id))
             s.execute(delete(MeasurementRow).where(MeasurementRow.study_id == study_id))
             s.execute(delete(StudyRow).where(StudyRow.id == study_id))
 
@@ -214,3 +217,33 @@ class AutotuneStorage:
             return list(s.scalars(select(ParetoPointRow.trial_number)
                                   .where(ParetoPointRow.study_id == study_id)
                                   .order_by(ParetoPointRow.trial_number)))
+
+    # -- drift rechecks --------------------------------------------------------------------
+
+    def add_recheck(self, row: RecheckRow) -> None:
+        """Store one re-measurement of a front configuration."""
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+            s.add(row)
+
+    def rechecks(self, study_id: int) -> list[RecheckRow]:
+        """A study's rechecks, oldest first (none for a database that predates them)."""
+        with self._errors():
+            if "autotune_rechecks" not in inspect(self.engine).get_table_names():
+                return []
+            with Session(self.engine, expire_on_commit=False) as s:
+                rows = list(s.scalars(select(RecheckRow)
+                                      .where(RecheckRow.study_id == study_id)
+                                      .order_by(RecheckRow.id)))
+                for row in rows:
+                    s.expunge(row)
+                return rows
+
+    def measurement(self, study_id: int, trial_number: int) -> MeasurementRow | None:
+        """One trial's measurement row, if it has one."""
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
+            row = s.scalar(select(MeasurementRow).where(
+                MeasurementRow.study_id == study_id,
+                MeasurementRow.trial_number == trial_number))
+            if row is not None:
+                s.expunge(row)
+            return row

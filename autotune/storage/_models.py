@@ -95,3 +95,24 @@ class ParetoPointRow(Base):
     trial_number: Mapped[int] = mapped_column(Integer)
     values_json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class RecheckRow(Base):
+    """A later re-measurement of a front configuration, to catch drift.
+
+    Additive: older code ignores this table, and ``create_all`` adds it to older databases.
+    """
+
+    __tablename__ = "autotune_rechecks"
+    __table_args__ = (Index("ix_autotune_rechecks_study", "study_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("autotune_studies.id", ondelete="CASCADE"))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    after_trials: Mapped[int] = mapped_column(Integer)  # the study's trial count then
+    state: Mapped[str] = mapped_column(String(16))  # ok | fail
+    verdict: Mapped[str] = mapped_column(String(16))  # stable | drifting | inconclusive
+    ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # new / original
+    metrics_json: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=_now)
