@@ -444,6 +444,28 @@ def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
     return ParamSpec(name, "fixed", choices=(value,))
 
 
+#: Time a trial needs for model set-up on a warm worker (data cached, framework imported).
+MIN_SETUP_S = 1.0
+
+
+def _warmup_min_s() -> float:
+    from autotune.profiling.loop import WARMUP_MIN_S
+
+    return WARMUP_MIN_S
+
+
+def _safety_margin_s() -> float:
+    from autotune.launch._worker import SAFETY_MARGIN_S
+
+    return SAFETY_MARGIN_S
+
+
+def minimum_trial_seconds(budget: Budget) -> float:
+    """The shortest ``trial_seconds`` in which ``budget`` can measure anything: set-up,
+    the shortest warm-up, the minimum window and the worker's margin before its kill."""
+    return MIN_SETUP_S + _warmup_min_s() + budget.window_min_s + _safety_margin_s()
+
+
 def _parse_budget(raw: Any, where: _Where) -> Budget:
     if not isinstance(raw, Mapping):
         raise where.fail("budget", f"must be a mapping, got {raw!r}")
@@ -464,6 +486,13 @@ def _parse_budget(raw: Any, where: _Where) -> Budget:
     if budget.window_min_s > budget.window_max_s:
         raise where.fail("budget", f"window_min_s ({budget.window_min_s}) must be <= "
                                    f"window_max_s ({budget.window_max_s})")
+    needed = minimum_trial_seconds(budget)
+    if budget.trial_seconds < needed:
+        raise where.fail("budget.trial_seconds", (
+            f"{budget.trial_seconds:g} s is too short to measure anything; this budget needs "
+            f"at least {needed:g} s (set-up {MIN_SETUP_S:g} s + shortest warm-up "
+            f"{_warmup_min_s():g} s + window_min_s {budget.window_min_s:g} s + "
+            f"{_safety_margin_s():g} s safety margin)"))
     if budget.window_max_s + budget.warmup_max_s >= budget.trial_seconds:
         raise where.fail("budget", "trial_seconds must exceed warmup_max_s + window_max_s "
                                    f"(got {budget.trial_seconds} <= "

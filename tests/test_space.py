@@ -201,8 +201,8 @@ BAD_CASES: list[tuple[str, tuple[tuple[str, Any], ...], tuple[str, ...]]] = [
      ("budget.memory_mb", "a positive integer")),
     ("trial-seconds-bool", (("budget.trial_seconds", True),),
      ("budget.trial_seconds", "a positive number")),
-    ("trial-seconds-too-small", (("budget.trial_seconds", 3),),
-     ("budget", "trial_seconds must exceed warmup_max_s + window_max_s", "got 3 <= 2 + 2")),
+    ("trial-seconds-too-small", (("budget.trial_seconds", 3.5),),
+     ("budget", "trial_seconds must exceed warmup_max_s + window_max_s", "got 3.5 <= 2 + 2")),
     ("trial-seconds-equal-to-warmup-plus-window", (("budget.trial_seconds", 4.0),),
      ("budget", "trial_seconds must exceed")),
     ("window-min-above-max", (("budget.window_min_s", 3),),
@@ -526,3 +526,24 @@ def test_empty_sections_mean_none() -> None:
     space = parse_space_text("workload: mlp\nmode: train\nobjectives: {accuracy: maximize}\n"
                              "params:\nconstraints:\nbudget:\n", source=SOURCE)
     assert space.params == () and space.constraints == ()
+
+
+def test_trial_budget_too_short_to_measure_names_the_minimum() -> None:
+    from autotune.space import minimum_trial_seconds
+
+    budget = {"trial_seconds": 2, "warmup_max_s": 0.2, "window_min_s": 0.3,
+              "window_max_s": 0.5}
+    with pytest.raises(SpaceError) as info:
+        parse_space({"workload": "mlp", "mode": "train",
+                     "objectives": {"throughput_sps": "maximize"}, "budget": budget})
+    message = str(info.value)
+    assert "budget.trial_seconds" in message and "too short to measure anything" in message
+    needed = minimum_trial_seconds(parse_space({
+        "workload": "mlp", "mode": "train", "objectives": {"throughput_sps": "maximize"},
+        "budget": {**budget, "trial_seconds": 10}}).budget)
+    assert f"at least {needed:g} s" in message
+    assert "\n" not in message
+    # exactly the minimum is accepted
+    parse_space({"workload": "mlp", "mode": "train",
+                 "objectives": {"throughput_sps": "maximize"},
+                 "budget": {**budget, "trial_seconds": needed}})
