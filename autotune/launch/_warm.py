@@ -17,6 +17,7 @@ once. Isolation is kept where it matters:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -216,6 +217,7 @@ class WarmLauncher:
             while len(self._workers) >= self.max_workers:
                 _, oldest = self._workers.popitem(last=False)
                 oldest.close()
+            t0 = time.perf_counter()
             worker = WarmWorker(key, self.python)
             self.started += 1
             self._workers[key] = worker
@@ -223,8 +225,13 @@ class WarmLauncher:
             if failed is not None:
                 self._discard(key)
                 return failed
+            startup_s = time.perf_counter() - t0
+        else:
+            startup_s = 0.0
         self._workers.move_to_end(key)
         outcome = worker.run(config)
+        # The trial that waited for a worker to start pays for it in its wall time.
+        outcome = dataclasses.replace(outcome, wall_s=outcome.wall_s + startup_s)
         if outcome.status != "ok" or worker.trials >= self.recycle_after:
             self._discard(key)
         return outcome

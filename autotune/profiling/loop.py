@@ -178,7 +178,9 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         if now - w_start >= budget.warmup_max_s:
             warnings.append(f"warm-up did not stabilise within {budget.warmup_max_s:g} s")
             break
-        if now + warmup[-1] >= deadline:  # the next step would end past the deadline
+        # the next step, and at least one measured step, would end past the deadline
+        if now + 2 * warmup[-1] >= deadline:
+            warnings.append("the trial budget ended the warm-up before it was stable")
             break
     warmup_s = time.perf_counter() - w_start
 
