@@ -262,6 +262,8 @@ class MindSporeBackend(Backend):
             raise UnsupportedConfigError(
                 f"{device}: this MindSpore install has no {targets[kind]} support")
         ms.set_device(targets[kind], int(index or 0))
+        # A warm worker runs many trials: each trial's peak is its own.
+        ms.runtime.reset_peak_memory_stats()
 
     def _size_memory_pool(self, memory_mb: int) -> None:
         """Grow MindSpore's memory pool in small steps under a memory budget.

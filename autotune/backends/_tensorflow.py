@@ -160,6 +160,8 @@ class TensorFlowBackend(Backend):
                     f"{device}: TensorFlow sees {len(gpus)} GPU(s) "
                     "(tensorflow-cpu has no GPU support; install tensorflow[and-cuda])")
             self._device, self._gpu = f"/GPU:{n}", True
+            # A warm worker runs many trials: each trial's peak is its own.
+            tf.config.experimental.reset_memory_stats(f"GPU:{n}")
         elif kind == "tpu":
             tpus = tf.config.list_logical_devices("TPU")
             if n >= len(tpus):

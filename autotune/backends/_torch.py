@@ -91,6 +91,8 @@ class TorchBackend(Backend):
             if not torch.cuda.is_available():
                 raise UnsupportedConfigError(f"{config.device}: torch sees no CUDA device")
             self.device = torch.device(config.device)
+            # A warm worker runs many trials: each trial's peak is its own.
+            torch.cuda.reset_peak_memory_stats(self.device)
         elif config.device == "cpu":
             self.device = torch.device("cpu")
         else:
