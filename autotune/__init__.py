@@ -31,7 +31,7 @@ from autotune.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from autotune.measure import measure
+    from autotune._measure import measure, measure_trial
     from autotune.space import Budget, SearchSpace, load_space, parse_space
     from autotune.study import (
         FrontPoint,
@@ -51,7 +51,8 @@ _LAZY = {
     "FrontPoint": "autotune.study", "Study": "autotune.study",
     "TrialResult": "autotune.study", "create_study": "autotune.study",
     "delete_study": "autotune.study", "list_studies": "autotune.study",
-    "load_study": "autotune.study", "measure": "autotune.measure",
+    "load_study": "autotune.study", "measure": "autotune._measure",
+    "measure_trial": "autotune._measure",
 }
 
 
@@ -96,5 +97,6 @@ __all__ = [
     "load_space",
     "load_study",
     "measure",
+    "measure_trial",
     "parse_space",
 ]

@@ -590,8 +590,8 @@ def _measure_from_trial(args: argparse.Namespace, console: Any) -> int:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
 
-    def say(text: str) -> None:
-        console.print(text, highlight=False, markup=False)
+    def say(text: str) -> None:  # soft_wrap: a long line stays one line in a log or pipe
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     config = result.config
     knobs = " ".join(f"{k}={_fmt(v)}" for k, v in config.knobs().items())
@@ -605,15 +605,14 @@ def _measure_from_trial(args: argparse.Namespace, console: Any) -> int:
             "environment as when stored")
     say(f"{'metric':>26}  {'stored':>12}  {'now':>12}  ratio")
     for metric, row in result.comparison().items():
-        say(f"{metric:>26}  {_fmt(row['stored']):>12}  {_fmt(row['now']):>12}  "
-            f"{_fmt(row['ratio'])}")
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        say(f"{metric:>26}  {_fmt(row['stored']):>12}  {_fmt(row['now']):>12}  {ratio}")
     throughput = result.comparison().get("throughput_sps", {})
-    if throughput.get("ratio") is not None:
-        noise = {True: "95 % confidence intervals overlap: within measurement noise",
-                 False: "95 % confidence intervals do not overlap",
-                 None: "no confidence interval to compare"}[throughput.get("ci_overlap")]
-        say(f"throughput: {_fmt(throughput['now'])} samples/s now vs "
-            f"{_fmt(throughput['stored'])} stored, ratio {throughput['ratio']:.3f} ({noise})")
+    verdict = result.verdict
+    if verdict.ratio is not None:
+        say(f"throughput: {_fmt(throughput.get('now'))} samples/s now vs "
+            f"{_fmt(throughput.get('stored'))} stored, ratio {verdict.ratio:.3f}: "
+            f"{verdict.verdict} ({verdict.reason})")
     say("re-run measurement:")
     _print_measurement(console, result.measurement.summary())
     return 0

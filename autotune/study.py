@@ -140,6 +140,11 @@ class Study:
         """The study's seed (``None``: not seeded)."""
         return self._row.seed
 
+    @property
+    def id(self) -> int:
+        """The study's id in the autotune tables."""
+        return self._row.id
+
     def close(self) -> None:
         """Release database connections (a later call reconnects)."""
         self.storage.close()
