@@ -30,7 +30,7 @@ from autotune.exceptions import (
 from autotune.launch import Launcher, ProcessLauncher, WorkerOutcome
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
-from autotune.space import parse_space
+from autotune.space import check_measurable, parse_space
 
 if TYPE_CHECKING:
     from autotune.storage._models import MeasurementRow
@@ -60,6 +60,7 @@ def measure(workload: str, mode: str, *, budget: dict[str, Any] | None = None,
                          "objectives": {"throughput_sps": "maximize"},
                          "params": knobs, "budget": budget or {}},
                         source="measure")
+    check_measurable(space.budget, "measure")
     config = TrialConfig.from_params(space, {}, seed=seed)
     config = dataclasses.replace(
         config, execution=resolve_execution(config.backend, config.execution))

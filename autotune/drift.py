@@ -47,9 +47,9 @@ def compare(original: Mapping[str, Any], new: Mapping[str, Any]) -> Verdict:
     if not old_t or not new_t:
         return Verdict("inconclusive", None, "no throughput to compare")
     ratio = float(new_t) / float(old_t)
-    if new.get("contended"):
-        return Verdict("inconclusive", ratio,
-                       "another process used the re-measurement's cores")
+    if new.get("contended") or original.get("contended"):
+        which = "re-measurement's" if new.get("contended") else "original trial's"
+        return Verdict("inconclusive", ratio, f"another process used the {which} cores")
     ci = original.get("throughput_ci_sps")
     outside = ci is None or not (ci[0] <= new_t <= ci[1])
     if abs(ratio - 1.0) > DRIFT_THRESHOLD and outside:

@@ -466,6 +466,21 @@ def minimum_trial_seconds(budget: Budget) -> float:
     return MIN_SETUP_S + _warmup_min_s() + budget.window_min_s + _safety_margin_s()
 
 
+def check_measurable(budget: Budget, source: str = "<space>") -> None:
+    """Refuse a budget whose ``trial_seconds`` cannot measure anything, naming the minimum.
+
+    Checked when a study is created or a configuration measured, not when a stored study
+    is loaded: a study stored by an older version stays readable.
+    """
+    needed = minimum_trial_seconds(budget)
+    if budget.trial_seconds < needed:
+        raise _Where(source).fail("budget.trial_seconds", (
+            f"{budget.trial_seconds:g} s is too short to measure anything; this budget needs "
+            f"at least {needed:g} s (set-up {MIN_SETUP_S:g} s + shortest warm-up "
+            f"{_warmup_min_s():g} s + window_min_s {budget.window_min_s:g} s + "
+            f"{_safety_margin_s():g} s safety margin)"))
+
+
 def _parse_budget(raw: Any, where: _Where) -> Budget:
     if not isinstance(raw, Mapping):
         raise where.fail("budget", f"must be a mapping, got {raw!r}")
@@ -486,13 +501,6 @@ def _parse_budget(raw: Any, where: _Where) -> Budget:
     if budget.window_min_s > budget.window_max_s:
         raise where.fail("budget", f"window_min_s ({budget.window_min_s}) must be <= "
                                    f"window_max_s ({budget.window_max_s})")
-    needed = minimum_trial_seconds(budget)
-    if budget.trial_seconds < needed:
-        raise where.fail("budget.trial_seconds", (
-            f"{budget.trial_seconds:g} s is too short to measure anything; this budget needs "
-            f"at least {needed:g} s (set-up {MIN_SETUP_S:g} s + shortest warm-up "
-            f"{_warmup_min_s():g} s + window_min_s {budget.window_min_s:g} s + "
-            f"{_safety_margin_s():g} s safety margin)"))
     if budget.window_max_s + budget.warmup_max_s >= budget.trial_seconds:
         raise where.fail("budget", "trial_seconds must exceed warmup_max_s + window_max_s "
                                    f"(got {budget.trial_seconds} <= "

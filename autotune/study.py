@@ -29,7 +29,7 @@ from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
 from autotune.profiling.power import rated_cpu_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
-from autotune.space import SearchSpace, load_space, parse_space
+from autotune.space import SearchSpace, check_measurable, load_space, parse_space
 from autotune.storage import AutotuneStorage
 from autotune.storage._models import MeasurementRow, RecheckRow, StudyRow
 
@@ -241,16 +241,22 @@ class Study:
             results.append(result)
             for callback in callbacks or ():
                 callback(result)
-            if recheck_every and len(results) % recheck_every == 0 and not (
-                    timeout is not None and time.monotonic() - start >= timeout):
-                self.recheck_front(launcher, after_trials=_trial_count(ostudy))
+            if recheck_every and len(results) % recheck_every == 0:
+                self.recheck_front(launcher, after_trials=_trial_count(ostudy),
+                                   deadline=None if timeout is None else start + timeout)
         return results
 
     def recheck_front(self, launcher: Launcher, *, after_trials: int = 0,
-                      points: int = drift.RECHECK_POINTS) -> list[drift.Verdict]:
+                      points: int = drift.RECHECK_POINTS,
+                      deadline: float | None = None) -> list[drift.Verdict]:
         """Measure up to ``points`` front configurations again (the least re-checked
-        first, best on the first objective first) and store how they compare."""
+        first, best on the first objective first; drifting ones are not measured again)
+        and store how they compare. None is started after ``deadline`` (a
+        ``time.monotonic()`` value)."""
         front = self.pareto_front()
+        drifting = frozenset(p.trial_number for p in front if p.stability == "drifting")
+        if drifting:  # check what would lead without them
+            front = self.pareto_front(exclude=drifting)
         first, direction = self.space.objectives[0]
         front.sort(key=lambda p: p.values[first], reverse=direction == "maximize")
         counts: dict[int, int] = {}
@@ -258,6 +264,8 @@ class Study:
             counts[row.trial_number] = counts.get(row.trial_number, 0) + 1
         verdicts = []
         for number in drift.pick_for_recheck([p.trial_number for p in front], counts, points):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             stored = self.storage.measurement(self._row.id, number)
             if stored is None:
                 continue
@@ -337,9 +345,14 @@ class Study:
             ))
         return out
 
-    def pareto_front(self) -> list[FrontPoint]:
-        """Feasible trials no other feasible trial dominates (ties are all kept)."""
-        trials = [t for t in self.trials() if t.feasible and t.values is not None]
+    def pareto_front(self, *, exclude: frozenset[int] = frozenset()) -> list[FrontPoint]:
+        """Feasible trials no other feasible trial dominates (ties are all kept).
+
+        ``exclude``: trial numbers left out (e.g. drifting ones, to see what would lead
+        without them).
+        """
+        trials = [t for t in self.trials()
+                  if t.feasible and t.values is not None and t.number not in exclude]
         # Energy measured by a counter and energy estimated from CPU time are not
         # comparable: with an energy objective, points compete only with points whose
         # energy has the same source, and each point says its source.
@@ -374,8 +387,10 @@ class Study:
         front = self.pareto_front()
         best: dict[str, float | None] = {}
         leaders: dict[str, dict[str, Any]] = {}
-        # A drifting point is not crowned while a steadier one is on the front.
-        steady = [p for p in front if p.stability != "drifting"] or front
+        # A drifting point is not crowned while a steady trial exists: leaders come from
+        # the front the trials would have without the drifting ones.
+        drifting = frozenset(p.trial_number for p in front if p.stability == "drifting")
+        steady = (self.pareto_front(exclude=drifting) if drifting else front) or front
         for name, direction in self.space.objectives:
             pick = max if direction == "maximize" else min
             top = pick(steady, key=lambda p: p.values[name], default=None)
@@ -530,6 +545,7 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
 
     _check_name(name)
     parsed, source = _as_space(space)
+    check_measurable(parsed.budget, "<space>" if isinstance(space, SearchSpace) else str(space))
     check_installed(parsed)
     check_workload(parsed)
     if sampler not in SAMPLERS:

@@ -136,8 +136,36 @@ def test_drifting_point_is_flagged_and_not_crowned(tmp_path: Path) -> None:
         assert point.stability == "drifting"
         summary = study.summary()
         assert summary["drifting"] == [point.trial_number]
-        # the only point drifts: it stays on the front (flagged), there is no better one
-        assert summary["leaders"]["throughput_sps"]["trial"] == point.trial_number
+        # it stays on the front, flagged, but the leader is the best steady trial
+        steady = [t for t in study.trials() if t.number != point.trial_number and t.feasible]
+        best_steady = max(steady, key=lambda t: t.metrics["throughput_sps"])
+        assert summary["leaders"]["throughput_sps"]["trial"] == best_steady.number
+        assert summary["best"]["throughput_sps"] == pytest.approx(
+            best_steady.metrics["throughput_sps"])
+        # a drifting point is not re-measured again
+        before = len(launcher.calls)
+        study.recheck_front(launcher, points=1)
+        assert study.storage.rechecks(study.id)[-1].trial_number != point.trial_number
+        assert len(launcher.calls) == before + 1
+    finally:
+        _close(study)
+
+
+def test_contended_original_makes_a_recheck_inconclusive() -> None:
+    original = {**_summary(1000, (990, 1010)), "contended": True}
+    assert drift.compare(original, _summary(2000)).verdict == "inconclusive"
+
+
+def test_rechecks_start_no_measurement_after_the_deadline(tmp_path: Path) -> None:
+    import time
+
+    study = _study(tmp_path)
+    try:
+        launcher = FakeLauncher()
+        study.optimize(n_trials=3, launcher=launcher, recheck_every=0)
+        calls = len(launcher.calls)
+        assert study.recheck_front(launcher, deadline=time.monotonic() - 1) == []
+        assert len(launcher.calls) == calls
     finally:
         _close(study)
 

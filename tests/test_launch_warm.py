@@ -234,3 +234,34 @@ def test_fresh_and_warm_launchers_agree_on_the_result_shape() -> None:
     assert fresh.status == warm_outcome.status == "ok"
     assert set(fresh.result) == set(warm_outcome.result)
     assert fresh.result["worker"]["warm"] is False and warm_outcome.result["worker"]["warm"]
+
+
+def _torch_config(**knobs: object) -> TrialConfig:
+    space = autotune.parse_space({
+        "workload": "digits_mlp", "mode": "train", "objectives": {"accuracy": "maximize"},
+        "params": {"backend": "torch", "threads": 1, "batch_size": 64, "optimizer": "adam",
+                   "learning_rate": 1e-3},
+        "budget": {"trial_seconds": 60, "warmup_max_s": 0.5, "window_min_s": 0.2,
+                   "window_max_s": 0.5, "train_epochs": 1}})
+    return dataclasses.replace(TrialConfig.from_params(space, {}, seed=11), **knobs)
+
+
+@pytest.mark.slow
+def test_a_warm_trial_measures_what_a_fresh_one_does_after_other_trials() -> None:
+    """Nothing a trial leaves behind (a compiled model, a grad scaler, an epoch counter)
+    reaches the next trial on the same worker: after a graph trial and an fp16 trial, an
+    eager fp32 trial trains exactly as in a fresh process (same seed, same data order)."""
+    eager = _torch_config(execution="eager")
+    fresh = ProcessLauncher().run(eager)
+    with WarmLauncher() as warm:
+        before = [warm.run(_torch_config(execution="graph")),
+                  warm.run(_torch_config(execution="eager", precision="fp16"))]
+        after = warm.run(eager)
+    assert fresh.status == after.status == "ok", (fresh.reason, after.reason)
+    assert all(o.status == "ok" for o in before), [o.reason for o in before]
+    assert after.result["worker"]["trial"] == 3
+    assert after.result["model"]["execution"] == "eager"
+    assert after.result["train_steps"] >= after.result["budget_steps"]
+    # same seed, same data order, same arithmetic: the same model comes out
+    assert after.result["accuracy"] == pytest.approx(fresh.result["accuracy"], abs=0.01)
+    assert after.result["accuracy"] > 0.5  # trained, not a stale compiled model's chance

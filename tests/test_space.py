@@ -528,22 +528,25 @@ def test_empty_sections_mean_none() -> None:
     assert space.params == () and space.constraints == ()
 
 
-def test_trial_budget_too_short_to_measure_names_the_minimum() -> None:
-    from autotune.space import minimum_trial_seconds
+def test_trial_budget_too_short_to_measure_names_the_minimum(tmp_path: Path) -> None:
+    import autotune
+    from autotune.space import check_measurable, minimum_trial_seconds
 
     budget = {"trial_seconds": 2, "warmup_max_s": 0.2, "window_min_s": 0.3,
               "window_max_s": 0.5}
+    data = {"workload": "mlp", "mode": "train", "objectives": {"throughput_sps": "maximize"},
+            "budget": budget}
+    # parsing accepts it: a study stored with such a budget stays readable
+    space = parse_space(data)
+    needed = minimum_trial_seconds(space.budget)
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(data))
     with pytest.raises(SpaceError) as info:
-        parse_space({"workload": "mlp", "mode": "train",
-                     "objectives": {"throughput_sps": "maximize"}, "budget": budget})
+        autotune.create_study("short", path, storage=f"sqlite:///{tmp_path / 's.db'}")
     message = str(info.value)
-    assert "budget.trial_seconds" in message and "too short to measure anything" in message
-    needed = minimum_trial_seconds(parse_space({
-        "workload": "mlp", "mode": "train", "objectives": {"throughput_sps": "maximize"},
-        "budget": {**budget, "trial_seconds": 10}}).budget)
-    assert f"at least {needed:g} s" in message
-    assert "\n" not in message
+    assert message.startswith(f"{path}: budget.trial_seconds: 2 s is too short")
+    assert f"at least {needed:g} s" in message and "\n" not in message
+    assert not (tmp_path / "s.db").exists() or autotune.list_studies(
+        storage=f"sqlite:///{tmp_path / 's.db'}") == []  # nothing written
     # exactly the minimum is accepted
-    parse_space({"workload": "mlp", "mode": "train",
-                 "objectives": {"throughput_sps": "maximize"},
-                 "budget": {**budget, "trial_seconds": needed}})
+    check_measurable(parse_space({**data, "budget": {**budget, "trial_seconds": needed}}).budget)

@@ -428,7 +428,17 @@ class TorchBackend(Backend):
         return out
 
     def teardown(self) -> None:
-        self.model = self.optimizer = None
+        if getattr(self, "_forward", None) is not None:
+            # A warm worker compiles a new model every graph trial; dynamo's recompile
+            # limit (8) would silently fall back to eager after that, so its caches go
+            # with the trial, and so does the process-wide freezing switch.
+            import torch._inductor.config as inductor_config
+
+            self.torch._dynamo.reset()
+            inductor_config.freezing = False
+        self.model = self.optimizer = self.scaler = self._forward = None
+        self._compute_dtype = None
+        self._epoch = self._cursor = 0
         self._infer_batches = []
         if self.device is not None and self.device.type == "cuda":
             self.torch.cuda.empty_cache()

@@ -69,15 +69,21 @@ class WarmWorker:
         self._stderr_path = Path(self._dir.name, "stderr.txt")
         self._buffer = b""
         reply_r, reply_w = os.pipe()
-        with open(self._stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [python, "-m", "autotune.launch._worker", "--serve", backend,
-                 "auto" if threads is None else str(threads), str(reply_w)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
-                pass_fds=(reply_w,), start_new_session=True,
-                env=worker_environment(memory_mb), cwd=self._dir.name,
-            )
-        os.close(reply_w)
+        try:
+            with open(self._stderr_path, "wb") as stderr:
+                self.proc = subprocess.Popen(
+                    [python, "-m", "autotune.launch._worker", "--serve", backend,
+                     "auto" if threads is None else str(threads), str(reply_w)],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+                    pass_fds=(reply_w,), start_new_session=True,
+                    env=worker_environment(memory_mb), cwd=self._dir.name,
+                )
+        except BaseException:
+            os.close(reply_r)
+            self._dir.cleanup()
+            raise
+        finally:
+            os.close(reply_w)
         self._reply = reply_r
         self.startup: dict[str, Any] = {}
 
@@ -105,8 +111,10 @@ class WarmWorker:
         self._resume()
         try:
             assert self.proc.stdin is not None
+            # CLOCK_MONOTONIC is system-wide on Linux: the worker's deadline counts from
+            # here, and a wall-clock step (NTP) cannot move it.
             self.proc.stdin.write(json.dumps({"config": config.to_dict(),
-                                              "sent_at": time.time()}).encode() + b"\n")
+                                              "sent_at": time.monotonic()}).encode() + b"\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # it died: the read below reports how
@@ -149,6 +157,8 @@ class WarmWorker:
         while b"\n" not in self._buffer:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
+                if self._drain():  # a reply that arrived just in time is a reply
+                    continue
                 return None, True
             ready, _, _ = select.select([self._reply], [], [], min(POLL_S, remaining))
             if ready:
@@ -158,6 +168,8 @@ class WarmWorker:
                     return None, False
                 self._buffer += chunk
             elif self.proc.poll() is not None:
+                if self._drain():  # it replied, then exited
+                    continue
                 return None, False
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
@@ -165,6 +177,16 @@ class WarmWorker:
         except json.JSONDecodeError:
             return None, False
         return reply, False
+
+    def _drain(self) -> bool:
+        """Read whatever is already in the reply pipe without waiting; whether a whole
+        line is now buffered."""
+        while select.select([self._reply], [], [], 0)[0]:
+            chunk = os.read(self._reply, 1 << 16)
+            if not chunk:
+                break
+            self._buffer += chunk
+        return b"\n" in self._buffer
 
     def _failure(self, reply: dict[str, Any] | None, timed_out: bool, wall: float,
                  limit_s: float, stderr_offset: int = 0) -> WorkerOutcome:
@@ -213,7 +235,18 @@ class WarmLauncher:
         """Run ``config`` on its warm worker, starting one if needed."""
         key = worker_key(config)
         worker = self._workers.get(key)
+        if worker is not None and worker.proc.poll() is not None:
+            # It died while idle (e.g. the OOM killer chose it): not this trial's doing.
+            self._discard(key)
+            worker = None
+        startup_s = 0.0
         if worker is None:
+            # An accelerator's memory is held by the framework in its worker (TensorFlow
+            # takes nearly all of it at the first op): one warm worker per device, or the
+            # next backend's trial would be out of memory for no reason of its own.
+            if key[1] != "cpu":
+                for other in [k for k in self._workers if k[1] == key[1]]:
+                    self._discard(other)
             while len(self._workers) >= self.max_workers:
                 _, oldest = self._workers.popitem(last=False)
                 oldest.close()
@@ -221,15 +254,21 @@ class WarmLauncher:
             worker = WarmWorker(key, self.python)
             self.started += 1
             self._workers[key] = worker
-            failed = worker.start()
+            try:
+                failed = worker.start()
+            except BaseException:  # Ctrl-C: its late "ready" must not answer a trial
+                self._discard(key)
+                raise
             if failed is not None:
                 self._discard(key)
                 return failed
             startup_s = time.perf_counter() - t0
-        else:
-            startup_s = 0.0
         self._workers.move_to_end(key)
-        outcome = worker.run(config)
+        try:
+            outcome = worker.run(config)
+        except BaseException:  # Ctrl-C mid-trial: its late reply must not answer the next
+            self._discard(key)
+            raise
         # The trial that waited for a worker to start pays for it in its wall time.
         outcome = dataclasses.replace(outcome, wall_s=outcome.wall_s + startup_s)
         if outcome.status != "ok" or worker.trials >= self.recycle_after:

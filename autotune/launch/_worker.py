@@ -89,12 +89,6 @@ def _cap_memory(memory_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _uncap_memory() -> None:
-    """Lift a previous trial's cap (a warm worker's next trial sets its own)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-
-
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) so the next trial's peak is its own.
 
@@ -123,6 +117,25 @@ def performance_environment() -> dict[str, str]:
             if k.startswith(PERFORMANCE_ENV_PREFIXES)}
 
 
+def _copy_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an object's attributes; containers are copied one level deep, so a trial
+    that appends to a list never changes the saved one."""
+    return {k: copy.copy(v) if isinstance(v, (list, dict, set)) else v
+            for k, v in attributes.items()}
+
+
+def _release_memory() -> None:
+    """Collect garbage and give freed heap back to the OS (glibc keeps it otherwise), so a
+    trial's memory cap and peak-RSS mark do not depend on what earlier trials left."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class WorkerState:
     """What a worker process keeps between trials: the imported backend and cached data."""
 
@@ -138,9 +151,26 @@ class WorkerState:
         # per process in TensorFlow and MindSpore, which is why a warm worker serves one
         # thread count.
         self.threads = self.backend.set_threads(self.pinned_threads)
+        # The backend as it is before any trial: restored before each trial so nothing a
+        # trial leaves behind (a compiled model, a grad scaler, a dtype, an epoch counter)
+        # reaches the next one, whatever the backend forgot to reset.
+        self._pristine = _copy_attributes(vars(self.backend))
         self.trials_run = 0
-        self.peak_rss_resettable = _reset_peak_rss()
+        self._soft_as_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        _reset_peak_rss()
         self._data: dict[str, Dataset] = {}
+
+    def fresh_backend(self) -> Backend:
+        """The backend with the attributes it had before its first trial."""
+        attributes = vars(self.backend)
+        attributes.clear()
+        attributes.update(_copy_attributes(self._pristine))
+        return self.backend
+
+    def uncap_memory(self) -> None:
+        """Lift a trial's memory cap back to what the process had before its first trial."""
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (self._soft_as_limit, hard))
 
     def data(self, workload_name: str, load: Any) -> tuple[Dataset, bool]:
         """The workload's data, loaded once per process; each trial gets its own copy (a
@@ -169,6 +199,8 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     if config.threads is not None and config.threads != state.pinned_threads:
         raise RuntimeError(f"this worker is pinned to {state.pinned_threads} threads, "
                            f"not {config.threads}")
+    backend = state.fresh_backend()
+    _release_memory()
     peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
     timings: dict[str, float] = {}
 
@@ -178,7 +210,6 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     timings["data_s"] = time.perf_counter() - t0
 
     _cap_memory(config.budget.memory_mb)
-    backend = state.backend
     try:
         t0 = time.perf_counter()
         model_info = backend.setup(config, workload, data)
@@ -191,8 +222,8 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         versions = backend.versions()
     finally:
         backend.teardown()
-        _uncap_memory()
-        gc.collect()
+        state.uncap_memory()
+        _release_memory()
     result.update(timings)
     result.update(
         status="ok",
@@ -283,6 +314,7 @@ def serve(argv: list[str]) -> int:
     backend_name, threads_arg, reply_fd = argv
     _die_with_parent()
     reply = os.fdopen(int(reply_fd), "w", buffering=1)
+    os.set_inheritable(reply.fileno(), False)  # helpers a framework starts must not hold it
     process_start_s = time.time() - launched
     holder: dict[str, WorkerState] = {}
 
@@ -303,7 +335,7 @@ def serve(argv: list[str]) -> int:
         budget_s = float(config_data["budget"]["trial_seconds"])
         _arm_alarm(budget_s)
         # The budget counts from when the driver sent the trial.
-        deadline = (time.perf_counter() + budget_s - (time.time() - request["sent_at"])
+        deadline = (time.perf_counter() + budget_s - (time.monotonic() - request["sent_at"])
                     - SAFETY_MARGIN_S)
         result = _guarded(functools.partial(run_trial, config_data, state, deadline))
         signal.alarm(0)

@@ -17,6 +17,7 @@ apart and also counts as contention. The reading is a frozen dataclass that
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -195,6 +196,13 @@ def _clock_ticks() -> int:
         return 100  # USER_HZ is 100 on every mainstream Linux architecture
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) plus its finished children: a power meter
+    that runs a tool per sample (``npu-smi``) works for the trial, not against it."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 class ContentionMonitor:
     """Measures foreign CPU load on the watched cores: ``begin()`` ... work ... ``end()``.
 
@@ -206,13 +214,13 @@ class ContentionMonitor:
     """
 
     def __init__(self, cores: Iterable[int] | None = None, *, proc_stat: str = "/proc/stat",
-                 cpu_clock: Callable[[], float] = time.process_time,
+                 cpu_clock: Callable[[], float] | None = None,
                  wall_clock: Callable[[], float] = time.perf_counter,
                  ticks_per_s: int | None = None, threshold: float = DEFAULT_THRESHOLD,
                  tolerance_ticks: float = DEFAULT_TOLERANCE_TICKS) -> None:
         self._fixed_cores = sorted(cores) if cores is not None else None
         self.proc_stat = proc_stat
-        self.cpu_clock = cpu_clock
+        self.cpu_clock = cpu_clock or own_cpu_seconds
         self.wall_clock = wall_clock
         self.ticks_per_s = ticks_per_s or _clock_ticks()
         self.threshold = threshold

@@ -110,7 +110,7 @@ class RecheckRow(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("autotune_studies.id", ondelete="CASCADE"))
     trial_number: Mapped[int] = mapped_column(Integer)
     after_trials: Mapped[int] = mapped_column(Integer)  # the study's trial count then
-    state: Mapped[str] = mapped_column(String(16))  # ok | fail
+    state: Mapped[str] = mapped_column(String(16))  # ok | infeasible | fail
     verdict: Mapped[str] = mapped_column(String(16))  # stable | drifting | inconclusive
     ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # new / original
     metrics_json: Mapped[str] = mapped_column(Text)
