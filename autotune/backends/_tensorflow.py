@@ -197,6 +197,8 @@ class TensorFlowBackend(Backend):
                 raise UnsupportedConfigError("int8 training is not supported by tensorflow")
             if self._gpu:
                 raise UnsupportedConfigError("TensorFlow int8 (TFLite) runs on CPU only here")
+        if config.budget.memory_mb is not None and not self._gpu:
+            _check_activations_fit(config, workload)
         self.keras.utils.set_random_seed(config.seed)
         self._gradients_before = _custom_gradient_names()
         try:
@@ -726,6 +728,27 @@ class TensorFlowBackend(Backend):
 
 
 # -- helpers (numpy side; weights in the shared (out, in) layout) --------------------------
+
+
+def _check_activations_fit(config: TrialConfig, workload: Workload) -> None:
+    """Refuse a batch whose activations alone exceed the trial's memory budget.
+
+    Under the worker's address-space cap, TensorFlow's own allocator raises
+    ResourceExhaustedError, but its oneDNN kernels on AVX-512 CPUs dereference a failed
+    allocation and the process dies of SIGSEGV (seen on an AVX512-BF16 EPYC; an AVX2 one
+    raised). A batch that cannot hold its layer outputs (and, in training, their
+    gradients) in the budget is out of memory on any device of that size, so it is
+    reported as such before a kernel can crash.
+    """
+    widths = workload.widths_after(config.pruning_structure, config.pruning_ratio)
+    per_sample = sum(widths[1:]) * 4 * (2 if config.mode == "train" else 1)
+    needed = config.batch_size * per_sample
+    budget = (config.budget.memory_mb or 0) * 2**20
+    if needed > budget:
+        raise OutOfMemoryError(
+            f"out of memory: batch {config.batch_size} needs {needed / 2**20:.0f} MB of "
+            f"activations, more than the trial's memory budget of "
+            f"{config.budget.memory_mb} MB")
 
 
 def _eval_execution(config: TrialConfig) -> str:

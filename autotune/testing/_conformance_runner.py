@@ -161,7 +161,8 @@ def check_oom(backend: str) -> dict[str, Any]:
     b.set_threads(1)
     workload = get_workload("mlp")
     data = workload.load_data()
-    config = _config(backend, "train", "mlp", batch_size=8192)
+    # The budget is in the config too, as in a real trial (a backend may check it first).
+    config = _config(backend, "train", "mlp", batch_size=8192, budget={"memory_mb": 16})
     _cap_memory(16)
     try:
         b.setup(config, workload, data)
