@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import (
     AutotuneError,
+    GateError,
     NonFiniteLossError,
     OutOfMemoryError,
+    RecommendError,
     SpaceError,
     SpaceMismatchError,
     StorageError,
@@ -31,7 +33,11 @@ from autotune.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from autotune._gate import GateResult, gate
     from autotune._measure import measure, measure_trial
+    from autotune._recommend import Recommendation, recommend
+    from autotune._verify import VerifyReport, verify
+    from autotune.pareto import FrontSnapshot, hypervolume, reference_point
     from autotune.space import Budget, SearchSpace, load_space, parse_space
     from autotune.study import (
         FrontPoint,
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
         list_studies,
         load_study,
     )
+    from autotune.transfer import export_study, import_study
 
 # Loaded on first use (PEP 562): `autotune --help` and `import autotune` stay fast because
 # SQLAlchemy, Optuna and YAML load only when a study or space is touched.
@@ -53,6 +60,12 @@ _LAZY = {
     "delete_study": "autotune.study", "list_studies": "autotune.study",
     "load_study": "autotune.study", "measure": "autotune._measure",
     "measure_trial": "autotune._measure",
+    "recommend": "autotune._recommend", "Recommendation": "autotune._recommend",
+    "verify": "autotune._verify", "VerifyReport": "autotune._verify",
+    "gate": "autotune._gate", "GateResult": "autotune._gate",
+    "FrontSnapshot": "autotune.pareto", "hypervolume": "autotune.pareto",
+    "reference_point": "autotune.pareto",
+    "export_study": "autotune.transfer", "import_study": "autotune.transfer",
 }
 
 
@@ -76,8 +89,13 @@ __all__ = [
     "AutotuneError",
     "Budget",
     "FrontPoint",
+    "FrontSnapshot",
+    "GateError",
+    "GateResult",
     "NonFiniteLossError",
     "OutOfMemoryError",
+    "RecommendError",
+    "Recommendation",
     "SearchSpace",
     "SpaceError",
     "SpaceMismatchError",
@@ -89,14 +107,22 @@ __all__ = [
     "TrialError",
     "TrialResult",
     "UnsupportedConfigError",
+    "VerifyReport",
     "WorkloadError",
     "__version__",
     "create_study",
     "delete_study",
+    "export_study",
+    "gate",
+    "hypervolume",
+    "import_study",
     "list_studies",
     "load_space",
     "load_study",
     "measure",
     "measure_trial",
     "parse_space",
+    "recommend",
+    "reference_point",
+    "verify",
 ]

@@ -31,6 +31,8 @@ examples:
   autotune devices                     # backends, devices, install commands
   autotune measure --workload mlp --mode infer --batch-size 64 --threads 1 --json
   autotune measure --from-trial quick:7  # re-run a stored trial exactly, compare
+  autotune recommend quick --where "latency_p95_ms<=20"  # what to ship, launch config
+  autotune gate quick --config prod.yaml  # CI: exit 1 if the front beats it by > 5 %
 
 storage: --storage URL on any command, else $AUTOTUNE_STORAGE, else
 sqlite:///studies/autotune.db (relative to the working directory). Any SQLAlchemy URL
@@ -230,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feasible trial beats on every objective).")
     p.add_argument("name", help="study name")
     p.add_argument("--all", action="store_true", help="list every trial, not only the front")
+    p.add_argument("--history", action="store_true",
+                   help="also print the front's hypervolume after every completed trial "
+                        "(with --json: a `history` list)")
     _common(p)
 
     p = sub.add_parser("delete", help="delete a study and its records",
@@ -237,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="study name")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     _common(p)
+    _add_verify_parser(commands)
+    _add_transfer_parsers(sub)
+    _add_recommend_gate_parsers(commands)
     return parser
 
 
@@ -453,6 +461,45 @@ def _cmd_list(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def _print_history(console: Any, study: Any, history: list[Any]) -> None:
+    """The front's hypervolume after each completed trial (``study show --history``)."""
+    from rich.table import Table
+
+    if not history:
+        console.print("no front history: no trial has completed since autotune started "
+                      "keeping it (schema version 2)")
+        return
+    mixed = any(len(h.energy_sources) > 1 for h in history)
+    table = Table(title=f"Front history of {study.name!r}", title_justify="left")
+    for col in ("after trial", "front size", "hypervolume", "gain", "front",
+                *(["energy sources"] if mixed else [])):
+        table.add_column(col, justify="right" if col != "front" else "left")
+    previous: float | None = None
+    for h in history:
+        gain = "-"
+        if h.hypervolume is not None and previous is not None and previous > 0:
+            gain = f"{(h.hypervolume / previous - 1) * 100:+.1f}%" \
+                if h.hypervolume != previous else ""
+        front = ", ".join(map(str, h.front[:12])) + (" ..." if len(h.front) > 12 else "")
+        # six digits: a latency gain barely moves a volume measured from the trial budget
+        volume = "-" if h.hypervolume is None else f"{h.hypervolume:.6g}"
+        table.add_row(str(h.trial_number), str(len(h.front)), volume, gain,
+                      front, *([", ".join(h.energy_sources)] if mixed else []))
+        previous = h.hypervolume
+    console.print(table)
+    reference = ", ".join(f"{k} {_fmt(v)}" for k, v in history[-1].reference.items())
+    console.print(f"reference point: {reference} (each objective's physical worst case: "
+                  "throughput and accuracy 0, latency the trial budget, power the rated "
+                  "power, memory the machine's)", highlight=False, markup=False)
+    if any(h.reference != history[-1].reference for h in history):
+        console.print("[yellow]the reference point changed between runs (another machine or "
+                      "rated power): hypervolumes from different references are not "
+                      "comparable[/yellow]")
+    if mixed:
+        console.print("[yellow]the front mixes energy sources: its hypervolume combines "
+                      "energy figures that are not comparable[/yellow]")
+
+
 def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     import autotune
 
@@ -461,6 +508,13 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
         out = _front_json(study)
         if args.all:
             out["trials"] = [vars(t) for t in study.trials()]
+        if args.history:
+            out["hypervolume"] = study.hypervolume()
+            out["history"] = [
+                {"trial": h.trial_number, "front": h.front, "hypervolume": h.hypervolume,
+                 "reference": h.reference, "energy_sources": h.energy_sources,
+                 "created_at": h.created_at.isoformat(timespec="seconds")}
+                for h in study.front_history()]
         print(json.dumps(out, indent=2, default=str))
         return 0
     s = study.summary()
@@ -481,6 +535,8 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     else:
         console.print("no feasible trial yet: run `autotune study run "
                       f"{study.name}` (or see --all for why trials were infeasible)")
+    if args.history:
+        _print_history(console, study, study.front_history())
     return 0
 
 
@@ -622,6 +678,500 @@ _COMMANDS = {"devices": _cmd_devices, "measure": _cmd_measure, "create": _cmd_cr
              "run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete}
 
 
+# -- verify (autotune._verify) -----------------------------------------------------------------
+
+#: ``autotune verify`` exits with this when the ranking did not hold (changed or
+#: inconclusive), so a CI job can refuse to ship an unconfirmed recommendation.
+EXIT_NOT_HELD = 1
+
+
+def _scale_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _add_verify_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "verify", help="re-measure the front's top configurations longer and check the "
+                       "ranking held",
+        description="Confirm a study's recommendation: re-measure the top K configurations "
+                    "of its Pareto front (ranked on --by, default the first objective) "
+                    "each in a fresh worker process with a measured window --scale times "
+                    "longer, and report the screened vs confirmed throughput, which points "
+                    "moved beyond their confidence interval, the rank correlation (Kendall "
+                    "tau, Spearman) and a verdict. The confirmations are stored as "
+                    "rechecks, so they feed the front's stability flags.",
+        epilog="verdict and exit code:\n"
+               "  0  held: same leader, Kendall tau >= 0.6, no point moved (outside its "
+               "confidence\n     interval and by more than 10 %)\n"
+               "  1  changed (or inconclusive: the leader could not be re-measured), or an "
+               "error\n"
+               "  2  usage error\n"
+               "examples:\n"
+               "  autotune verify quick --top 3\n"
+               "  autotune verify quick --top 5 --scale 5 --rounds 3 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="study name")
+    p.add_argument("--top", type=_positive_int, default=3, metavar="K",
+                   help="how many front configurations to re-measure (default 3; clipped "
+                        "to the front's size)")
+    p.add_argument("--scale", type=_scale_factor, default=3.0, metavar="X",
+                   help="measured window this many times the screening trials' (default 3)")
+    p.add_argument("--rounds", type=_positive_int, default=1, metavar="R",
+                   help="re-measure each configuration R times, interleaved (A B C A B C), "
+                        "and keep the median (default 1)")
+    p.add_argument("--by", metavar="OBJECTIVE",
+                   help="rank on this objective (default: the study's first)")
+    _common(p)
+    # `main` dispatches top-level commands without an action on args.action.
+    p.set_defaults(action="verify")
+
+
+def _cmd_verify(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune._verify import VerifyRun, verify
+
+    study = autotune.load_study(args.name, storage=args.storage)
+
+    def on_run(run: VerifyRun) -> None:
+        head = f"trial {run.trial_number}, round {run.round}/{args.rounds}: "
+        if run.state == "ok":
+            text = f"{_fmt(run.throughput_sps)} samples/s, {run.noise or '-'}" + \
+                (", contended" if run.contended else "")
+        else:
+            text = f"{run.state} ({run.failure_kind}): {run.reason}"
+        console.print(head + text, highlight=False, markup=False, soft_wrap=True)
+
+    report = verify(study, args.top, scale=args.scale, rounds=args.rounds, by=args.by,
+                    on_run=on_run)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        _print_verify(console, study, report)
+    return 0 if report.held else EXIT_NOT_HELD
+
+
+def _print_verify(console: Any, study: Any, report: Any) -> None:
+    from rich.table import Table
+
+    def with_ci(value: float | None, ci: Any) -> str:
+        if value is None:
+            return "-"
+        return _fmt(value) + (f" ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci else "")
+
+    knobs = _knob_columns(study)
+    ranked_on_throughput = report.metric == "throughput_sps"
+    table = Table(title=f"verify {report.study!r}: top {report.top} on {report.metric} "
+                        f"({report.direction}), {report.scale:g}x window, "
+                        f"{report.rounds} round(s)", title_justify="left")
+    for col in ("rank", "trial", *knobs):
+        table.add_column(col, justify="right" if col in ("rank", "trial") else "left")
+    if not ranked_on_throughput:
+        table.add_column(f"{report.metric} screened→confirmed", justify="right")
+    for col in ("screened samples/s (95% CI)", "confirmed samples/s (CI)", "ratio", "moved",
+                "flags"):
+        table.add_column(col, justify="right" if col != "flags" else "left")
+    for p in report.points:
+        rank = f"{p.original_rank}→{p.confirmed_rank if p.confirmed_rank else '-'}"
+        flags = [f for f in (p.noise if p.noise not in (None, "ok") else None,
+                             "contended" if p.contended else None,
+                             "failed" if not p.confirmed else None) if f]
+        cells = [rank, str(p.trial_number), *(_fmt(p.config.get(k)) for k in knobs)]
+        if not ranked_on_throughput:
+            cells.append(f"{_fmt(p.original_value)}→{_fmt(p.confirmed_value)}")
+        cells += [with_ci(p.original_throughput_sps, p.original_ci_sps),
+                  with_ci(p.confirmed_throughput_sps, p.confirmed_ci_sps),
+                  "-" if p.ratio is None else f"{p.ratio:.3f}",
+                  "yes" if p.moved else ("-" if p.ratio is None else "no"),
+                  ", ".join(flags)]
+        table.add_row(*cells)
+    console.print(table)
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    from autotune._verify import MIN_KENDALL_TAU
+
+    if report.kendall_tau is None:
+        say(f"rank correlation: undefined ({report.correlation_note})")
+    else:
+        rho = "-" if report.spearman_rho is None else f"{report.spearman_rho:.2f}"
+        say(f"rank correlation: Kendall tau {report.kendall_tau:.2f}, Spearman rho {rho} "
+            f"(held needs tau >= {MIN_KENDALL_TAU:g})")
+    say(f"screened order {' > '.join(map(str, report.original_ranking))}; confirmed "
+        f"order {' > '.join(map(str, report.confirmed_ranking)) or '-'}")
+    for note in report.notes:
+        say(f"note: {note}")
+    if report.held:
+        say(f"verdict: held: trial {report.original_ranking[0]} is confirmed first on "
+            f"{report.metric}")
+    else:
+        say(f"verdict: {report.verdict}: " + "; ".join(report.reasons))
+
+
+_COMMANDS["verify"] = _cmd_verify
+
+
+# -- study export / study import (autotune.transfer) ------------------------------------------
+
+
+def _add_transfer_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "export", help="write a study to a file (JSON: everything; CSV: a table)",
+        description="Export a study. JSON (the default) is lossless and is what `autotune "
+                    "study import` reads: the stored space, every trial with its config, "
+                    "params, values, constraints, metrics with provenance, raw step times, "
+                    "state, failure kind and reason, the machines, the front, rechecks and "
+                    "the front's history. CSV is one row per trial (state, failure, params, "
+                    "objective values, headline metrics, machine) for spreadsheets; it "
+                    "cannot be imported.",
+        epilog="examples:\n"
+               "  autotune study export quick > quick.json\n"
+               "  autotune study export quick --format csv --output quick.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="study name")
+    p.add_argument("--format", choices=("json", "csv"), default="json",
+                   help="json (lossless, importable; default) or csv (one row per trial)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write to FILE (whole or not at all) instead of standard output")
+    _common(p, json_flag=False)
+
+    p = sub.add_parser(
+        "import", help="import a study from a JSON export into this storage",
+        description="Import a study from a file written by `autotune study export` (JSON) "
+                    "into --storage. The whole file is checked before anything is written, "
+                    "and an existing study of the same name is never touched: import under "
+                    "another name with --name. Trials keep their numbers; a trial that was "
+                    "still running in the source is imported as failed (interrupted).",
+        epilog="examples:\n"
+               "  autotune study import quick.json --storage postgresql+psycopg://db/tune\n"
+               "  autotune study import quick.json --name quick-laptop",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a JSON export, or - for standard input")
+    p.add_argument("--name", metavar="NEW",
+                   help="import under this name (default: the exported study's name)")
+    _common(p)
+
+
+def _cmd_export(args: argparse.Namespace, console: Any) -> int:
+    from autotune.transfer import export_study
+
+    # Nothing is written to --output unless the whole export succeeded.
+    text = export_study(args.name, storage=args.storage, format=args.format,
+                        output=args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        console.print(f"exported study {args.name!r} ({args.format}) to {args.output}",
+                      highlight=False, markup=False)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, console: Any) -> int:
+    from pathlib import Path
+
+    from autotune.transfer import import_study
+
+    source = sys.stdin if args.file == "-" else Path(args.file)
+    with import_study(source, storage=args.storage, name=args.name) as study:
+        s = study.summary()
+        if args.json:
+            print(json.dumps({**s, "storage": study.storage.url}, indent=2, default=str))
+            return 0
+        t = s["trials"]
+        console.print(f"imported study {s['name']!r} into {study.storage.url}: "
+                      f"{sum(t.values())} trial(s) (ok {t['ok']}, infeasible "
+                      f"{t['infeasible']}, failed {t['fail']}), front size {s['front_size']}",
+                      highlight=False, markup=False)
+    return 0
+
+
+_COMMANDS["export"] = _cmd_export
+_COMMANDS["import"] = _cmd_import
+
+
+# -- recommend / gate (autotune._recommend, autotune._gate) -----------------------------------
+
+_GATE_EPILOG = """\
+exit codes (for CI):
+  0  pass: satisfies every constraint, and no front configuration beats it by more than
+     the tolerance on every objective
+  1  fail: violates a constraint, or a front configuration beats it by more than the
+     tolerance on every objective (which one, and by how much, is printed); also any
+     error autotune reports (unknown study, invalid config file): with --json a verdict
+     is printed on stdout, an error only on stderr
+  2  usage error
+  3  could not measure the configuration (out of memory, unsupported, crash, timeout)
+  4  inconclusive: it would fail only on timings measured while another process used its
+     cores; measure again on a quiet machine
+
+config file (YAML): workload and mode (the study's) and knobs named as in a space file;
+knobs not given take the study's fixed values, then the space-file defaults:
+  workload: digits_mlp
+  mode: train
+  backend: torch
+  batch_size: 128
+  precision: fp32
+  optimizer: adamw
+  learning_rate: 0.001
+  threads: 2
+
+examples:
+  autotune gate quick --config prod.yaml
+  autotune gate quick --config prod.yaml --tolerance 10% --where "latency_p95_ms<=20"
+  autotune gate quick --config prod.yaml --metrics measured.json --json
+"""
+
+
+def _condition_arg(text: str) -> Any:
+    """``--where`` value: ``metric<=value`` (argparse turns errors into usage errors)."""
+    from autotune._recommend import parse_condition
+    from autotune.exceptions import RecommendError
+
+    try:
+        return parse_condition(text)
+    except RecommendError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _metric_arg(text: str) -> str:
+    from autotune.objectives import METRICS
+
+    if text not in METRICS:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {text!r}; allowed: {', '.join(METRICS)}")
+    return text
+
+
+def _prefer_arg(text: str) -> str:
+    from autotune._recommend import parse_prefer
+    from autotune.exceptions import RecommendError
+
+    try:
+        parse_prefer(text)
+    except RecommendError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _tolerance_arg(text: str) -> float:
+    from autotune._gate import parse_tolerance
+
+    try:
+        return parse_tolerance(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_recommend_gate_parsers(commands: Any) -> None:
+    p = commands.add_parser(
+        "recommend", help="the best configuration under constraints, with a launch config",
+        description="Recommend the configuration to ship: the best feasible measured trial "
+                    "(not only the front) on one metric under the study's constraints and "
+                    "--where conditions, with its metrics and their confidence (throughput "
+                    "95 %% CI, noise, contention, energy source, stability) and a launch "
+                    "config spelled as its framework spells it (dtype, batch size, "
+                    "optimizer class and arguments, threads, execution, quantisation, "
+                    "pruning). Drifting trials are not recommended while a steady one "
+                    "qualifies. When nothing qualifies, the error names the binding "
+                    "condition and the nearest trials.",
+        epilog="examples:\n"
+               "  autotune recommend quick\n"
+               "  autotune recommend quick --maximize throughput_sps "
+               "--where \"latency_p95_ms<=20\" --where \"accuracy>=0.95\"\n"
+               "  autotune recommend quick --minimize latency_p95_ms --prefer lower_memory "
+               "--yaml\n"
+               "  autotune recommend quick --write-config prod.yaml  # for `autotune gate`",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="study name")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--maximize", type=_metric_arg, metavar="METRIC",
+                      help="metric to maximise (default: the study's first objective)")
+    goal.add_argument("--minimize", type=_metric_arg, metavar="METRIC",
+                      help="metric to minimise")
+    p.add_argument("--where", type=_condition_arg, action="append", metavar="COND",
+                   help="condition METRIC<=VALUE (>=, <=, >, <), on top of the study's "
+                        "constraints (repeatable), e.g. \"latency_p95_ms<=20\"")
+    p.add_argument("--prefer", type=_prefer_arg, metavar="RULE",
+                   help="among trials within 2 %% of the best: lower_memory, fewer_threads, "
+                        "smaller_batch, or a metric (minimize:METRIC / maximize:METRIC)")
+    p.add_argument("--write-config", metavar="FILE",
+                   help="also write the recommended configuration as a `autotune gate "
+                        "--config` file")
+    p.add_argument("--storage", metavar="URL",
+                   help="database URL (default: $AUTOTUNE_STORAGE or "
+                        "sqlite:///studies/autotune.db)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON for scripts")
+    out.add_argument("--yaml", action="store_true", help="print YAML")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
+    p.set_defaults(action="recommend")  # `main` dispatches on args.action
+
+    p = commands.add_parser(
+        "gate", help="CI check: fail when the configuration to ship is beaten by the front",
+        description="Measure the configuration about to ship (exactly as a trial of the "
+                    "study: its budget and seed, in a fresh worker process), or read "
+                    "metrics measured before (--metrics), and judge it against the study: "
+                    "fail when it violates a constraint (the study's or --where) or when a "
+                    "front configuration beats it by more than --tolerance on every "
+                    "objective; the front configuration and its margin per objective are "
+                    "printed.",
+        epilog=_GATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="study name")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML: workload, mode and knob values of the configuration to ship")
+    p.add_argument("--tolerance", type=_tolerance_arg, default=0.05, metavar="T",
+                   help="how much better (on every objective) a front configuration must "
+                        "be to fail the gate: 5%% or 0.05 (default 5%%)")
+    p.add_argument("--where", type=_condition_arg, action="append", metavar="COND",
+                   help="extra condition METRIC<=VALUE (repeatable)")
+    p.add_argument("--metrics", metavar="FILE",
+                   help="judge these metrics instead of measuring (`autotune measure "
+                        "--json` output, or a JSON/YAML mapping of metric names to values)")
+    _common(p)
+    p.set_defaults(action="gate")
+
+
+def _say(console: Any, text: str) -> None:
+    # soft_wrap: a long line stays one line in a log or a pipe
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _cmd_recommend(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune._recommend import recommend
+
+    objective = f"maximize:{args.maximize}" if args.maximize else \
+        f"minimize:{args.minimize}" if args.minimize else None
+    with autotune.load_study(args.name, storage=args.storage) as study:
+        rec = recommend(study, objective, constraints=args.where or (), prefer=args.prefer)
+    if args.write_config:
+        from pathlib import Path
+
+        import yaml
+
+        try:
+            Path(args.write_config).write_text(
+                yaml.safe_dump(rec.gate_config(), sort_keys=False), encoding="utf-8")
+        except OSError as e:
+            raise autotune.AutotuneError(
+                f"{args.write_config}: cannot write the config file ({e})") from None
+    # JSON first: tuples become lists, anything unusual a string, for YAML as well.
+    data = json.loads(json.dumps(rec.to_dict(), default=str))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.yaml:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        return 0
+    _print_recommendation(console, rec, data)
+    if args.write_config:
+        _say(console, f"wrote the configuration to {args.write_config} "
+                      f"(check it with `autotune gate {args.name} --config "
+                      f"{args.write_config}`)")
+    return 0
+
+
+def _print_recommendation(console: Any, rec: Any, data: dict[str, Any]) -> None:
+    import yaml
+
+    from autotune.objectives import METRICS
+
+    def say(text: str) -> None:
+        _say(console, text)
+
+    under = f" under {', '.join(rec.constraints)}" if rec.constraints else ""
+    say(f"recommended for {rec.study!r} ({rec.workload}, {rec.mode}): trial "
+        f"{rec.trial_number}, {rec.objective} {_fmt(rec.value)} ({rec.direction}){under}; "
+        f"best of {rec.candidates} qualifying trial(s)"
+        + (f", chosen by {rec.prefer} among trials {', '.join(map(str, rec.ties))}"
+           if rec.prefer else ""))
+    say("config: " + " ".join(f"{k}={_fmt(v)}" for k, v in rec.config.items()))
+    c = rec.confidence
+    for metric, value in rec.metrics.items():
+        if value is None:
+            continue
+        note = ""
+        if metric == "throughput_sps" and c.get("throughput_ci_sps"):
+            low, high = c["throughput_ci_sps"]
+            note = f"95 % CI {_fmt(low)} - {_fmt(high)}"
+        elif metric in ("power_w", "energy_per_sample_j") and \
+                c.get("energy_source") == "estimated":
+            note = "estimated from CPU time, not measured"
+        say(f"{metric:>22}  {_fmt(value):>12} {METRICS[metric].unit:<10} {note}".rstrip())
+    contention = "contended (another process used its cores)" if c.get("contended") \
+        else "not contended"
+    say(f"confidence: noise {c.get('noise') or '-'} (spread {_fmt(c.get('spread'))}), "
+        f"{contention}, energy {c.get('energy_source') or '-'}, stability "
+        f"{c.get('stability')}, {_fmt(c.get('steps_measured'))} steps measured, "
+        f"{_fmt(c.get('threads'))} thread(s)")
+    if rec.excluded_drifting:
+        say(f"not recommended (drifting): trial(s) "
+            f"{', '.join(map(str, rec.excluded_drifting))}")
+    say(f"launch config ({data['launch'].get('framework')}):")
+    for line in yaml.safe_dump(data["launch"], sort_keys=False).splitlines():
+        say(f"  {line}")
+    for warning in rec.warnings:
+        say(f"warning: {warning}")
+
+
+def _cmd_gate(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune._gate import gate, load_metrics_file
+
+    measured = load_metrics_file(args.metrics) if args.metrics else None
+    with autotune.load_study(args.name, storage=args.storage) as study:
+        result = gate(study, args.config, tolerance=args.tolerance,
+                      constraints=args.where or (), measured=measured)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return result.exit_code
+    def say(text: str) -> None:
+        _say(console, text)
+
+    how = f"read from {args.metrics}" if args.metrics else "measured"
+    say(f"gate {result.study!r} ({result.workload}, {result.mode}): {args.config} {how} | "
+        + " ".join(f"{k}={_fmt(v)}" for k, v in result.config.items()))
+    shown = list(dict.fromkeys([*result.objectives,
+                                *(c.split(" ")[0] for c in result.constraints)]))
+    if result.metrics:
+        ci = result.metrics.get("throughput_ci_sps")
+        parts = []
+        for m in shown:
+            text = f"{m} {_fmt(result.metrics.get(m))}"
+            if m == "throughput_sps" and ci:
+                text += f" (95 % CI {_fmt(ci[0])} - {_fmt(ci[1])})"
+            parts.append(text)
+        say("metrics: " + ", ".join(parts) + f"; noise {result.metrics.get('noise', '-')}"
+            + (", contended" if result.contended else ""))
+    for violation in result.violations:
+        say(f"violates {violation}")
+    for beat in result.beaten_by:
+        cells = []
+        for o, margin in beat.margins.items():
+            pct = "+inf" if math.isinf(margin) else f"{margin * 100:+.1f}"
+            cells.append(f"{o} {_fmt(beat.values[o])} vs {_fmt(result.values[o])} ({pct} %)")
+        say(f"beaten by trial {beat.trial_number} ("
+            + " ".join(f"{k}={_fmt(v)}" for k, v in beat.config.items()) + "): "
+            + ", ".join(cells))
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"{result.summary_line()} (exit {result.exit_code})")
+    return result.exit_code
+
+
+_COMMANDS["recommend"] = _cmd_recommend
+_COMMANDS["gate"] = _cmd_gate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autotune`` console script. Returns the exit code."""
     parser = build_parser()
@@ -630,7 +1180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if args.command == "study" and args.action is None:
-        parser.error("study needs an action: create, run, list, show or delete")
+        parser.error("study needs an action: create, run, list, show, delete, export or "
+                     "import")
     from rich.console import Console
 
     # Logs and pipes get a wide console so tables and trial lines do not wrap mid-word.

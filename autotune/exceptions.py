@@ -11,6 +11,9 @@ Every error autotune raises on purpose derives from :class:`AutotuneError`, so a
     │   ├── StudyExistsError
     │   └── SpaceMismatchError                    run with a space that differs from the stored one
     ├── WorkloadError         (also ValueError)   unknown or malformed workload
+    ├── RecommendError        (also ValueError)   recommend: bad objective/condition, no
+    │                                             measured trial, nothing feasible
+    ├── GateError             (also ValueError)   gate: config file invalid or for another study
     └── TrialError                                raised inside a worker, recorded as trial data
         ├── UnsupportedConfigError                combination the backend/device cannot run
         ├── OutOfMemoryError  (also MemoryError)  the device ran out of memory
@@ -83,3 +86,24 @@ class NonFiniteLossError(TrialError):
     """Training produced a NaN or infinite loss."""
 
     failure_kind = "nan_loss"
+
+
+class RecommendError(AutotuneError, ValueError):
+    """``recommend`` cannot answer: an unknown metric, an unparsable condition, a study
+    without a measured trial, or no trial that satisfies the constraints.
+
+    When nothing satisfies the constraints, ``binding`` is the constraint that binds (as
+    text, e.g. ``"latency_p95_ms <= 20"``) and ``nearest`` the closest trials as
+    ``(trial number, value of the binding metric)`` pairs; both are empty otherwise.
+    """
+
+    def __init__(self, message: str, *, binding: str | None = None,
+                 nearest: tuple[tuple[int, float | None], ...] = ()) -> None:
+        super().__init__(message)
+        self.binding = binding
+        self.nearest = nearest
+
+
+class GateError(AutotuneError, ValueError):
+    """``gate`` cannot judge: the configuration file is invalid (unknown knob, bad value)
+    or describes another workload or mode than the study's."""

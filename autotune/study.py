@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 import warnings
@@ -24,14 +25,14 @@ from autotune.exceptions import (
 )
 from autotune.launch import Launcher, WarmLauncher, WorkerOutcome
 from autotune.objectives import worst_value
-from autotune.pareto import pareto_front
+from autotune.pareto import FrontSnapshot, hypervolume, pareto_front, reference_point
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
 from autotune.profiling.power import rated_cpu_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
 from autotune.space import SearchSpace, check_measurable, load_space, parse_space
 from autotune.storage import AutotuneStorage
-from autotune.storage._models import MeasurementRow, RecheckRow, StudyRow
+from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow, StudyRow
 
 _logger = logging.getLogger(__name__)
 
@@ -379,6 +380,27 @@ class Study:
             for n in keys
         ]
 
+    def front_history(self) -> list[FrontSnapshot]:
+        """The front after every completed trial, in completion order, with hypervolumes.
+
+        Empty for a study whose trials ran before autotune kept this history (schema v1).
+        """
+        return [FrontSnapshot(trial_number=r.trial_number, front=json.loads(r.front_json),
+                              hypervolume=r.hypervolume,
+                              reference=json.loads(r.reference_json),
+                              energy_sources=json.loads(r.energy_sources_json),
+                              created_at=r.created_at)
+                for r in self.storage.front_snapshots(self._row.id)]
+
+    def hypervolume(self) -> float | None:
+        """The current front's hypervolume (see :func:`autotune.pareto.reference_point`).
+
+        ``None`` before the first completed trial, when no history was kept, or when the
+        volume is undefined (an infinite value on the front).
+        """
+        row = self.storage.latest_front_snapshot(self._row.id)
+        return row.hypervolume if row is not None else None
+
     def summary(self) -> dict[str, Any]:
         """Name, workload, counts by state, front size and the best value per objective."""
         trials = self.trials()
@@ -494,17 +516,36 @@ class _Recorder:
             if kind == "crash" and _RETRY_ATTR not in trial.user_attrs:
                 self.ostudy.enqueue_trial(trial.params, user_attrs={_RETRY_ATTR: trial.number})
         if values is not None:
-            self._update_front()
+            self._update_front(trial.number)
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),
                            metrics=summary, values=values, feasible=feasible,
                            failure_kind=kind, reason=reason, wall_s=outcome.wall_s)
 
-    def _update_front(self) -> None:
+    def _update_front(self, trial_number: int) -> None:
+        """Store the front after a completed trial, with a snapshot for its history.
+
+        The hypervolume is of the whole front, from the physical worst cases of
+        :func:`reference_point` (the values infeasible trials get, so they add nothing).
+        With an energy objective the front may hold points of several energy sources
+        (compared only within their source); the volume then spans all of them, which
+        still only grows as trials complete, and the snapshot lists the sources so a
+        reader knows the energy figures it combines are not comparable.
+        """
         front = self.study.pareto_front()
-        self.study.storage.replace_front(
-            self.study._row.id,
-            [(p.trial_number, [p.values[o] for o in self.study.space.objective_names])
-             for p in front])
+        names = self.study.space.objective_names
+        points = [(p.trial_number, [p.values[o] for o in names]) for p in front]
+        reference = reference_point(names, **self._worst)
+        volume = hypervolume([v for _, v in points], self.study.space.directions, reference)
+        snapshot = FrontSnapshotRow(
+            study_id=self.study._row.id, trial_number=trial_number,
+            front_json=json.dumps([n for n, _ in points]),
+            # infinite: a front value is infinitely good; the volume is undefined (None)
+            hypervolume=volume if math.isfinite(volume) else None,
+            reference_json=json.dumps(dict(zip(names, reference, strict=True))),
+            energy_sources_json=json.dumps(
+                sorted({p.energy_source for p in front if p.energy_source})),
+        )
+        self.study.storage.replace_front(self.study._row.id, points, snapshot=snapshot)
 
 
 def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:

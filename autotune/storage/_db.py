@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, inspect, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -17,6 +26,7 @@ from sqlalchemy.pool import NullPool
 from autotune.exceptions import StorageError
 from autotune.storage._models import (
     Base,
+    FrontSnapshotRow,
     MachineRow,
     MeasurementRow,
     ParetoPointRow,
@@ -26,8 +36,25 @@ from autotune.storage._models import (
 )
 from autotune.storage._url import check_sqlite_writable, resolve_storage_url, sqlite_path
 
-#: Version of the autotune_* tables. Bump it with every change and add the upgrade step.
-SCHEMA_VERSION = 1
+_logger = logging.getLogger(__name__)
+
+#: Version of the autotune_* tables. Bump it with every change and add the upgrade step
+#: from the previous version to :data:`UPGRADES`.
+SCHEMA_VERSION = 2
+
+
+def _upgrade_1_to_2(conn: Connection) -> None:
+    """v2 adds ``autotune_front_snapshots`` (the front's history and hypervolume)."""
+    # The table as the v2 model defines it. Should a later version change this table, pin
+    # its v2 definition here and let that version's own step alter it.
+    Base.metadata.tables[FrontSnapshotRow.__tablename__].create(conn, checkfirst=True)
+
+
+#: Upgrade steps: ``UPGRADES[v]`` takes a database from schema version ``v`` to ``v + 1``.
+#: They run in order in one transaction that also sets the version row. Write them to be
+#: idempotent: SQLite's driver runs DDL outside that transaction, so a step interrupted
+#: there leaves its tables but not the new version, and the next write runs it again.
+UPGRADES: Mapping[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2}
 
 
 def _one_line(error: BaseException) -> str:
@@ -85,25 +112,50 @@ class AutotuneStorage:
                 engine.dispose()
 
     def prepare_for_writing(self) -> None:
-        """Check the location, create missing tables and check the schema version."""
+        """Check the location and the schema version, upgrade an older schema to
+        :data:`SCHEMA_VERSION` and create missing tables.
+
+        A schema newer than this code is refused before anything is written.
+        """
         check_sqlite_writable(self.url, create_parent=True)
         _ = self.optuna
         with self._errors():
             tables = set(inspect(self.engine).get_table_names())
-            if "autotune_schema" in tables:
-                self._check_version()
-            Base.metadata.create_all(self.engine)
+            version = self._check_version() if "autotune_schema" in tables else None
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                if version is not None and version < SCHEMA_VERSION:
+                    self._upgrade(s.connection(), version)
+                Base.metadata.create_all(s.connection())
                 if s.scalar(select(SchemaVersionRow)) is None:
                     s.add(SchemaVersionRow(id=1, version=SCHEMA_VERSION))
 
+    def _upgrade(self, conn: Connection, version: int) -> None:
+        """Run the upgrade steps from ``version`` to :data:`SCHEMA_VERSION` on ``conn``."""
+        start = version
+        while version < SCHEMA_VERSION:
+            step = UPGRADES.get(version)
+            if step is None:  # a bug of ours, not of the database: say which step is missing
+                raise StorageError(
+                    f"storage {self.url!r} has autotune schema version {version} and this "
+                    f"autotune has no upgrade from it to {SCHEMA_VERSION}")
+            step(conn)
+            version += 1
+            conn.execute(update(SchemaVersionRow).values(version=version))
+        _logger.info("upgraded the autotune schema of %s from version %d to %d",
+                     self.url, start, version)
+
     def check_readable(self) -> None:
-        """Refuse a database whose autotune schema is newer than this code."""
+        """Refuse a database whose autotune schema is newer than this code.
+
+        An older schema is readable as it is (what it lacks reads as empty, e.g. no front
+        history); it is upgraded by the first command that writes.
+        """
         with self._errors():
             if "autotune_schema" in inspect(self.engine).get_table_names():
                 self._check_version()
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
+        """The stored schema version; :class:`StorageError` if it is newer than this code."""
         with Session(self.engine, expire_on_commit=False) as s:
             row = s.scalar(select(SchemaVersionRow))
         version = row.version if row else SCHEMA_VERSION
@@ -111,6 +163,7 @@ class AutotuneStorage:
             raise StorageError(
                 f"storage {self.url!r} has autotune schema version {version}, newer than this "
                 f"autotune understands ({SCHEMA_VERSION}); upgrade autotune")
+        return version
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -157,8 +210,11 @@ class AutotuneStorage:
         """Delete a study's autotune rows in one transaction."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.execute(delete(ParetoPointRow).where(ParetoPointRow.study_id == study_id))
-            if "autotune_rechecks" in inspect(s.connection()).get_table_names():
+            tables = inspect(s.connection()).get_table_names()
+            if "autotune_rechecks" in tables:
                 s.execute(delete(RecheckRow).where(RecheckRow.study_id == study_id))
+            if "autotune_front_snapshots" in tables:  # absent in a schema v1 database
+                s.execute(delete(FrontSnapshotRow).where(FrontSnapshotRow.study_id == study_id))
             s.execute(delete(MeasurementRow).where(MeasurementRow.study_id == study_id))
             s.execute(delete(StudyRow).where(StudyRow.id == study_id))
 
@@ -202,14 +258,21 @@ class AutotuneStorage:
                 s.expunge(row)
             return rows
 
-    def replace_front(self, study_id: int, points: Sequence[tuple[int, list[float]]]) -> None:
-        """Make ``points`` (trial number, objective values) the study's current front."""
+    def replace_front(self, study_id: int, points: Sequence[tuple[int, list[float]]], *,
+                      snapshot: FrontSnapshotRow | None = None) -> None:
+        """Make ``points`` (trial number, objective values) the study's current front.
+
+        ``snapshot``: the same front for the history, written in the same transaction, so
+        the current front and its latest snapshot never disagree.
+        """
         now = datetime.now(UTC).replace(tzinfo=None)
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.execute(delete(ParetoPointRow).where(ParetoPointRow.study_id == study_id))
             s.add_all(ParetoPointRow(study_id=study_id, trial_number=n,
                                      values_json=json.dumps(v), updated_at=now)
                       for n, v in points)
+            if snapshot is not None:
+                s.add(snapshot)
 
     def front_trial_numbers(self, study_id: int) -> list[int]:
         """Trial numbers on the stored front."""
@@ -217,6 +280,40 @@ class AutotuneStorage:
             return list(s.scalars(select(ParetoPointRow.trial_number)
                                   .where(ParetoPointRow.study_id == study_id)
                                   .order_by(ParetoPointRow.trial_number)))
+
+    # -- front history (schema v2) ---------------------------------------------------------
+
+    def add_front_snapshot(self, row: FrontSnapshotRow) -> None:
+        """Store one snapshot of a study's front (see also ``replace_front(snapshot=)``)."""
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+            s.add(row)
+
+    def front_snapshots(self, study_id: int) -> list[FrontSnapshotRow]:
+        """A study's front snapshots, oldest first (none in a schema v1 database)."""
+        return self._snapshots(study_id, last_only=False)
+
+    def latest_front_snapshot(self, study_id: int) -> FrontSnapshotRow | None:
+        """A study's most recent front snapshot, if any."""
+        rows = self._snapshots(study_id, last_only=True)
+        return rows[0] if rows else None
+
+    def _snapshots(self, study_id: int, *, last_only: bool) -> list[FrontSnapshotRow]:
+        with self._errors():
+            # A v1 database is read without upgrading it: no table means no history yet.
+            if "autotune_front_snapshots" not in inspect(self.engine).get_table_names():
+                return []
+            # By id, i.e. in the order trials completed (trial numbers are given at ask()
+            # time, so with several workers a later number can complete first).
+            query = select(FrontSnapshotRow).where(FrontSnapshotRow.study_id == study_id)
+            if last_only:
+                query = query.order_by(FrontSnapshotRow.id.desc()).limit(1)
+            else:
+                query = query.order_by(FrontSnapshotRow.id)
+            with Session(self.engine, expire_on_commit=False) as s:
+                rows = list(s.scalars(query))
+                for row in rows:
+                    s.expunge(row)
+                return rows
 
     # -- drift rechecks --------------------------------------------------------------------
 
@@ -247,3 +344,87 @@ class AutotuneStorage:
             if row is not None:
                 s.expunge(row)
             return row
+
+    # -- export / import (autotune.transfer) -------------------------------------------------
+
+    def machine_rows(self, machine_ids: Collection[int]) -> list[MachineRow]:
+        """The machine rows with these ids, by id."""
+        if not machine_ids:
+            return []
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
+            rows = list(s.scalars(select(MachineRow).where(MachineRow.id.in_(machine_ids))
+                                  .order_by(MachineRow.id)))
+            for row in rows:
+                s.expunge(row)
+            return rows
+
+    def front_rows(self, study_id: int) -> list[ParetoPointRow]:
+        """The stored front of a study (trial numbers with their values), by trial number."""
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
+            rows = list(s.scalars(select(ParetoPointRow)
+                                  .where(ParetoPointRow.study_id == study_id)
+                                  .order_by(ParetoPointRow.trial_number, ParetoPointRow.id)))
+            for row in rows:
+                s.expunge(row)
+            return rows
+
+    def has_table(self, table: str) -> bool:
+        """Whether the database has ``table`` (False when there is no database yet)."""
+        if not self.exists:
+            return False
+        with self._errors():
+            return table in inspect(self.engine).get_table_names()
+
+    def study_table_rows(self, table: str, study_id: int) -> list[dict[str, Any]]:
+        """A study's rows of the autotune table ``table`` (keyed by ``study_id``), as
+        column -> value without the primary key and ``study_id``, in primary-key order
+        (insertion order). Empty when the database predates the table."""
+        model = Base.metadata.tables[table]
+        with self._errors():
+            if not self.has_table(table):
+                return []
+            skip = {c.name for c in model.primary_key.columns} | {"study_id"}
+            query = select(model).where(model.c.study_id == study_id) \
+                .order_by(*model.primary_key.columns)
+            with self.engine.connect() as conn:
+                return [{k: v for k, v in row.items() if k not in skip}
+                        for row in conn.execute(query).mappings()]
+
+    def import_study_records(
+            self, study: StudyRow, *, machines: Sequence[MachineRow],
+            measurements: Sequence[tuple[MeasurementRow, str]],
+            rechecks: Sequence[RecheckRow], front: Sequence[ParetoPointRow],
+            extra: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+        """Insert a study with all its records in one transaction: all of it or nothing.
+
+        ``machines`` are inserted unless a machine with the same fingerprint hash exists;
+        each measurement comes with its machine's fingerprint hash. ``study_id`` (and
+        ``machine_id``) of the records are set here. ``extra``: rows of other autotune
+        tables keyed by ``study_id``, by table name, as column -> value (as
+        :meth:`study_table_rows` reads them). Returns the new study's id.
+        """
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+            machine_ids: dict[str, int] = {}
+            for machine in machines:
+                found = s.scalar(select(MachineRow.id).where(
+                    MachineRow.fingerprint_hash == machine.fingerprint_hash))
+                if found is None:
+                    s.add(machine)
+                    s.flush()
+                    found = machine.id
+                machine_ids[machine.fingerprint_hash] = found
+            s.add(study)
+            s.flush()
+            for row, machine_hash in measurements:
+                row.study_id, row.machine_id = study.id, machine_ids[machine_hash]
+            for recheck in rechecks:
+                recheck.study_id = study.id
+            for point in front:
+                point.study_id = study.id
+            s.add_all([row for row, _ in measurements])
+            s.add_all([*rechecks, *front])
+            for table, rows in extra.items():
+                if rows:
+                    s.execute(Base.metadata.tables[table].insert(),
+                              [{**row, "study_id": study.id} for row in rows])
+            return study.id

@@ -116,3 +116,26 @@ class RecheckRow(Base):
     metrics_json: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class FrontSnapshotRow(Base):
+    """The Pareto front right after one completed trial, and its hypervolume (schema v2).
+
+    One row per completed trial, never updated: the history of the front. ``front_json``
+    lists the trial numbers on the front; ``reference_json`` maps each objective to the
+    reference value the hypervolume was measured from (fixed physical worst cases, see
+    :func:`autotune.pareto.reference_point`), so every stored number says what it means.
+    """
+
+    __tablename__ = "autotune_front_snapshots"
+    __table_args__ = (Index("ix_autotune_front_snapshots_study", "study_id", "trial_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("autotune_studies.id", ondelete="CASCADE"))
+    trial_number: Mapped[int] = mapped_column(Integer)  # the trial after which
+    front_json: Mapped[str] = mapped_column(Text)  # [trial number, ...]
+    # None when undefined (an infinite value on the front makes the volume unbounded).
+    hypervolume: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reference_json: Mapped[str] = mapped_column(Text)  # {objective: reference value}
+    energy_sources_json: Mapped[str] = mapped_column(Text, default="[]")  # on the front
+    created_at: Mapped[datetime] = mapped_column(default=_now)
