@@ -10,8 +10,11 @@ budget, seed and execution rules) or reads metrics measured before, then judges 
   table everywhere at once;
 * ``inconclusive`` when it would fail only on timings (throughput, latency, energy)
   measured while another process used its cores: contention makes a configuration look
-  slower than it is, so the verdict says so instead of blocking a release on it;
-* ``unmeasurable`` when it cannot run (out of memory, unsupported, crash, timeout);
+  slower than it is, so the verdict says so instead of blocking a release on it; also
+  when no front configuration is comparable (none yet, or none with the same energy
+  source): a gate with nothing to compare with must not pass a slow configuration;
+* ``unmeasurable`` when it cannot run (out of memory, unsupported, crash, timeout) or a
+  metric a condition needs was not measured;
 * ``pass`` otherwise.
 
 Each verdict has its exit code (:data:`EXIT_CODES`), documented for CI in ``autotune gate
@@ -149,6 +152,9 @@ class GateResult:
                        f"by more than {pct} ({_margins(top)})")
         if self.verdict == "fail":
             return "FAIL: " + "; ".join(why)
+        if self.verdict == "inconclusive" and not why:
+            return ("INCONCLUSIVE: no front configuration to compare with (no feasible "
+                    "trial yet, or none with the same energy source)")
         if self.verdict == "inconclusive":
             return ("INCONCLUSIVE: would fail (" + "; ".join(why) + ") but only on timings "
                     "measured while another process used the configuration's cores; "
@@ -348,6 +354,15 @@ def gate(study: Study, config: Mapping[str, Any] | str | Path, *,
             notes=tuple(notes))
     values = {o: float(metrics[o]) for o in study.space.objective_names}
 
+    unmeasured = [c for c in applied if _num(metrics.get(c.metric)) is None]
+    if unmeasured:
+        reasons = metrics.get("missing") or {}
+        return GateResult(
+            **base, verdict="unmeasurable", metrics=_headline(metrics), source=source,
+            failure_kind="missing_metric",
+            reason="; ".join(f"{c.metric} (for {c}): {reasons.get(c.metric, 'not measured')}"
+                             for c in unmeasured),
+            notes=tuple(notes))
     violations = []
     for c in applied:
         value = _num(metrics.get(c.metric))
@@ -371,7 +386,10 @@ def gate(study: Study, config: Mapping[str, Any] | str | Path, *,
                      f"(foreign CPU {_num(metrics.get('foreign_cpu_fraction')) or 0:.0%}): "
                      "its timings are pessimistic")
 
-    if not violations and not beaten:
+    if not violations and not beats:
+        # Nothing to compare with is not a pass: a slow configuration would sail through.
+        verdict = "inconclusive"
+    elif not violations and not beaten:
         verdict = "pass"
     else:
         # Contention only makes timings worse: a failure that timings alone explain is not
@@ -432,7 +450,13 @@ def _read_metrics(measured: Mapping[str, Any], config: TrialConfig) -> dict[str,
             if key in measured and measured[key] != getattr(config, key):
                 raise GateError(f"the metrics were measured for {key} {measured[key]!r}, the "
                                 f"config says {getattr(config, key)!r}")
-        theirs = measured.get("knobs") or {}
+        theirs = dict(measured.get("knobs") or {})
+        if "config" not in measured:
+            # plain `autotune measure --json` lists only the flags given; the others took
+            # the defaults, and a config that differs from those is another configuration
+            from autotune.space import KNOB_DEFAULTS
+
+            theirs = {**KNOB_DEFAULTS, **theirs}
         for name, value in theirs.items():
             ours = getattr(config, name, None)
             if name == "execution":

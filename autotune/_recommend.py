@@ -355,8 +355,9 @@ def _preference_key(trial: TrialResult, config: TrialConfig,
 
 
 def _violation(c: Constraint, trial: TrialResult) -> float:
-    """Relative violation (<= 0: satisfied; inf: metric not measured)."""
-    return c.violation(_num(trial.metrics.get(c.metric)))
+    """Relative violation (<= 0: satisfied; inf: metric not measured): the gap over the
+    bound, so milliseconds, samples/s and MB can be compared and added."""
+    return c.violation(_num(trial.metrics.get(c.metric))) / max(abs(c.bound), 1e-12)
 
 
 def _no_feasible(study: Study, measured: Sequence[TrialResult],

@@ -28,7 +28,7 @@ from autotune.objectives import worst_value
 from autotune.pareto import FrontSnapshot, hypervolume, pareto_front, reference_point
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
-from autotune.profiling.power import rated_cpu_power_w
+from autotune.profiling.power import rated_device_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
 from autotune.space import SearchSpace, check_measurable, load_space, parse_space
 from autotune.storage import AutotuneStorage
@@ -448,9 +448,14 @@ class _Recorder:
         self.ostudy = ostudy
         self.machine_id = machine_id
         budget = study.space.budget
+        device = study.space.param("device")
+        devices = [str(d) for d in device.choices] if device is not None and \
+            device.choices else ["cpu"]
         self._worst = {
             "trial_seconds": budget.trial_seconds,
-            "rated_power_w": rated_cpu_power_w(),
+            # the most any device of the space can draw: a GPU's reading must not be
+            # "worse" than the reference, or its trials would add no hypervolume
+            "rated_power_w": max(rated_device_power_w(d) for d in devices),
             "memory_total_mb": float(fingerprint["memory_total_mb"]),
         }
 

@@ -150,8 +150,11 @@ def test_front_points_violating_extra_conditions_do_not_count(study: autotune.St
     config = {**POOR, "learning_rate": 3e-3}  # accuracy 0.88, p95 ~1.4 ms
     assert gate(study, config, launcher=fake_launcher()).verdict == "fail"
     result = gate(study, config, constraints=["latency_p95_ms<=3"], launcher=fake_launcher())
-    assert result.verdict == "pass" and result.closest is None
+    # nothing left to compare with is not a pass (a slow configuration would sail through)
+    assert result.verdict == "inconclusive" and result.closest is None
+    assert result.exit_code == 4
     assert any("no front configuration to compare with" in n for n in result.notes)
+    assert result.summary_line().startswith("INCONCLUSIVE: no front configuration")
 
 
 def test_drifting_front_points_are_replaced_by_steady_ones(study: autotune.Study) -> None:
@@ -538,3 +541,23 @@ def test_real_torch_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == EXIT_CODES[data["verdict"]]
     assert data["source"] == "measured" and data["metrics"]["throughput_sps"] > 0
     assert data["metrics"]["steps_measured"] >= 10
+
+
+def test_plain_measure_output_counts_unlisted_knobs_as_defaults(study: autotune.Study) -> None:
+    """`autotune measure --json` lists only the flags given: a knob it leaves out was the
+    default, so metrics measured that way cannot stand for another value of it."""
+    from autotune.space import KNOB_DEFAULTS
+
+    metrics = study.trials()[0].metrics
+    knobs = {k: v for k, v in TRIALS[0].items() if k != "batch_size"}
+    assert TRIALS[0]["batch_size"] != KNOB_DEFAULTS["batch_size"]
+    with pytest.raises(GateError, match="measured with batch_size="):
+        gate(study, BEST, measured={"workload": "mlp", "mode": "train", "knobs": knobs,
+                                    "metrics": metrics})
+
+
+def test_a_condition_on_an_unmeasured_metric_is_unmeasurable(study: autotune.Study) -> None:
+    metrics = {k: v for k, v in study.trials()[0].metrics.items() if k != "accuracy"}
+    result = gate(study, BEST, measured=metrics)
+    assert result.verdict == "unmeasurable" and result.exit_code == 3
+    assert "accuracy" in result.reason

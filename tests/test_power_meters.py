@@ -524,3 +524,34 @@ def test_combine_keeps_each_reason_once() -> None:
     assert (joined.model, joined.fallback_reason) == ("m", "counter unsupported")
     # Constructors written before fallback_reason existed still work.
     assert EnergyReading(None, "none", 0.0, 0).fallback_reason == ""
+
+
+# -- rated power per device (the hypervolume reference and infeasible trials' power) -------
+
+
+def test_rated_power_of_a_cuda_device_is_its_enforced_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from autotune.profiling.power import rated_device_power_w
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: ("gpu", i),
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 350_000)  # milliwatts
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert rated_device_power_w("cuda:0") == pytest.approx(350.0)
+
+
+def test_rated_power_defaults_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autotune.profiling.power import (
+        DEFAULT_ACCELERATOR_WATTS,
+        rated_cpu_power_w,
+        rated_device_power_w,
+        watts_per_core,
+    )
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert rated_device_power_w("cuda:1") == DEFAULT_ACCELERATOR_WATTS["cuda"]
+    assert rated_device_power_w("npu:0") == DEFAULT_ACCELERATOR_WATTS["npu"]
+    assert rated_device_power_w("cpu") == rated_cpu_power_w() == \
+        len(os.sched_getaffinity(0)) * watts_per_core()

@@ -109,8 +109,37 @@ def watts_per_core() -> float:
 
 
 def rated_cpu_power_w() -> float:
-    """The whole CPU's assumed power: every logical core busy at :func:`watts_per_core`."""
-    return (os.cpu_count() or 1) * watts_per_core()
+    """The CPU power a worker can draw: every core it may run on busy at
+    :func:`watts_per_core` (affinity, not the machine's count: a container's share)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores * watts_per_core()
+
+
+#: Board power assumed for an accelerator whose limit cannot be read: the top of each
+#: family's range (H100 SXM 700 W, Ascend 910B about 400 W, a TPU v4 chip about 300 W), so
+#: a real reading is never worse than the reference a hypervolume is measured against.
+DEFAULT_ACCELERATOR_WATTS = {"cuda": 700.0, "npu": 400.0, "tpu": 300.0}
+
+
+def rated_device_power_w(device: str) -> float:
+    """The most power a trial on ``device`` can report: the CPU's rated power, an NVIDIA
+    GPU's enforced power limit (NVML, when readable), else the family's default."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return rated_cpu_power_w()
+    if kind == "cuda":
+        try:
+            import pynvml  # type: ignore[import-not-found,unused-ignore]
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(index or 0))
+            return float(pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)) / 1000.0
+        except Exception:  # no pynvml, no driver, no such GPU: the documented default
+            pass
+    return DEFAULT_ACCELERATOR_WATTS.get(kind, rated_cpu_power_w())
 
 
 class EstimatedCpuMeter(PowerMeter):

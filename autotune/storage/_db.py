@@ -124,6 +124,11 @@ class AutotuneStorage:
             version = self._check_version() if "autotune_schema" in tables else None
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
                 if version is not None and version < SCHEMA_VERSION:
+                    # Two writers starting together: the second waits on this row lock
+                    # (PostgreSQL; SQLite serialises writers anyway) and finds it done.
+                    row = s.scalar(select(SchemaVersionRow).with_for_update())
+                    version = row.version if row is not None else version
+                if version is not None and version < SCHEMA_VERSION:
                     self._upgrade(s.connection(), version)
                 Base.metadata.create_all(s.connection())
                 if s.scalar(select(SchemaVersionRow)) is None:
