@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _cases import Case  # benchmarks/ is on sys.path when run as a script
+
 #: The band a single ratio should fall in, and the band the median ratio should fall in.
 PAIR_BAND = (0.97, 1.03)
 MEDIAN_BAND = (0.98, 1.02)
@@ -82,33 +84,6 @@ PAIR_SHARE_TARGET = 0.90
 #: counts as contended in this benchmark's diagnosis (autotune's own flag uses 10 % and a
 #: tick tolerance; this stricter figure also catches the peer's short rounds).
 CONTENDED_FRACTION = 0.05
-
-
-@dataclass(frozen=True)
-class Case:
-    """One configuration: what a trial would be given as knobs."""
-
-    mode: str
-    precision: str
-    batch_size: int
-    threads: int
-    workload: str = "mlp"
-
-    @classmethod
-    def parse(cls, text: str) -> Case:
-        """``mode:precision:batch:threads[:workload]``, e.g. ``infer:bf16:1024:2``."""
-        parts = text.split(":")
-        if len(parts) not in (4, 5) or parts[0] not in ("train", "infer"):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected mode:precision:batch:threads[:workload]")
-        workload = parts[4] if len(parts) == 5 else "mlp"
-        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), workload)
-
-    @property
-    def label(self) -> str:
-        """Short name used in the table."""
-        return (f"{self.workload} {self.mode} {self.precision} b{self.batch_size} "
-                f"t{self.threads}")
 
 
 #: Batch sizes 8..1024, fp32 and bf16 (and int8), 1 and 2 threads, train and infer.

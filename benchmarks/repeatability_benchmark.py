@@ -24,41 +24,16 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from _cases import Case  # benchmarks/ is on sys.path when run as a script
 
 import autotune
 
 #: The issue's target for the coefficient of variation of throughput.
 CV_TARGET = 0.03
-
-
-@dataclass(frozen=True)
-class Case:
-    """One configuration, as knobs for ``autotune.measure``."""
-
-    mode: str
-    precision: str
-    batch_size: int
-    threads: int
-    workload: str = "mlp"
-
-    @classmethod
-    def parse(cls, text: str) -> Case:
-        """``mode:precision:batch:threads[:workload]``, e.g. ``train:fp32:128:2``."""
-        parts = text.split(":")
-        if len(parts) not in (4, 5) or parts[0] not in ("train", "infer"):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected mode:precision:batch:threads[:workload]")
-        workload = parts[4] if len(parts) == 5 else "mlp"
-        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), workload)
-
-    @property
-    def label(self) -> str:
-        """Short name used in the table."""
-        return (f"{self.workload} {self.mode} {self.precision} b{self.batch_size} "
-                f"t{self.threads}")
 
 
 #: Precisions every x86 CPU supports in autotune (bf16 is refused without native bf16).
