@@ -26,6 +26,7 @@ examples:
   autotune study run quick --n-trials 12
   autotune study show quick            # the Pareto front as a table
   autotune study show quick --json     # the same, for scripts
+  autotune study report quick          # every view in one HTML file (opens offline)
   autotune study list
   autotune study delete quick --yes
   autotune devices                     # backends, devices, install commands
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _add_verify_parser(commands)
     _add_transfer_parsers(sub)
+    _add_report_parser(sub)
     _add_recommend_gate_parsers(commands)
     return parser
 
@@ -896,6 +898,47 @@ _COMMANDS["export"] = _cmd_export
 _COMMANDS["import"] = _cmd_import
 
 
+# -- study report (autotune.dashboard) ----------------------------------------------------------
+
+
+def _add_report_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="write a study's dashboard views to one HTML file",
+        description="Write one self-contained HTML file: a header (workload, objectives, "
+                    "constraints, trial counts, best values, hypervolume), the Pareto "
+                    "front as a table and a scatter, knobs against objectives, the "
+                    "hypervolume history, parameter importances and each front trial's "
+                    "step times. plotly.js is embedded, so the file opens offline. Needs "
+                    "the dashboard extra: pip install 'autotune[dashboard]'.",
+        epilog="examples:\n"
+               "  autotune study report quick            # writes quick-report.html\n"
+               "  autotune study report quick -o /tmp/quick.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="study name")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write to FILE (default: NAME-report.html in this directory)")
+    _common(p, json_flag=False)
+
+
+def _cmd_report(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune.exceptions import AutotuneError
+
+    with autotune.load_study(args.name, storage=args.storage) as study:
+        try:
+            from autotune.dashboard.report import write_report
+        except ImportError as e:  # plotly is an extra: say how to get it, in one line
+            raise AutotuneError(str(e)) from e
+        # A study name may hold '/' or other characters a file name cannot.
+        default = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.name)
+        path = write_report(study, args.output or f"{default}-report.html")
+    print(path)
+    return 0
+
+
+_COMMANDS["report"] = _cmd_report
+
+
 # -- recommend / gate (autotune._recommend, autotune._gate) -----------------------------------
 
 _GATE_EPILOG = """\
@@ -1181,8 +1224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if args.command == "study" and args.action is None:
-        parser.error("study needs an action: create, run, list, show, delete, export or "
-                     "import")
+        parser.error("study needs an action: create, run, list, show, delete, export, "
+                     "import or report")
     from rich.console import Console
 
     # Logs and pipes get a wide console so tables and trial lines do not wrap mid-word.

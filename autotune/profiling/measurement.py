@@ -61,6 +61,8 @@ class Measurement:
     worker: dict[str, Any] = field(default_factory=dict)
     #: foreign CPU load seen during the window (see :mod:`autotune.profiling.contention`)
     contention: dict[str, Any] = field(default_factory=dict)
+    #: the warm-up's step times (never counted; kept to show where warm-up ended)
+    warmup_step_times_s: tuple[float, ...] = ()
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -102,6 +104,7 @@ class Measurement:
             environment=dict(raw.get("environment", {})),
             worker=dict(raw.get("worker", {})),
             contention=dict(raw.get("contention") or {}),
+            warmup_step_times_s=tuple(raw.get("warmup_step_times_s", ())),
         )
 
     # -- derived ---------------------------------------------------------------------------
