@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transfer_parsers(sub)
     _add_report_parser(sub)
     _add_recommend_gate_parsers(commands)
+    _add_dashboard_parser(commands)
     return parser
 
 
@@ -1214,6 +1215,59 @@ def _cmd_gate(args: argparse.Namespace, console: Any) -> int:
 
 _COMMANDS["recommend"] = _cmd_recommend
 _COMMANDS["gate"] = _cmd_gate
+
+
+# -- dashboard (autotune.dashboard.app) -----------------------------------------------------
+
+
+def _add_dashboard_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "dashboard", help="serve a read-only web dashboard of the studies",
+        description="Serve a read-only web dashboard of every study in the storage: the "
+                    "study list, each study's Pareto front (pick the axes), knobs against "
+                    "objectives, hypervolume history, importances, recommendation and "
+                    "trials. Pages reload by themselves when a running study adds a "
+                    "trial. Nothing is written to the storage. Serves until Ctrl-C. Needs "
+                    "the dashboard extra: pip install 'autotune[dashboard]'.",
+        epilog="examples:\n"
+               "  autotune dashboard\n"
+               "  autotune dashboard --storage sqlite:///studies.db --port 9000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
+    _common(p, json_flag=False)
+    p.set_defaults(action="dashboard")
+
+
+def _cmd_dashboard(args: argparse.Namespace, console: Any) -> int:
+    from autotune.exceptions import AutotuneError
+
+    try:
+        import plotly  # noqa: F401 (the dashboard extra)
+
+        from autotune.dashboard.app import make_dashboard_server
+    except ImportError as e:  # plotly is an extra: say how to get it, in one line
+        raise AutotuneError(f"{e}; install it with: pip install 'autotune[dashboard]'") from e
+    try:
+        server = make_dashboard_server(args.storage, args.host, args.port)
+    except OSError as e:
+        raise AutotuneError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    import logging
+
+    # A page that fails shows one line; its traceback goes to this terminal.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("autotune.dashboard").addHandler(handler)
+    try:
+        print(f"autotune dashboard: http://{args.host}:{server.server_port}/", flush=True)
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+_COMMANDS["dashboard"] = _cmd_dashboard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
