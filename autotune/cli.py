@@ -1262,6 +1262,8 @@ def _cmd_dashboard(args: argparse.Namespace, console: Any) -> int:
     try:
         print(f"autotune dashboard: http://{args.host}:{server.server_port}/", flush=True)
         server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a dashboard is meant to end
+        print("autotune dashboard: stopped", file=sys.stderr)
     finally:
         server.server_close()
     return 0
