@@ -13,7 +13,7 @@ import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -64,8 +64,10 @@ def app(db: Path) -> DashboardApp:
 
 def get(app: DashboardApp, path: str, query: str = "", method: str = "GET"
         ) -> tuple[int, dict[str, str], str]:
-    """Call the WSGI app: (status code, headers, body text)."""
-    environ: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": query,
+    """Call the WSGI app with ``path`` as a browser sends it (study names quoted):
+    (status code, headers, body text)."""
+    environ: dict[str, Any] = {"PATH_INFO": unquote(path), "QUERY_STRING": query,
+                               "REQUEST_URI": path + (f"?{query}" if query else ""),
                                "REQUEST_METHOD": method, "wsgi.input": io.BytesIO()}
     setup_testing_defaults(environ)
     seen: dict[str, Any] = {}
@@ -143,6 +145,22 @@ def test_unknown_paths_are_404_pages(app: DashboardApp, path: str) -> None:
     assert headers["Content-Type"].startswith("text/html") and "Traceback" not in body
 
 
+def test_a_slash_in_a_study_name_is_not_a_route(tmp_path: Path) -> None:
+    """A study named ``x/trial/0`` is its own study, not trial 0 of ``x``."""
+    url = f"sqlite:///{tmp_path / 'slash.db'}"
+    _run(url, "x", OBJECTIVES, n=2)
+    _run(url, "x/trial/0", {"throughput_sps": "maximize", "latency_p50_ms": "minimize"}, n=1)
+    app = DashboardApp(url)
+    code, _, body = get(app, "/study/x%2Ftrial%2F0")
+    assert code == 200 and "<h1>study x/trial/0</h1>" in body
+    code, _, body = get(app, "/study/x/trial/0")
+    assert code == 200 and "<h1>trial 0 of study" in body and ">x</a>" in body
+    assert 'href="/study/x%2Ftrial%2F0"' in get(app, "/")[2]
+    assert get(app, "/api/study/x%2Ftrial%2F0/version")[0] == 200
+    assert get(app, "/study/x%2Ftrial%2F0/trial/0")[0] == 200
+    assert get(app, "/study/x%2Ftrial%2F0/trial/50")[0] == 404
+
+
 def test_writes_are_refused(app: DashboardApp) -> None:
     assert get(app, "/", method="POST")[0] == 405
 
@@ -154,12 +172,14 @@ def test_plotly_asset(app: DashboardApp) -> None:
 
 
 def test_evil_study_name_is_escaped(app: DashboardApp) -> None:
-    for path in ("/", f"/study/{EVIL_NAME}", f"/study/{EVIL_NAME}/trial/0",
-                 f"/study/{EVIL_NAME}/trial/99", f"/api/study/{EVIL_NAME}/version"):
+    evil = quote(EVIL_NAME, safe="")
+    for path, expected in (("/", 200), (f"/study/{evil}", 200), (f"/study/{evil}/trial/0", 200),
+                           (f"/study/{evil}/trial/99", 404),
+                           (f"/api/study/{evil}/version", 200)):
         code, _, body = get(app, path)
-        assert code in (200, 404), path
+        assert code == expected, path
         assert "<script>alert(1)" not in body, path
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in get(app, f"/study/{EVIL_NAME}")[2]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in get(app, f"/study/{evil}")[2]
 
 
 def test_page_error_is_a_500_page(app: DashboardApp, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +196,8 @@ def test_pages_never_write_the_database(app: DashboardApp, db: Path) -> None:
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     trials = _trial_numbers(f"sqlite:///{db}", "three")
     paths = ["/", "/study/three", "/api/study/three/version", "/study/nope",
-             f"/study/{EVIL_NAME}", *(f"/study/three/trial/{n}" for n, _ in trials)]
+             f"/study/{quote(EVIL_NAME, safe='')}",
+             *(f"/study/three/trial/{n}" for n, _ in trials)]
     for path in paths:
         assert get(app, path)[0] in (200, 404)
     assert get(app, "/study/three", "x=accuracy&y=throughput_sps")[0] == 200
@@ -205,6 +226,10 @@ def test_real_server_on_a_free_port(db: Path) -> None:
         port = server.server_address[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
             assert r.status == 200 and b'href="/study/three"' in r.read()
+        # The name holds a "/" (in "</script>"): the server must route on the raw path.
+        evil = quote(EVIL_NAME, safe="")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/study/{evil}", timeout=30) as r:
+            assert r.status == 200 and b"&lt;script&gt;alert(1)&lt;/script&gt;" in r.read()
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=30)
         assert e.value.code == 404

@@ -15,6 +15,10 @@ Routes (``GET``/``HEAD`` only; everything else is a 404 page, never a traceback)
   3 s by the pages to reload when the study changed;
 * ``/assets/plotly.min.js``: plotly.js from the installed plotly package.
 
+A study name is one path segment, quoted with ``safe=""`` (a ``/`` in it is ``%2F``), and
+routing splits the *raw* request path (``REQUEST_URI``, which the server sets) before
+unquoting each segment, so a study named ``a/trial/3`` never reads as trial 3 of ``a``.
+
 Read-only: studies are opened with :func:`autotune.load_study` /
 :func:`autotune.list_studies`, which only read (``check_readable``, never
 ``prepare_for_writing``); the tests hash the SQLite file before and after serving every page.
@@ -26,12 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from autotune.dashboard.info import _fmt, esc, header_info
@@ -65,9 +68,6 @@ _POLL_JS = """<script>(function () {
 })();</script>"""
 
 _PLOTLY_URL = "/assets/plotly.min.js"
-_STUDY = re.compile(r"/study/(?P<name>.+)")
-_TRIAL = re.compile(r"/study/(?P<name>.+)/trial/(?P<number>[0-9]{1,9})")
-_VERSION = re.compile(r"/api/study/(?P<name>.+)/version")
 
 
 class HTTPError(Exception):
@@ -85,6 +85,24 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 def _study_url(name: str) -> str:
     return "/study/" + quote(name, safe="")
+
+
+def _segments(environ: dict[str, Any]) -> list[str] | None:
+    """The request path's segments, each unquoted once; ``None`` for a path that tries to
+    leave the app (``.``/``..`` segments, backslashes, NUL bytes).
+
+    Splits the raw path (``REQUEST_URI``/``RAW_URI``) when the server provides it: after
+    unquoting, a ``%2F`` inside a study name would be indistinguishable from a separator.
+    Without it (a bare WSGI call), ``PATH_INFO`` is split as is.
+    """
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if raw:
+        parts = [unquote(p, errors="strict") for p in urlsplit(raw).path.split("/")[1:]]
+    else:
+        parts = (environ.get("PATH_INFO") or "/").split("/")[1:]
+    if any(p in (".", "..") or "\\" in p or "\x00" in p for p in parts):
+        return None
+    return parts
 
 
 def _page(title: str, body: Sequence[str], *, poll: tuple[str, str] | None = None) -> str:
@@ -135,7 +153,13 @@ class DashboardApp:
         try:
             if method not in ("GET", "HEAD"):
                 raise HTTPError(405, f"method {method} not allowed: the dashboard is read-only")
-            status, ctype, body, extra = self._route(path, query)
+            try:
+                segments = _segments(environ)
+            except UnicodeDecodeError:
+                segments = None
+            if segments is None:
+                raise HTTPError(404, "no such page")
+            status, ctype, body, extra = self._route(segments, query)
         except HTTPError as e:
             status, ctype, extra = e.status, "text/html; charset=utf-8", []
             body = _page(f"{e.status} {_REASONS.get(e.status, '')}", [
@@ -154,28 +178,27 @@ class DashboardApp:
         start_response(f"{status} {_REASONS.get(status, '')}", headers)
         return [] if method == "HEAD" else [body]
 
-    def _route(self, path: str, query: dict[str, list[str]]
+    def _route(self, segments: list[str], query: dict[str, list[str]]
                ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         html_type = "text/html; charset=utf-8"
-        if any(part in (".", "..") for part in path.split("/")) or "\\" in path \
-                or "\x00" in path:
-            raise HTTPError(404, "no such page")
-        if path == "/":
-            return 200, html_type, self.list_page().encode(), []
-        if path == _PLOTLY_URL:
-            return 200, "application/javascript; charset=utf-8", self.plotly_js(), \
-                [("Cache-Control", "public, max-age=86400")]
-        if m := _VERSION.fullmatch(path):
-            study = self._load(m["name"])
-            try:
-                data = json.dumps(_version(study)).encode()
-            finally:
-                study.close()
-            return 200, "application/json", data, [("Cache-Control", "no-store")]
-        if m := _TRIAL.fullmatch(path):
-            return 200, html_type, self.trial_page(m["name"], int(m["number"])).encode(), []
-        if m := _STUDY.fullmatch(path):
-            return 200, html_type, self.study_page(m["name"], query).encode(), []
+        match segments:
+            case [""]:
+                return 200, html_type, self.list_page().encode(), []
+            case ["assets", "plotly.min.js"]:
+                return 200, "application/javascript; charset=utf-8", self.plotly_js(), \
+                    [("Cache-Control", "public, max-age=86400")]
+            case ["api", "study", name, "version"] if name:
+                study = self._load(name)
+                try:
+                    data = json.dumps(_version(study)).encode()
+                finally:
+                    study.close()
+                return 200, "application/json", data, [("Cache-Control", "no-store")]
+            case ["study", name, "trial", number] if name and number.isascii() \
+                    and number.isdigit() and len(number) <= 9:
+                return 200, html_type, self.trial_page(name, int(number)).encode(), []
+            case ["study", name] if name:
+                return 200, html_type, self.study_page(name, query).encode(), []
         raise HTTPError(404, "no such page")
 
     # -- helpers -----------------------------------------------------------------------------
@@ -366,6 +389,12 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class _Handler(WSGIRequestHandler):
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = dict(super().get_environ())
+        # wsgiref unquotes PATH_INFO; routing needs the raw path (see _segments).
+        environ["REQUEST_URI"] = self.path
+        return environ
+
     def log_message(self, format: str, *args: Any) -> None:
         _logger.info("%s %s", self.address_string(), format % args)
 
