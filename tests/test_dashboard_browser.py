@@ -10,6 +10,10 @@ Studies run through :class:`tests.fakes.FakeLauncher`; screenshots go to ``tmp_p
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,7 +196,9 @@ def test_a_person_browses_list_study_axes_and_trial(
 
     # Open the first front trial from the front table.
     first = front[0]
-    browser.find_element(By.CSS_SELECTOR, f'table a[href="/study/three/trial/{first}"]').click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "table#front tr")
+    assert len(rows) == len(front) + 1  # the front table under the figure, with its header
+    browser.find_element(By.CSS_SELECTOR, f'#front a[href="/study/three/trial/{first}"]').click()
     wait_for(lambda: browser.current_url.endswith(f"/trial/{first}"), what="trial page open")
     assert browser.find_element(By.TAG_NAME, "h1").text == f"trial {first} of study three"
     plot_drawn(browser, "steps")
@@ -260,10 +266,7 @@ def test_pages_follow_a_running_study(browser: Any, tmp_path: Path) -> None:
         browser.execute_script("window.__before_reload = true;")
 
         def trial_rows() -> int:
-            return int(browser.execute_script(
-                "var h = Array.from(document.querySelectorAll('h2'))"
-                ".find(function (e) { return e.textContent === 'Trials'; });"
-                "return h ? h.nextElementSibling.querySelectorAll('tr').length - 1 : -1;"))
+            return len(browser.find_elements(By.CSS_SELECTOR, "table#trials tr")) - 1
 
         assert trial_rows() == 3
         with autotune.load_study("live", storage=url) as study:
@@ -293,3 +296,60 @@ def test_static_report_opens_offline(browser: Any, storage: str, tmp_path: Path)
         ".filter(function (n) { return !/^(file|data|blob):/.test(n); });")
     assert remote == []
     _shot(browser, tmp_path / "report.png")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_readme_screenshot_script(storage: str, tmp_path: Path) -> None:
+    """``scripts/dashboard_screenshot.py`` (which made the README's picture) on a stored
+    study: the page down to the front table, as a PNG."""
+    out = tmp_path / "shot.png"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/dashboard_screenshot.py"), "--storage", storage,
+         "--study", "three", "--n-trials", "1", "-o", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    width, height = _png_size(out)
+    assert width == 1280 and height > 600
+
+
+@pytest.mark.slow
+def test_newcomer_quickstart_then_dashboard(browser: Any, tmp_path: Path) -> None:
+    """The README's path: real quickstart trials on the default storage, then
+    ``autotune dashboard``; the printed address shows the study and its front."""
+    cli = [sys.executable, "-m", "autotune"]
+    space = str(ROOT / "search_spaces/quickstart.yaml")
+    for args in (["study", "create", "quickstart", "--space", space],
+                 ["study", "run", "quickstart", "--n-trials", "3"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    storage = f"sqlite:///{tmp_path / 'studies' / 'autotune.db'}"
+    front = _front(storage, "quickstart")
+    assert front, "three real quickstart trials should leave a front"
+
+    server = subprocess.Popen([*cli, "dashboard", "--port", "0"], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        address = re.search(r"http://127\.0\.0\.1:[0-9]+/", line)
+        assert address, f"no address printed: {line!r}"
+        browser.get(address.group(0))
+        browser.find_element(By.LINK_TEXT, "quickstart").click()
+        plot_drawn(browser, "pareto", timeout_s=60)
+        drawn = {name: (kind, n) for name, kind, n in traces(browser, "pareto")}
+        assert drawn["front"] == ("scatter", len(front))
+        assert _drawn_points(browser, "pareto", "front") == len(front)
+        _shot(browser, tmp_path / "quickstart.png")
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and "stopped" in err

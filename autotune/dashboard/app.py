@@ -8,8 +8,8 @@ five routes. A WSGI callable is also trivial to test without a socket.
 Routes (``GET``/``HEAD`` only; everything else is a 404 page, never a traceback):
 
 * ``/``: every study (workload, mode, trials by state, front size, best values);
-* ``/study/<name>``: Pareto figure (axes from ``?x=&y=[&z=]``), parallel coordinates,
-  hypervolume history, importances, the recommendation and the front table;
+* ``/study/<name>``: Pareto figure (axes from ``?x=&y=[&z=]``) and the front table, the
+  recommendation, parallel coordinates, hypervolume history, importances, every trial;
 * ``/study/<name>/trial/<n>``: one trial's config, metrics, failure and step times;
 * ``/api/study/<name>/version``: JSON ``{"trials", "last", "finished"}``, polled every
   3 s by the pages to reload when the study changed;
@@ -115,11 +115,12 @@ def _page(title: str, body: Sequence[str], *, poll: tuple[str, str] | None = Non
         '<nav><a href="/">all studies</a></nav>', *body, script, "</body></html>"])
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], table_id: str = "") -> str:
     """A table; ``columns`` are plain text, each row's cells already-escaped HTML."""
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    attr = f' id="{esc(table_id)}"' if table_id else ""
+    return f"<table{attr}><tr>{head}</tr>{body}</table>"
 
 
 def _figure(fig: Any, div_id: str) -> str:
@@ -282,7 +283,6 @@ class DashboardApp:
             header = header_info(study)
             body = [f"<h1>study {esc(study.name)}</h1>",
                     _table(["field", "value"], [[esc(k), esc(v)] for k, v in header.fields])]
-            body += ["<h2>Recommendation</h2>", self._recommendation(study)]
             body.append("<h2>Pareto front</h2>")
             if len(study.space.objective_names) >= 2:
                 body.append(self._axis_form(study, axes))
@@ -296,9 +296,10 @@ class DashboardApp:
                 rows = [[f'<a href="{esc(_study_url(study.name))}/trial/{int(r["trial"])}">'
                          f'{esc(r["trial"])}</a>', *(esc(r.get(c, "")) for c in cols[1:])]
                         for r in header.front_rows]
-                body.append(_table(cols, rows))
+                body.append(_table(cols, rows, "front"))
             else:
                 body.append('<p class="note">no feasible trial yet</p>')
+            body += ["<h2>Recommendation</h2>", self._recommendation(study)]
             body += ["<h2>Knobs against objectives</h2>",
                      _figure(figures.study_parallel_figure(study), "parallel"),
                      "<h2>Hypervolume history</h2>",
@@ -308,7 +309,7 @@ class DashboardApp:
             trials = [[f'<a href="{esc(_study_url(study.name))}/trial/{t.number}">'
                        f"{t.number}</a>", esc(t.state), esc(t.reason)]
                       for t in study.trials()]
-            body += ["<h2>Trials</h2>", _table(["trial", "state", "reason"], trials)]
+            body += ["<h2>Trials</h2>", _table(["trial", "state", "reason"], trials, "trials")]
             return _page(f"autotune: {study.name}", body,
                          poll=self._poll(study.name, version))
         finally:
