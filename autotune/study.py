@@ -402,8 +402,11 @@ class Study:
         return row.hypervolume if row is not None else None
 
     def summary(self) -> dict[str, Any]:
-        """Name, workload, counts by state, front size and the best value per objective."""
+        """Name, workload, counts by state, front size, the best value per objective and
+        when a trial last started or ended (``last_update``, ISO, ``None`` before any)."""
         trials = self.trials()
+        stamps = [d for t in self._optuna_study().get_trials(deepcopy=False)
+                  for d in (t.datetime_start, t.datetime_complete) if d is not None]
         counts = {s: sum(t.state == s for t in trials)
                   for s in ("ok", "infeasible", "fail", "running", "waiting")}
         front = self.pareto_front()
@@ -436,6 +439,7 @@ class Study:
             "best": best,
             "leaders": leaders,
             "created_at": self._row.created_at.isoformat(timespec="seconds"),
+            "last_update": max(stamps).isoformat(timespec="seconds") if stamps else None,
         }
 
 

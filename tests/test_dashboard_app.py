@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -96,6 +97,9 @@ def test_list_page_links_every_study(app: DashboardApp) -> None:
     assert 'href="/study/three"' in body
     assert f'href="/study/{quote(EVIL_NAME, safe="")}"' in body
     assert "mlp" in body and "train" in body
+    assert "<th>state</th>" in body and "<td>idle</td>" in body
+    assert "<th>last update</th>" in body
+    assert re.search(r"<td>20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}</td>", body)
 
 
 def test_study_page_has_figures_form_and_front(app: DashboardApp) -> None:

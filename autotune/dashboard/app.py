@@ -7,7 +7,8 @@ five routes. A WSGI callable is also trivial to test without a socket.
 
 Routes (``GET``/``HEAD`` only; everything else is a 404 page, never a traceback):
 
-* ``/``: every study (workload, mode, trials by state, front size, best values);
+* ``/``: every study (workload, mode, state, trials by state, front size, best values,
+  last update);
 * ``/study/<name>``: Pareto figure (axes from ``?x=&y=[&z=]``) and the front table, the
   recommendation, parallel coordinates, hypervolume history, importances, every trial;
 * ``/study/<name>/trial/<n>``: one trial's config, metrics, failure and step times;
@@ -236,14 +237,18 @@ class DashboardApp:
                 counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v) or "none"
                 best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items()
                                  if v is not None) or "-"
+                state = "running" if s["trials"]["running"] else \
+                    "not started" if not any(s["trials"].values()) else "idle"
                 rows.append([f'<a href="{esc(_study_url(study.name))}">{esc(study.name)}</a>',
-                             esc(s["workload"]), esc(s["mode"]), esc(counts),
-                             esc(s["front_size"]), esc(best)])
+                             esc(s["workload"]), esc(s["mode"]), esc(state), esc(counts),
+                             esc(s["front_size"]), esc(best),
+                             esc((s["last_update"] or "-").replace("T", " "))])
         finally:
             for study in studies:
                 study.close()
         body = ["<h1>autotune studies</h1>",
-                _table(["study", "workload", "mode", "trials", "front size", "best"], rows)
+                _table(["study", "workload", "mode", "state", "trials", "front size", "best",
+                        "last update"], rows, "studies")
                 if rows else '<p class="note">no studies in this storage yet</p>']
         return _page("autotune dashboard", body)
 
