@@ -29,6 +29,7 @@ with :func:`urllib.parse.quote`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -219,9 +220,16 @@ class DashboardApp:
         from autotune.exceptions import StudyNotFoundError
 
         try:
-            return autotune.load_study(name, storage=self.storage)
+            study = autotune.load_study(name, storage=self.storage)
         except StudyNotFoundError:
             raise HTTPError(404, f"no study named {name!r}") from None
+        # One page reads the trials once: every figure, the front, the header and the
+        # recommendation call study.trials(), and each call reloads every trial from the
+        # database (11 loads per study page: 4.2 of 6.3 s on a 300-trial study). A page
+        # is a snapshot anyway; the next poll or reload reads afresh.
+        snapshot = study.trials()
+        study.trials = functools.partial(list, snapshot)  # type: ignore[method-assign]
+        return study
 
     # -- pages -------------------------------------------------------------------------------
 
