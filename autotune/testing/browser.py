@@ -23,8 +23,8 @@ INSTALL_HINT = "scripts/install-test-browser.sh (Debian: apt-get install chromiu
 
 
 def _which(env: str, names: tuple[str, ...]) -> str | None:
-    if os.environ.get(env):
-        return os.environ[env]
+    if os.environ.get(env):  # an explicit path: that one or nothing
+        return shutil.which(os.environ[env])
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
