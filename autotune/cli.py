@@ -8,6 +8,7 @@ Every command takes ``--storage URL`` (default ``$AUTOTUNE_STORAGE`` or
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -19,6 +20,8 @@ from typing import Any, NoReturn
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: what a shell reports for a program whose reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 _EPILOG = """\
 examples:
@@ -308,18 +311,18 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
         table.add_row(*cells)
     console.print(table)
     if any(p.metrics.get("energy_source") == "estimated" for p in front):
-        console.print("[dim]est: energy estimated from process CPU time (no energy counter "
-                      "on this machine), not measured[/dim]")
+        console.print("est: energy estimated from process CPU time (no energy counter "
+                      "on this machine), not measured", style="dim")
     sources = sorted({p.energy_source for p in front if p.energy_source})
     if len(sources) > 1 and any(m in ("power_w", "energy_per_sample_j")
                                 for m in study.space.objective_names):
-        console.print(f"[yellow]energy comes from {len(sources)} sources "
+        console.print(f"energy comes from {len(sources)} sources "
                       f"({', '.join(sources)}): points are compared on energy only with "
-                      "points of the same source[/yellow]")
+                      "points of the same source", style="yellow")
     drifting = [str(p.trial_number) for p in front if p.stability == "drifting"]
     if drifting:
-        console.print(f"[yellow]drifting: trial(s) {', '.join(drifting)} measured "
-                      "differently when re-checked; not picked as leaders[/yellow]")
+        console.print(f"drifting: trial(s) {', '.join(drifting)} measured "
+                      "differently when re-checked; not picked as leaders", style="yellow")
 
 
 def _print_trials(console: Any, study: Any, trials: list[Any]) -> None:
@@ -380,10 +383,15 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     import autotune
     from autotune.launch import ProcessLauncher
     from autotune.space import load_space
+    from autotune.study import missing_backends_warning
 
     study = autotune.load_study(args.name, storage=args.storage)
     if args.space:
         study.check_space(load_space(args.space))
+    missing = study.check_backends()  # none installed here: an error before any trial
+    if missing:
+        print(f"autotune: warning: {missing_backends_warning(study.name, missing)}",
+              file=sys.stderr)
     n_trials, timeout = args.n_trials, args.timeout
     if n_trials is None and timeout is None:
         n_trials = 10
@@ -395,8 +403,10 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     if show_progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+        # markup=False: the study name and the best values are shown as written
+        progress = Progress(TextColumn("{task.description}", style="bold", markup=False),
+                            BarColumn(), TextColumn("{task.fields[status]}", markup=False),
+                            TimeElapsedColumn(),
                             console=console, transient=False)
         total = float(n_trials) if n_trials is not None else float(timeout or 1)
         task = progress.add_task(f"{study.name}", total=total, status="starting")
@@ -496,12 +506,12 @@ def _print_history(console: Any, study: Any, history: list[Any]) -> None:
                   "throughput and accuracy 0, latency the trial budget, power the rated "
                   "power, memory the machine's)", highlight=False, markup=False)
     if any(h.reference != history[-1].reference for h in history):
-        console.print("[yellow]the reference point changed between runs (another machine or "
+        console.print("the reference point changed between runs (another machine or "
                       "rated power): hypervolumes from different references are not "
-                      "comparable[/yellow]")
+                      "comparable", style="yellow")
     if mixed:
-        console.print("[yellow]the front mixes energy sources: its hypervolume combines "
-                      "energy figures that are not comparable[/yellow]")
+        console.print("the front mixes energy sources: its hypervolume combines "
+                      "energy figures that are not comparable", style="yellow")
 
 
 def _cmd_show(args: argparse.Namespace, console: Any) -> int:
@@ -587,6 +597,9 @@ def _cmd_devices(args: argparse.Namespace, console: Any) -> int:
             table.add_row(r.backend, r.version or "", d.id, d.name, _fmt(d.memory_mb),
                           d.driver or "-", d.detail)
     console.print(table)
+    for r in reports:  # what a probe could not list, and why
+        for note in getattr(r, "notes", ()):
+            _say(console, f"note: {r.backend}: {note}")
     return 0
 
 
@@ -1273,7 +1286,54 @@ _COMMANDS["dashboard"] = _cmd_dashboard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``autotune`` console script. Returns the exit code."""
+    """Entry point of the ``autotune`` console script. Returns the exit code.
+
+    A reader that stops early (``autotune study show NAME --json | head``) ends the
+    command quietly with :data:`EXIT_BROKEN_PIPE`, like a program killed by SIGPIPE.
+    """
+    try:
+        code = _main(argv)
+        # Flush here: a closed pipe must surface now, not as a message at interpreter exit.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _make_console(*, stderr: bool, width: int | None) -> Any:
+    """A rich console that prints text as written and lets a closed pipe reach :func:`main`.
+
+    markup=False, emoji=False: study names, failure reasons, install commands
+    (``pip install 'autotune[mindspore]'``) and other text from users or libraries must not
+    be read as ``[style]`` tags or ``:emoji:`` codes; styled lines pass ``style=``.
+    """
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own handler exits with status 1; main() ends every command the same way
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(stderr=stderr, width=width, highlight=False, markup=False, emoji=False)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still
+    buffered does not fail again (the Python docs' note on SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file descriptor (captured, replaced)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -1282,13 +1342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "study" and args.action is None:
         parser.error("study needs an action: create, run, list, show, delete, export, "
                      "import or report")
-    from rich.console import Console
-
     # Logs and pipes get a wide console so tables and trial lines do not wrap mid-word.
     to_stderr = bool(getattr(args, "json", False))
     stream = sys.stderr if to_stderr else sys.stdout
-    console = Console(stderr=to_stderr, highlight=False,
-                      width=None if stream.isatty() else 160)
+    console = _make_console(stderr=to_stderr, width=None if stream.isatty() else 160)
     _quiet_libraries()
     from autotune.exceptions import AutotuneError
 
@@ -1306,6 +1363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autotune: interrupted; finished trials are stored", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away: no error to report
+        raise
     except Exception as e:  # a bug or a library error: still one line unless --debug
         if args.debug:
             raise

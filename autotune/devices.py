@@ -40,12 +40,16 @@ class BackendDevices:
     version: str | None = None
     devices: tuple[Device, ...] = ()
     error: str | None = None
+    #: what the probe could not list and why (a vendor plug-in that failed to import, a
+    #: TPU system that did not initialise); the devices it did list are still valid
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``autotune devices --json``)."""
         return {"backend": self.backend, "installed": self.installed,
                 "install_hint": self.install_hint, "version": self.version,
-                "error": self.error, "devices": [vars(d) for d in self.devices]}
+                "error": self.error, "devices": [vars(d) for d in self.devices],
+                "notes": list(self.notes)}
 
 
 @dataclass
@@ -71,7 +75,8 @@ class _Probe:
                                   error=f"probe failed: {tail}")
         data = json.loads(line.removeprefix("AUTOTUNE-PROBE "))
         return BackendDevices(backend, True, entry.install_hint, version=data["version"],
-                              devices=tuple(Device(**d) for d in data["devices"]))
+                              devices=tuple(Device(**d) for d in data["devices"]),
+                              notes=tuple(data.get("notes", ())))
 
 
 def discover(backends: Iterable[str] | None = None) -> list[BackendDevices]:

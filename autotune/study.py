@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -9,7 +10,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
 from autotune.profiling.power import rated_device_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
-from autotune.space import SearchSpace, check_measurable, load_space, parse_space
+from autotune.space import SearchSpace, check_measurable, load_space, one_line, parse_space
 from autotune.storage import AutotuneStorage
 from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow, StudyRow
 
@@ -171,6 +172,28 @@ class Study:
 
     # -- running ---------------------------------------------------------------------------
 
+    def check_backends(self) -> list[str]:
+        """The space's backends that are not installed on this machine (a study may be run
+        on another machine than the one that created it).
+
+        Raises :class:`StudyError` with the install command when none of them is: no trial
+        could run. When only some are missing they are returned (their trials are recorded
+        infeasible, ``unsupported``, without starting a worker), for the caller to warn.
+        """
+        from autotune.backends import BACKENDS
+        from autotune.space import KNOB_DEFAULTS
+
+        spec = self.space.param("backend")
+        names = [str(c) for c in spec.choices] if spec is not None else \
+            [KNOB_DEFAULTS["backend"]]
+        missing = [n for n in names if n in BACKENDS and not BACKENDS[n].is_installed()]
+        if missing and len(missing) == len(names):
+            raise StudyError(f"{_backends_phrase(missing)} of study {self.name!r} "
+                             f"{'is' if len(missing) == 1 else 'are'} not installed here; "
+                             f"install {'it' if len(missing) == 1 else 'them'} with: "
+                             f"{install_command(missing)}")
+        return missing
+
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, *,
                  sampler: str | None = None,
                  callbacks: list[Callable[[TrialResult], None]] | None = None,
@@ -198,6 +221,9 @@ class Study:
         if n_trials is None and timeout is None:
             n_trials = 10
         start = time.monotonic()  # the timeout counts from the call, set-up included
+        missing = self.check_backends()
+        if missing:
+            _logger.warning("%s", missing_backends_warning(self.name, missing))
         self.storage.prepare_for_writing()
         done_before = len(self._optuna_study().trials)
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
@@ -271,7 +297,8 @@ class Study:
             if stored is None:
                 continue
             config = TrialConfig.from_dict(json.loads(stored.config_json))
-            outcome = launcher.run(config)
+            # unsupported here (backend not installed, CPU without the precision): no worker
+            outcome = self._run_one(config, launcher)
             if outcome.status == "ok":
                 new = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
                                               mode=config.mode).summary()
@@ -311,6 +338,13 @@ class Study:
 
     @staticmethod
     def _run_one(config: TrialConfig, launcher: Launcher) -> WorkerOutcome:
+        from autotune.backends import BACKENDS
+
+        entry = BACKENDS.get(config.backend)
+        if entry is not None and not entry.is_installed():  # no worker for an import error
+            return WorkerOutcome("infeasible", failure_kind="unsupported",
+                                 reason=f"backend {config.backend!r} is not installed here; "
+                                        f"install it with: {entry.install_hint}")
         reason = capabilities(config.backend, config.device).check(
             config.mode, config.precision, config.execution)
         if reason is not None:  # known in advance: no worker is started
@@ -557,6 +591,30 @@ class _Recorder:
         self.study.storage.replace_front(self.study._row.id, points, snapshot=snapshot)
 
 
+def install_command(backends: list[str]) -> str:
+    """The pip command that installs ``backends`` (registered names), e.g.
+    ``pip install 'autotune[tensorflow]'``."""
+    from autotune.backends import BACKENDS
+
+    if len(backends) == 1:
+        return BACKENDS[backends[0]].install_hint
+    return f"pip install 'autotune[{','.join(BACKENDS[b].extra for b in backends)}]'"
+
+
+def _backends_phrase(backends: list[str]) -> str:
+    names = ", ".join(repr(b) for b in backends)
+    return f"backend {names}" if len(backends) == 1 else f"backends {names}"
+
+
+def missing_backends_warning(study: str, backends: list[str]) -> str:
+    """One line: some of a study's backends are not installed here, and what happens."""
+    one = len(backends) == 1
+    return (f"{_backends_phrase(backends)} of study {study!r} "
+            f"{'is' if one else 'are'} not installed here: "
+            f"{'its' if one else 'their'} trials are recorded as unsupported; install "
+            f"{'it' if one else 'them'} with: {install_command(backends)}")
+
+
 def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
     """Mark ``trial`` FAIL after an error between ask and tell; never mask that error."""
     import optuna
@@ -581,6 +639,16 @@ def _as_space(space: SearchSpace | str | Path) -> tuple[SearchSpace, str]:
     return parsed, path.read_text(encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _naming_the_space(where: str, key: str) -> Iterator[None]:
+    """Prefix a :class:`StudyError` raised inside with the space file and key, the way
+    every other space error reads (``FILE: params.device: device 'cuda:3' ...``)."""
+    try:
+        yield
+    except StudyError as e:
+        raise StudyError(one_line(f"{where}: {key}: {e}")) from None
+
+
 def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | None = None,
                  sampler: str = "tpe", seed: int | None = None,
                  exist_ok: bool = False) -> Study:
@@ -595,8 +663,10 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
 
     _check_name(name)
     parsed, source = _as_space(space)
-    check_measurable(parsed.budget, "<space>" if isinstance(space, SearchSpace) else str(space))
-    check_installed(parsed)
+    where = "<space>" if isinstance(space, SearchSpace) else str(space)
+    check_measurable(parsed.budget, where)
+    with _naming_the_space(where, "params.backend"):
+        check_installed(parsed)
     check_workload(parsed)
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
@@ -620,7 +690,8 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     # The fingerprint is of the space as written (device: auto stays auto), so the same
     # file matches the study on any machine; the stored space has the devices found here.
     fingerprint = parsed.fingerprint()
-    resolved = resolve_devices(parsed)
+    with _naming_the_space(where, "params.device"):
+        resolved = resolve_devices(parsed)
     store.prepare_for_writing()
     ostudy = optuna.create_study(study_name=name, storage=store.optuna,
                                  directions=parsed.directions)

@@ -150,6 +150,12 @@ BAD_SPACES: list[tuple[str, dict[str, Any] | str, tuple[str, ...]]] = [
      ("params.batch_size", "got 0", "positive integer")),
     ("batch-size-range-low-zero", params_with(batch_size={"low": 0, "high": 16}),
      ("params.batch_size", "got 0", "positive integer")),
+    ("batch-size-negative", params_with(batch_size=-8),
+     ("params.batch_size", "got -8", "positive integer")),
+    ("batch-size-negative-in-list", params_with(batch_size=[-8, 16]),
+     ("params.batch_size", "got -8", "positive integer")),
+    ("batch-size-range-low-negative", params_with(batch_size={"low": -8, "high": 4}),
+     ("params.batch_size", "got -8", "positive integer")),
     ("unknown-backend", params_with(backend=["caffe"]), ("params.backend", "'caffe'")),
     ("unknown-device", params_with(device=["gpu"]), ("params.device", "'gpu'")),
     ("unknown-precision", params_with(precision=["fp8"]), ("params.precision", "'fp8'")),
@@ -226,6 +232,86 @@ def test_create_without_space_is_a_usage_error(capsys: pytest.CaptureFixture[str
     code, _, err = run_cli(capsys, "study", "create", "s2", "--storage", db[1])
     assert code == 2
     assert_one_line_error(code, err, "--space")
+
+
+# -- devices and backends that are not here ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("snapshot")
+@pytest.mark.parametrize("device", [["cpu", "cuda:0"], "cuda:0"], ids=["list", "fixed"])
+def test_create_with_a_device_that_does_not_exist(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  db: tuple[Path, str], tmp_path: Path,
+                                                  device: Any) -> None:
+    from autotune.devices import BackendDevices, Device
+
+    def discover(backends: Any = None) -> list[BackendDevices]:  # a CPU-only machine
+        return [BackendDevices("torch", True, "", "2.13", devices=(Device("cpu", "cpu"),))]
+
+    monkeypatch.setattr("autotune.devices.discover", discover)
+    space = write_space(tmp_path, "gpu.yaml", params_with(device=device))
+    code, out, err = run_cli(capsys, "study", "create", "s2", "--space", space,
+                             "--storage", db[1])
+    line = assert_one_line_error(code, err, "devices found by torch: cpu")
+    # named like every other space error: the file, the key, the value
+    assert line.startswith(f"autotune: error: {space}: params.device: device 'cuda:0' "
+                           "does not exist here;"), line
+    assert out == ""
+
+
+def hide_backends(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make ``names`` look uninstalled, the way autotune checks (find_spec, no import)."""
+    import importlib.util
+
+    original = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in names else original(name, *a))
+
+
+@pytest.mark.usefixtures("snapshot")
+def test_create_with_a_backend_that_is_not_installed(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     db: tuple[Path, str],
+                                                     tmp_path: Path) -> None:
+    hide_backends(monkeypatch, "mindspore")
+    space = write_space(tmp_path, "ms.yaml", params_with(backend=["torch", "mindspore"]))
+    code, _, err = run_cli(capsys, "study", "create", "s2", "--space", space,
+                           "--storage", db[1])
+    line = assert_one_line_error(code, err, "pip install 'autotune[mindspore]'")
+    assert line.startswith(f"autotune: error: {space}: params.backend: backend 'mindspore' "
+                           "named in the space is not installed"), line
+
+
+@pytest.mark.usefixtures("snapshot")
+def test_run_refused_when_the_study_backend_is_not_installed_here(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        db: tuple[Path, str]) -> None:
+    # s1 was created where torch is installed; it is run where it is not. The autouse
+    # fixture fails the test if a trial is started.
+    hide_backends(monkeypatch, "torch")
+    for extra in ([], ["--json"], ["--quiet"]):
+        code, out, err = run_cli(capsys, "study", "run", "s1", "--n-trials", "1", *extra,
+                                 "--storage", db[1])
+        assert_one_line_error(code, err, "backend 'torch' of study 's1' is not installed "
+                                         "here; install it with: pip install 'autotune[torch]'")
+        assert out == ""
+
+
+def test_run_refused_when_no_backend_of_the_study_is_installed_here(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    space = write_space(tmp_path, "two.yaml", params_with(backend=["tensorflow", "mindspore"]))
+    path = tmp_path / "two.db"
+    code, _, err = run_cli(capsys, "study", "create", "two", "--space", space,
+                           "--storage", url_of(path))
+    assert code == 0, err
+    before = dump(path)
+    hide_backends(monkeypatch, "tensorflow", "mindspore")
+    code, _, err = run_cli(capsys, "study", "run", "two", "--storage", url_of(path))
+    assert_one_line_error(code, err, "backends 'tensorflow', 'mindspore' of study 'two' are "
+                                     "not installed here; install them with: "
+                                     "pip install 'autotune[tensorflow,mindspore]'")
+    assert dump(path) == before
 
 
 # -- study names ------------------------------------------------------------------------------

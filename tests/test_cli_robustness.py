@@ -89,3 +89,42 @@ def test_sigterm_to_the_driver_leaves_no_orphan_and_records_the_trial(tmp_path: 
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["failure_kind"] == "interrupted"
     assert os.path.exists(f"{tmp_path}/t.db")
+
+
+@pytest.mark.parametrize("argv", [["study", "show", "bp", "--json"], ["study", "show", "bp"],
+                                  ["study", "list"]],
+                         ids=["show-json", "show-table", "list-table"])
+def test_reader_that_closes_the_pipe_early_gets_no_error(tmp_path: Path,
+                                                         argv: list[str]) -> None:
+    """`autotune study show NAME --json | head -c 10`: the reader is gone before autotune
+    writes. Like a program killed by SIGPIPE: exit 141, nothing on stderr."""
+    url = f"sqlite:///{tmp_path}/bp.db"
+    autotune.create_study("bp", QUICKSTART, storage=url).close()
+    proc = subprocess.Popen([sys.executable, "-m", "autotune", *argv, "--storage", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has even started autotune: deterministic
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
+
+
+def test_broken_pipe_in_process_is_quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Even with --debug (which shows tracebacks for errors): a closed pipe is no error."""
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self) -> bool:
+            return False
+
+    url = f"sqlite:///{tmp_path}/bp.db"
+    autotune.create_study("bp", QUICKSTART, storage=url).close()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["--debug", "study", "show", "bp", "--json", "--storage", url]) == 141
+    assert capsys.readouterr().err == ""

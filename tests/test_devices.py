@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,12 +16,14 @@ import autotune
 from autotune.backends._probe import (
     npu_smi,
     nvidia_smi,
+    optional_module,
     probe_mindspore,
     probe_tensorflow,
     probe_torch,
     run_tool,
 )
 from autotune.devices import BackendDevices, Device, device_ids
+from tests.fakes import VendorLog, fake_tensorflow
 
 NVIDIA_SMI_OUT = ("0, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n"
                   "1, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n")
@@ -98,17 +101,148 @@ def test_probe_torch_cpu_only() -> None:
     assert [d["id"] for d in report["devices"]] == ["cpu"]
 
 
+@pytest.fixture
+def no_tpu_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TPU system initialised in this process yet, and none named by TPU_NAME."""
+    import autotune.backends._tensorflow as tf_backend
+
+    monkeypatch.setattr(tf_backend, "_tpu_systems", {})
+    monkeypatch.delenv("TPU_NAME", raising=False)
+
+
+@pytest.mark.usefixtures("no_tpu_system")
 def test_probe_tensorflow_with_fake_gpu_and_tpu(fake_tools: Path) -> None:
-    gpu = SimpleNamespace(name="/physical_device:GPU:0")
-    tpu = SimpleNamespace(name="/physical_device:TPU:0")
-    config = SimpleNamespace(
-        list_physical_devices=lambda kind: {"GPU": [gpu], "TPU": [tpu]}.get(kind, []),
-        experimental=SimpleNamespace(get_device_details=lambda d: {"device_name": "H100"}))
-    tf = SimpleNamespace(__version__="2.21.0", config=config,
-                         sysconfig=SimpleNamespace(get_build_info=lambda: {"cuda_version": "12.5"}))
-    report = probe_tensorflow(tf)
-    assert [d["id"] for d in report["devices"]] == ["cpu", "cuda:0", "tpu:0"]
+    log = VendorLog()
+    tf, _ = fake_tensorflow(log, gpus=1, tpu_cores=2)
+    report = probe_tensorflow(tf, tpu_present=lambda: False)
+    assert [d["id"] for d in report["devices"]] == ["cpu", "cuda:0", "tpu:0", "tpu:1"]
     assert report["devices"][1]["memory_mb"] == 81559
+    # the TPU system is initialised first: its logical devices are what a trial uses
+    assert log.names()[:4] == ["TPUClusterResolver", "config.experimental_connect_to_cluster",
+                               "tpu.experimental.initialize_tpu_system",
+                               "config.list_logical_devices"]
+    tpu = report["devices"][2]
+    assert tpu["name"].endswith("device:TPU:0")
+    # TensorFlow reports neither: said, not guessed
+    assert tpu["memory_mb"] is None and tpu["driver"] is None
+    assert "memory and driver version not reported" in tpu["detail"]
+    assert report["notes"] == []
+
+
+@pytest.mark.usefixtures("no_tpu_system")
+def test_probe_tensorflow_initialises_a_tpu_host_whose_cores_are_not_listed_yet() -> None:
+    """On a TPU VM the cores are no TensorFlow devices before initialisation."""
+    log = VendorLog()
+    tf, _ = fake_tensorflow(log, gpus=0, tpu_cores=4)
+    tf.config.list_physical_devices = lambda kind: []
+    assert [d["id"] for d in probe_tensorflow(tf, tpu_present=lambda: False)["devices"]] \
+        == ["cpu"]
+    assert log.calls == []  # no TPU host: no TPU runtime started
+    report = probe_tensorflow(tf, tpu_present=lambda: True)
+    assert [d["id"] for d in report["devices"]] == ["cpu", "tpu:0", "tpu:1", "tpu:2", "tpu:3"]
+
+
+@pytest.mark.usefixtures("no_tpu_system")
+def test_probe_tensorflow_notes_a_tpu_that_does_not_initialise() -> None:
+    tf, _ = fake_tensorflow(VendorLog(), gpus=0, tpu_cores=2,
+                            tpu_error=RuntimeError("TPU is in use by process 4242"))
+    report = probe_tensorflow(tf, tpu_present=lambda: True)
+    assert [d["id"] for d in report["devices"]] == ["cpu"]
+    assert len(report["notes"]) == 1
+    assert "no TPU system could be initialised" in report["notes"][0]
+    assert "TPU is in use by process 4242" in report["notes"][0]
+
+
+def _fake_torch_xla(monkeypatch: pytest.MonkeyPatch, *, hw: str = "TPU",
+                    memory: dict[str, int] | None = None,
+                    devices_error: Exception | None = None) -> None:
+    """A torch_xla package in sys.modules: two xla devices on ``hw`` hardware."""
+    from types import ModuleType
+
+    xla = ModuleType("torch_xla")
+    xla.__version__ = "2.8.0"  # type: ignore[attr-defined]
+    core = ModuleType("torch_xla.core")
+    xm = ModuleType("torch_xla.core.xla_model")
+
+    def supported() -> list[str]:
+        if devices_error is not None:
+            raise devices_error
+        return ["xla:0", "xla:1"]
+
+    xm.get_xla_supported_devices = supported  # type: ignore[attr-defined]
+    xm.xla_device_hw = lambda device: hw  # type: ignore[attr-defined]
+    xm.xla_device_kind = lambda device: "TPU v4"  # type: ignore[attr-defined]
+    xm.get_memory_info = lambda device: (  # type: ignore[attr-defined]
+        memory if memory is not None else {"bytes_used": 2**20, "bytes_limit": 32 * 2**30})
+    for name, module in (("torch_xla", xla), ("torch_xla.core", core),
+                         ("torch_xla.core.xla_model", xm)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_probe_torch_lists_torch_xla_tpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_torch_xla(monkeypatch)
+    report = probe_torch(_fake_torch(0))
+    assert [d["id"] for d in report["devices"]] == ["cpu", "tpu:0", "tpu:1"]
+    tpu = report["devices"][1]
+    assert tpu["name"] == "TPU v4" and tpu["memory_mb"] == 32 * 1024
+    assert tpu["driver"] is None and "driver version not reported" in tpu["detail"]
+    assert "torch_xla 2.8.0" in tpu["detail"] and "listed only" in tpu["detail"]
+
+
+def test_probe_torch_xla_memory_in_the_old_format_or_none(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_torch_xla(monkeypatch, memory={"kb_free": 1, "kb_total": 16 * 2**20})
+    assert probe_torch(_fake_torch(0))["devices"][1]["memory_mb"] == 16 * 1024
+    _fake_torch_xla(monkeypatch, memory={})
+    assert probe_torch(_fake_torch(0))["devices"][1]["memory_mb"] is None
+
+
+def test_probe_torch_xla_on_gpus_adds_no_tpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_torch_xla(monkeypatch, hw="CUDA")  # those GPUs come through torch.cuda
+    assert [d["id"] for d in probe_torch(_fake_torch(0))["devices"]] == ["cpu"]
+
+
+def test_probe_torch_xla_runtime_failure_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_torch_xla(monkeypatch, devices_error=RuntimeError("TPU busy"))
+    report = probe_torch(_fake_torch(1))
+    assert [d["id"] for d in report["devices"]] == ["cpu", "cuda:0"]
+    assert report["notes"] == ["torch_xla could not list its devices: RuntimeError: TPU busy"]
+
+
+def test_probe_torch_imports_torch_npu_before_looking_for_npus(fake_tools: Path) -> None:
+    """torch.npu exists only once torch_npu is imported: the probe imports it."""
+    torch = _fake_torch(0)
+    imported = []
+
+    def optional(name: str) -> Any:
+        if name == "torch_npu":
+            imported.append(name)
+            torch.npu = SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                                        get_device_name=lambda i: "Ascend910B3")
+            return SimpleNamespace()
+        return None
+
+    report = probe_torch(torch, optional=optional)
+    assert imported == ["torch_npu"]
+    assert [d["id"] for d in report["devices"]] == ["cpu", "npu:0", "npu:1"]
+    assert report["devices"][1]["driver"] == "23.0.rc3"
+
+
+def test_probe_torch_notes_a_plugin_that_fails_to_import() -> None:
+    def optional(name: str) -> Any:
+        raise OSError(f"{name}: libascendcl.so: cannot open shared object file")
+
+    report = probe_torch(_fake_torch(0), optional=optional)
+    assert [d["id"] for d in report["devices"]] == ["cpu"]
+    assert report["notes"][0].startswith("torch_npu is installed but failed to import: OSError")
+
+
+def test_optional_module_prefers_sys_modules_and_never_imports_the_absent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = SimpleNamespace()
+    monkeypatch.setitem(sys.modules, "torch_xla", fake)
+    assert optional_module("torch_xla") is fake
+    assert optional_module("autotune_no_such_vendor_plugin") is None
 
 
 def test_probe_mindspore_with_fake_ascend(fake_tools: Path) -> None:
@@ -205,3 +339,18 @@ def test_custom_workload_that_cannot_be_built_is_refused_at_create(
         autotune.create_study("w", space, storage=f"sqlite:///{tmp_path}/w.db")
     assert needle in str(info.value)
     assert not (tmp_path / "w.db").exists()
+
+
+def test_probe_notes_reach_the_report() -> None:
+    """What a probe could not list travels to ``autotune devices --json``."""
+    import json
+
+    from autotune.devices import _Probe
+
+    data = {"version": "2.13.0", "notes": ["torch_xla could not list its devices: x"],
+            "devices": [{"id": "cpu", "name": "cpu", "memory_mb": 1, "driver": None,
+                         "detail": ""}]}
+    script = f"print('AUTOTUNE-PROBE ' + {json.dumps(json.dumps(data))})"
+    report = _Probe(argv_prefix=[sys.executable, "-c", script])("torch")
+    assert report.error is None and report.notes == ("torch_xla could not list its devices: x",)
+    assert report.to_dict()["notes"] == ["torch_xla could not list its devices: x"]

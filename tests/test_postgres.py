@@ -2,6 +2,8 @@
 
 Each module run creates a fresh database with a unique name and drops it afterwards.
 Trials run through :class:`tests.fakes.FakeLauncher` (synthetic outcomes, no workers).
+When the server is unreachable these tests are skipped, unless ``AUTOTUNE_REQUIRE_POSTGRES=1``
+(CI sets it): then they fail, so a server that is down cannot pass for a green run.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
+import socket
+import sys
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -27,6 +32,8 @@ from tests.fakes import FakeLauncher, on_calls
 pytestmark = pytest.mark.postgres
 
 HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
+#: Set to 1 (CI does) to fail, not skip, when the server is unreachable.
+REQUIRE_ENV = "AUTOTUNE_REQUIRE_POSTGRES"
 SPACE_DATA: dict[str, Any] = {
     "workload": "mlp",
     "mode": "train",
@@ -46,12 +53,26 @@ def _admin_connect() -> Any:
                            autocommit=True, connect_timeout=3)
 
 
+def _connect_or_skip() -> None:
+    """Skip the test when the server is unreachable, or fail it when REQUIRE_ENV is 1."""
+    try:
+        with contextlib.closing(_admin_connect()):
+            pass
+    except psycopg.OperationalError as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        message = f"PostgreSQL server on {HOST}:{PORT} is unreachable ({detail})"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{message}; {REQUIRE_ENV}=1 requires it", pytrace=False)
+        pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to fail instead")
+
+
 @contextlib.contextmanager
 def _leaky() -> Iterator[None]:
-    """Around public calls that open a storage and never close it (a product bug, pinned by
-    ``test_public_functions_close_their_connections``): their pooled psycopg connections
-    warn (ResourceWarning) when garbage-collected. Collect them here, with that warning
-    ignored, so the functional checks below do not fail on it at a random later point."""
+    """Around public calls that open a storage of their own. They close it now (pinned by
+    ``test_public_functions_close_their_connections``); this guard only keeps a regression
+    there from failing the functional checks below at a random later point (a pooled psycopg
+    connection warns, ResourceWarning, when garbage-collected): leaks are collected here,
+    with that warning ignored, and reported by that one test alone."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         try:
@@ -69,12 +90,7 @@ def _dispose(*studies: Study) -> None:
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    try:
-        with contextlib.closing(_admin_connect()):
-            pass
-    except psycopg.OperationalError as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        pytest.skip(f"PostgreSQL server on {HOST}:{PORT} is unreachable ({detail})")
+    _connect_or_skip()
     name = f"autotune_test_{uuid.uuid4().hex[:8]}"
     with contextlib.closing(_admin_connect()) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -83,6 +99,20 @@ def pg_url() -> Iterator[str]:
     finally:
         with contextlib.closing(_admin_connect()) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(("require", "outcome"), [("1", pytest.fail.Exception),
+                                                   ("", pytest.skip.Exception)],
+                         ids=["required-fails", "optional-skips"])
+def test_unreachable_server_fails_when_required(monkeypatch: pytest.MonkeyPatch, require: str,
+                                               outcome: type[BaseException]) -> None:
+    with contextlib.closing(socket.socket()) as sock:  # a port nothing listens on
+        sock.bind((HOST, 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(sys.modules[__name__], "PORT", port)
+    monkeypatch.setenv(REQUIRE_ENV, require)
+    with pytest.raises(outcome, match=f"{HOST}:{port} is unreachable"):
+        _connect_or_skip()
 
 
 def _query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:

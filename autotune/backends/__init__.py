@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from autotune.backends._base import Backend, Capabilities, cpu_capabilities
 
 __all__ = ["BACKENDS", "BEST_EXECUTION", "Backend", "BackendEntry", "Capabilities",
-           "capabilities", "load_backend", "resolve_execution"]
+           "capabilities", "load_backend", "resolve_execution", "unsupported_device_reason"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,36 @@ BACKENDS: Mapping[str, BackendEntry] = {
 BEST_EXECUTION: Mapping[str, str] = {"torch": "eager", "tensorflow": "graph",
                                      "mindspore": "graph"}
 
+#: Device kinds each backend runs trials on. Discovery may list more (torch sees Ascend NPUs
+#: through torch_npu and TPUs through torch_xla): those are refused with a reason below.
 _DEVICE_KINDS: Mapping[str, tuple[str, ...]] = {
     "torch": ("cpu", "cuda"),
     "tensorflow": ("cpu", "cuda", "tpu"),
     "mindspore": ("cpu", "cuda", "npu"),
 }
+
+#: Why a device that discovery lists cannot run a backend's trials.
+_UNSUPPORTED_KINDS: Mapping[tuple[str, str], str] = {
+    ("torch", "npu"): (
+        "the torch backend runs trials on cpu and cuda only: `autotune devices` lists "
+        "torch_npu's Ascend NPUs, but placement, synchronisation and memory statistics "
+        "through torch.npu are not implemented (use backend mindspore on npu)"),
+    ("torch", "tpu"): (
+        "the torch backend runs trials on cpu and cuda only: `autotune devices` lists "
+        "torch_xla's TPUs, but the backend has no XLA device path (lazy tensors, "
+        "mark_step) (use backend tensorflow on tpu)"),
+    ("tensorflow", "npu"): "TensorFlow has no Ascend NPU support (use backend mindspore)",
+    ("mindspore", "tpu"): "MindSpore has no TPU support (use backend tensorflow)",
+}
+
+
+def unsupported_device_reason(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run trials on ``device`` (``None`` when it can)."""
+    kind = device.split(":")[0]
+    if backend in _DEVICE_KINDS and kind in _DEVICE_KINDS[backend]:
+        return None
+    return _UNSUPPORTED_KINDS.get(
+        (backend, kind), f"backend {backend!r} does not run on {kind!r} devices")
 
 
 def resolve_execution(backend: str, execution: str) -> str:
@@ -69,10 +94,10 @@ def capabilities(backend: str, device: str) -> Capabilities:
     per-framework limits come from research/frameworks_on_cpu.md.
     """
     kind = device.split(":")[0]
-    if backend not in _DEVICE_KINDS or kind not in _DEVICE_KINDS[backend]:
-        return Capabilities(
-            precisions=frozenset(), modes=frozenset(),
-            reasons={"*": f"backend {backend!r} does not run on {kind!r} devices"})
+    unsupported = unsupported_device_reason(backend, device)
+    if unsupported is not None:
+        return Capabilities(precisions=frozenset(), modes=frozenset(),
+                            reasons={"*": unsupported})
     both = frozenset({"train", "infer"})
     if kind == "cpu":
         cpu = cpu_capabilities()
@@ -101,6 +126,10 @@ def capabilities(backend: str, device: str) -> Capabilities:
                                           "effect (use graph or auto)")
         else:
             reasons["int8"] = "TensorFlow int8 (TFLite) runs on CPU only here"
+        if kind == "tpu":
+            precisions.discard("fp16")
+            reasons["fp16"] = ("TPUs have no float16 arithmetic; their 16-bit type is "
+                               "bfloat16 (use bf16)")
         return Capabilities(precisions, both, {"infer"}, reasons,
                             executions={"eager", "graph", "xla"}, excluded=excluded)
     # mindspore

@@ -166,6 +166,24 @@ def _lift_address_space_cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
+def _import_mindspore() -> Any:
+    """Import MindSpore quietly and arrange for a clean exit under a memory cap."""
+    # MindSpore logs WARNINGs from C++ and Python at import and at model build (e.g.
+    # "'FusedSparseAdam' is deprecated" when nn.Adam is built); they end up in every
+    # worker's stderr. GLOG_v=3 keeps errors only; set before the import, which reads it.
+    os.environ.setdefault("GLOG_v", "3")
+    import mindspore
+
+    # mindspore.train.serialization's exit hook calls the deprecated Thread.getName();
+    # the warning would end every worker's stderr. Not ours to fix. (MindSpore's NumPy
+    # 1.x/2 message is not a warning: see _absorb_numpy_init_failure.)
+    warnings.filterwarnings("ignore", message=r"getName\(\) is deprecated",
+                            category=DeprecationWarning, module=r"mindspore\.")
+    # Registered after MindSpore's own exit hooks, so it runs before them (LIFO).
+    atexit.register(_lift_address_space_cap)
+    return mindspore
+
+
 def _torch_like_init(widths: Sequence[int], seed: int) -> tuple[list[np.ndarray],
                                                               list[np.ndarray]]:
     """Weights and biases as ``torch.nn.Linear`` initialises them, ``(out, in)`` layout.
@@ -189,20 +207,12 @@ class MindSporeBackend(Backend):
 
     name = "mindspore"
 
-    def __init__(self) -> None:
-        # MindSpore logs WARNINGs from C++ and Python at import and at model build (e.g.
-        # "'FusedSparseAdam' is deprecated" when nn.Adam is built); they end up in every
-        # worker's stderr. GLOG_v=3 keeps errors only; set before the import, which reads it.
-        os.environ.setdefault("GLOG_v", "3")
-        import mindspore as ms
-
-        # mindspore.train.serialization's exit hook calls the deprecated Thread.getName();
-        # the warning would end every worker's stderr. Not ours to fix. (MindSpore's NumPy
-        # 1.x/2 message is not a warning: see _absorb_numpy_init_failure.)
-        warnings.filterwarnings("ignore", message=r"getName\(\) is deprecated",
-                                category=DeprecationWarning, module=r"mindspore\.")
-        # Registered after MindSpore's own exit hooks, so it runs before them (LIFO).
-        atexit.register(_lift_address_space_cap)
+    def __init__(self, ms: Any = None) -> None:
+        """``ms`` is the framework module; tests hand in a fake one (the vendor boundary:
+        ``ms.set_device``, ``ms.device_context``, ``ms.runtime``) to drive the GPU and
+        Ascend paths of hardware this machine lacks, without importing MindSpore."""
+        if ms is None:
+            ms = _import_mindspore()
         self.ms: Any = ms
         self.config: TrialConfig | None = None
         self.net: Any = None  # the network that runs (AMP-wrapped under fp16)
@@ -248,12 +258,21 @@ class MindSporeBackend(Backend):
         return _op_threads  # what the kernels really use (a reused process keeps the first)
 
     def _set_device(self, device: str) -> None:
+        """Run the trial on ``device`` (``cpu``, ``cuda:N`` or ``npu:N``).
+
+        The id is checked against the devices MindSpore sees before ``ms.set_device``, so
+        a missing one is refused naming those that exist; the device's peak memory
+        statistics start afresh here, so the peak read after the trial is its own.
+        """
         ms = self.ms
         kind, _, index = device.partition(":")
         targets = {"cpu": "CPU", "cuda": "GPU", "npu": "Ascend"}
+        self._device_kind = "cpu"  # until the device is known to work
         if kind not in targets:
-            raise UnsupportedConfigError(f"mindspore backend cannot run on {device!r}")
-        self._device_kind = kind
+            from autotune.backends import unsupported_device_reason
+
+            reason = unsupported_device_reason(self.name, device) or "unknown device kind"
+            raise UnsupportedConfigError(f"{device}: {reason}")
         if kind == "cpu":
             ms.set_device("CPU")
             return
@@ -261,7 +280,14 @@ class MindSporeBackend(Backend):
         if not context.is_available():
             raise UnsupportedConfigError(
                 f"{device}: this MindSpore install has no {targets[kind]} support")
-        ms.set_device(targets[kind], int(index or 0))
+        n, count = int(index or 0), int(context.device_count())
+        if n >= count:
+            seen = ", ".join(f"{kind}:{i}" for i in range(count))
+            raise UnsupportedConfigError(
+                f"{device}: MindSpore sees {count} {targets[kind]} device(s)"
+                f"{': ' + seen if seen else ''}")
+        ms.set_device(targets[kind], n)
+        self._device_kind = kind
         # A warm worker runs many trials: each trial's peak is its own.
         ms.runtime.reset_peak_memory_stats()
 

@@ -81,19 +81,29 @@ class TensorFlowBackend(Backend):
 
     name = "tensorflow"
 
-    def __init__(self) -> None:
-        _quiet_tensorflow_logging()
-        import keras
-        import tensorflow as tf
+    def __init__(self, tf: Any = None, keras: Any = None) -> None:
+        """``tf``/``keras`` are the framework modules; tests hand in fakes (the vendor
+        boundary: ``tf.config``, ``tf.tpu``, ``tf.test.experimental``) to drive the GPU and
+        TPU paths of hardware this machine lacks, without importing TensorFlow."""
+        if tf is None:
+            _quiet_tensorflow_logging()
+            import keras as keras_module
+            import tensorflow as tf_module
 
-        tf.get_logger().setLevel("ERROR")
+            tf_module.get_logger().setLevel("ERROR")
+            tf, keras = tf_module, keras_module
         self.tf: Any = tf
         self.keras: Any = keras
         self.config: TrialConfig | None = None
         self.model: Any = None
         self.optimizer: Any = None
         self._device = "/CPU:0"
-        self._gpu = False
+        #: "GPU" or "TPU" when the trial runs on one (asynchronous, with its own memory
+        #: statistics under ``_memory_device``), None on CPU
+        self._accelerator: str | None = None
+        self._memory_device = ""
+        #: XLA functions not called yet ("step", "eval"): their first call compiles
+        self._xla_uncompiled: set[str] = set()
         self._threads = 1
         self._widths: tuple[int, ...] = ()
         self._masks: list[Any] = []
@@ -148,29 +158,42 @@ class TensorFlowBackend(Backend):
         return int(tf.config.threading.get_intra_op_parallelism_threads())
 
     def _select_device(self, device: str) -> None:
+        """Place the trial on ``device`` (``cpu``, ``cuda:N`` or ``tpu:N``).
+
+        A GPU's or TPU's peak memory statistics start afresh here, so the peak read after
+        the trial is its own. A TPU is usable only once the TPU system is initialised
+        (:func:`initialize_tpu_system`, once per process); its devices are then logical
+        devices, placed by their full name.
+        """
         tf = self.tf
         kind, _, index = device.partition(":")
         n = int(index) if index else 0
         if kind == "cpu":
-            self._device, self._gpu = "/CPU:0", False
-        elif kind == "cuda":
+            self._device, self._accelerator, self._memory_device = "/CPU:0", None, ""
+            return
+        if kind == "cuda":
             gpus = tf.config.list_physical_devices("GPU")
             if n >= len(gpus):
                 raise UnsupportedConfigError(
-                    f"{device}: TensorFlow sees {len(gpus)} GPU(s) "
+                    f"{device}: TensorFlow sees {len(gpus)} GPU(s){_listed('cuda', gpus)} "
                     "(tensorflow-cpu has no GPU support; install tensorflow[and-cuda])")
-            self._device, self._gpu = f"/GPU:{n}", True
-            # A warm worker runs many trials: each trial's peak is its own.
-            tf.config.experimental.reset_memory_stats(f"GPU:{n}")
+            self._device, self._accelerator = f"/GPU:{n}", "GPU"
         elif kind == "tpu":
+            initialize_tpu_system(tf, device)
             tpus = tf.config.list_logical_devices("TPU")
             if n >= len(tpus):
                 raise UnsupportedConfigError(
-                    f"{device}: TensorFlow sees no TPU here (a TPU must be initialised with "
-                    "tf.tpu.experimental.initialize_tpu_system before a trial)")
-            self._device, self._gpu = f"/TPU:{n}", False
+                    f"{device}: the initialised TPU system has {len(tpus)} TPU core(s)"
+                    f"{_listed('tpu', tpus)}")
+            self._device, self._accelerator = tpus[n].name, "TPU"
         else:
-            raise UnsupportedConfigError(f"tensorflow backend cannot run on {device!r}")
+            from autotune.backends import unsupported_device_reason
+
+            reason = unsupported_device_reason(self.name, device) or "unknown device kind"
+            raise UnsupportedConfigError(f"{device}: {reason}")
+        self._memory_device = f"{self._accelerator}:{n}"
+        # A warm worker runs many trials: each trial's peak is its own.
+        tf.config.experimental.reset_memory_stats(self._memory_device)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -188,16 +211,19 @@ class TensorFlowBackend(Backend):
             raise UnsupportedConfigError(f"unknown precision {config.precision!r}")
         self.config = config
         self._select_device(config.device)
-        if config.precision == "fp16" and not self._gpu and execution != "xla":
+        if config.precision == "fp16" and self._accelerator is None and execution != "xla":
             # Same rule as capabilities(): without XLA, TF's CPU fp16 kernels take ~1.2 s
             # per MLP step (research/frameworks_on_cpu.md), a trial that measures nothing.
             raise UnsupportedConfigError("TensorFlow fp16 on CPU is usable only with xla")
+        if config.precision == "fp16" and self._accelerator == "TPU":
+            raise UnsupportedConfigError("TPUs have no float16 arithmetic; their 16-bit type "
+                                         "is bfloat16 (use bf16)")
         if config.precision == "int8":
             if config.mode == "train":
                 raise UnsupportedConfigError("int8 training is not supported by tensorflow")
-            if self._gpu:
+            if self._accelerator is not None:
                 raise UnsupportedConfigError("TensorFlow int8 (TFLite) runs on CPU only here")
-        if config.budget.memory_mb is not None and not self._gpu:
+        if config.budget.memory_mb is not None and self._accelerator is None:
             _check_activations_fit(config, workload)
         self.keras.utils.set_random_seed(config.seed)
         self._gradients_before = _custom_gradient_names()
@@ -277,8 +303,10 @@ class TensorFlowBackend(Backend):
                 self._forward = self._compile(self._make_forward(), config.execution)
                 self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
             self._make_infer_batches(config.batch_size)
-        if config.execution == "xla" and self.model is not None:
-            self._compile_xla_ahead()
+        # XLA compiles a function on its first call: the step's compile then falls in the
+        # profiler's first step (timed apart as the compile phase), as a graph's trace does.
+        self._xla_uncompiled = ({"step", "eval"} if config.execution == "xla"
+                                and self.model is not None else set())
         info["compute_dtype"] = self.compute_dtype()
         return info
 
@@ -330,30 +358,24 @@ class TensorFlowBackend(Backend):
             layer.kernel.assign(layer.kernel * self.tf.constant(mask.T, layer.kernel.dtype))
         return masks
 
-    def _compile_xla_ahead(self) -> None:
-        """Compile the XLA step and evaluation now instead of on their first call.
+    @contextlib.contextmanager
+    def _compiling(self, function: str) -> Iterator[None]:
+        """Around a call of ``function`` ("step" or "eval"): on XLA's first call, which
+        compiles, the worker's memory cap is lifted meanwhile.
 
-        XLA compiles when a function first runs. Under ``budget.memory_mb`` (an address-space
-        cap) LLVM's code memory then fails to map and XLA aborts the process, so a trial
-        that should end "oom" would end killed. Compilation is the framework's one-off cost,
-        not memory the model runs in: it runs here with the cap lifted, on the real shapes.
-        A train step updates the weights, so the model and optimizer state are restored
-        afterwards: the measured training starts from the same state as in other modes.
+        Under ``budget.memory_mb`` (an address-space cap) LLVM's code memory fails to map
+        while XLA compiles and XLA aborts the process, so a trial that should end "oom"
+        would end killed. Compilation is the framework's one-off cost, not memory the model
+        runs in. The step compiles in the profiler's first step (the compile phase, outside
+        warm-up and the measured window), the evaluation in the first evaluation (untimed),
+        exactly where graph mode traces them; later calls run under the cap.
         """
-        assert self.config is not None
+        if function not in self._xla_uncompiled:
+            yield
+            return
+        self._xla_uncompiled.discard(function)
         with _address_space_cap_lifted():
-            if self.config.mode == "train":
-                assert self._step_fn is not None
-                state = list(self.model.variables) + list(self.optimizer.variables)
-                saved = [v.numpy() for v in state]
-                self._step_fn(self._epoch_x[0], self._epoch_y[0])
-                for variable, value in zip(state, saved, strict=True):
-                    variable.assign(value)
-                del saved
-            else:
-                assert self._forward is not None
-                self._forward(self._infer_batches[0])
-            self.evaluate()  # compiles the evaluation's chunk shapes
+            yield
 
     def _dense_layers(self) -> list[Any]:
         return [layer for layer in self.model.layers
@@ -579,10 +601,11 @@ class TensorFlowBackend(Backend):
     def step(self) -> int:
         assert self.config is not None
         try:
-            if self.config.mode == "train":
-                with self.tf.device(self._device):
-                    return self._train_step()
-            return self._infer_step()
+            with self._compiling("step"):
+                if self.config.mode == "train":
+                    with self.tf.device(self._device):
+                        return self._train_step()
+                return self._infer_step()
         except NonFiniteLossError:
             raise
         except Exception as e:
@@ -626,10 +649,11 @@ class TensorFlowBackend(Backend):
         (graph or XLA), return only after their kernels have run and their outputs exist
         (the CPU device has no stream to queue on). Checked with a 3000x3000 matmul: the
         eager, graph and XLA calls each returned after the whole ~450 ms product, and a
-        ``.numpy()`` afterwards took only the 7-37 ms of copying the 36 MB result. GPUs run
-        asynchronously, so there all devices are drained.
+        ``.numpy()`` afterwards took only the 7-37 ms of copying the 36 MB result. GPUs and
+        TPUs run asynchronously, so there all devices are drained (``sync_devices`` runs a
+        ``SyncDevice`` op on every logical device, then waits for the eager queues).
         """
-        if self._gpu:
+        if self._accelerator is not None:
             self.tf.test.experimental.sync_devices()
 
     def evaluate(self) -> float:
@@ -656,7 +680,7 @@ class TensorFlowBackend(Backend):
         tf = self.tf
         dtype = "float32" if self.config.mode == "train" else \
             self.model.layers[0].compute_dtype
-        with tf.device(self._device):
+        with tf.device(self._device), self._compiling("eval"):
             for start in range(0, len(x), _EVAL_CHUNK):
                 chunk = tf.cast(tf.constant(x[start:start + _EVAL_CHUNK]), dtype)
                 pred = self._eval_fn(chunk).numpy()
@@ -695,14 +719,14 @@ class TensorFlowBackend(Backend):
         return weights
 
     def peak_memory_bytes(self) -> int | None:
-        """Device allocator peak on GPU; ``None`` on CPU.
+        """Device allocator peak on GPU or TPU (since the trial's reset); ``None`` on CPU.
 
         ``get_memory_info('CPU:0')`` does work on CPU, but it only counts tensors from TF's
         allocator (not XLA buffers, TFLite arenas or numpy), so the worker's peak RSS is
         the figure comparable with the other backends.
         """
-        if self._gpu:
-            info = self.tf.config.experimental.get_memory_info(self._device.lstrip("/"))
+        if self._accelerator is not None:
+            info = self.tf.config.experimental.get_memory_info(self._memory_device)
             return int(info["peak"])
         return None
 
@@ -728,6 +752,41 @@ class TensorFlowBackend(Backend):
 
 
 # -- helpers (numpy side; weights in the shared (out, in) layout) --------------------------
+
+
+#: TPU systems initialised in this process: initialising again would wipe the TPU's
+#: memory (every variable on it) and is slow, so it happens once per process.
+_tpu_systems: dict[str, Any] = {}
+
+
+def initialize_tpu_system(tf: Any, device: str = "tpu") -> Any:
+    """Connect to and initialise the TPU system once per process; return its topology.
+
+    TPU cores are not TensorFlow devices until then (``list_logical_devices("TPU")`` is
+    empty). The TPU is the one named by ``TPU_NAME`` (a Cloud TPU node), else the TPU
+    attached to this VM (``"local"``, a TPU VM), as TensorFlow's TPU guide does it:
+    ``TPUClusterResolver`` -> ``experimental_connect_to_cluster`` (a no-op for a local
+    TPU) -> ``tpu.experimental.initialize_tpu_system``.
+    """
+    name = os.environ.get("TPU_NAME") or "local"
+    if name in _tpu_systems:
+        return _tpu_systems[name]
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+        tf.config.experimental_connect_to_cluster(resolver)
+        topology = tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as e:  # NotFoundError, ValueError, RuntimeError from the TPU runtime
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise UnsupportedConfigError(
+            f"{device}: no TPU system could be initialised here (TPU {name!r}): "
+            f"{type(e).__name__}: {first_line}") from e
+    _tpu_systems[name] = topology
+    return topology
+
+
+def _listed(prefix: str, devices: Sequence[Any]) -> str:
+    """``": cuda:0, cuda:1"`` for the devices a framework sees (empty for none)."""
+    return ": " + ", ".join(f"{prefix}:{i}" for i in range(len(devices))) if devices else ""
 
 
 def _check_activations_fit(config: TrialConfig, workload: Workload) -> None:

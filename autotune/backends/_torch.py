@@ -48,26 +48,31 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self) -> None:
-        import os
+    def __init__(self, torch: Any = None) -> None:
+        """``torch`` is the framework module; tests hand in a fake one (the vendor
+        boundary: ``torch.cuda``, ``torch.device``) to drive the device paths of hardware
+        this machine lacks."""
+        if torch is None:
+            import os
 
-        from autotune._cache import cache_dir
+            from autotune._cache import cache_dir
 
-        # torch.compile's kernels are cached across trials (cold compile of the MLP train
-        # step: ~12 s; warm: 0.2-2 s, research/frameworks_on_cpu.md).
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
-        import torch
+            # torch.compile's kernels are cached across trials (cold compile of the MLP
+            # train step: ~12 s; warm: 0.2-2 s, research/frameworks_on_cpu.md).
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+            import torch
 
-        # Building the first optimizer imports torch._dynamo (about 2 s here). It is a
-        # one-time framework cost, so it is paid here and recorded as import time, not
-        # charged to the model build.
-        import torch._dynamo
+            # Building the first optimizer imports torch._dynamo (about 2 s here). It is a
+            # one-time framework cost, so it is paid here and recorded as import time, not
+            # charged to the model build.
+            import torch._dynamo
 
         self.torch = torch
         self.model: Any = None
         self.optimizer: Any = None
         self.scaler: Any = None
         self.device: Any = None
+        self._cuda = False  # the trial runs on a CUDA device: sync and memory go there
         self.config: TrialConfig | None = None
         self._cursor = 0
         self._epoch = 0
@@ -87,16 +92,7 @@ class TorchBackend(Backend):
     def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
         torch = self.torch
         self.config = config
-        if config.device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise UnsupportedConfigError(f"{config.device}: torch sees no CUDA device")
-            self.device = torch.device(config.device)
-            # A warm worker runs many trials: each trial's peak is its own.
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif config.device == "cpu":
-            self.device = torch.device("cpu")
-        else:
-            raise UnsupportedConfigError(f"torch backend cannot run on {config.device!r}")
+        self._select_device(config.device)
         torch.manual_seed(config.seed)
         try:
             return self._build(config, workload, data)
@@ -104,6 +100,30 @@ class TorchBackend(Backend):
             if _is_oom(e):
                 raise OutOfMemoryError(f"out of memory while building the model: {e}") from e
             raise
+
+    def _select_device(self, device: str) -> None:
+        """Place the trial on ``device`` (``cpu`` or ``cuda:N``); a CUDA device's peak
+        memory statistics start afresh here, so the peak read after the trial is its own."""
+        from autotune.backends import unsupported_device_reason
+
+        torch = self.torch
+        kind, _, index = device.partition(":")
+        if kind == "cpu":
+            self.device, self._cuda = torch.device("cpu"), False
+            return
+        reason = unsupported_device_reason(self.name, device)
+        if reason is not None:
+            raise UnsupportedConfigError(f"{device}: {reason}")
+        if not torch.cuda.is_available():
+            raise UnsupportedConfigError(f"{device}: torch sees no CUDA device")
+        n, count = int(index or 0), int(torch.cuda.device_count())
+        if n >= count:
+            seen = ", ".join(f"cuda:{i}" for i in range(count))
+            raise UnsupportedConfigError(
+                f"{device}: torch sees {count} CUDA device(s): {seen}")
+        self.device, self._cuda = torch.device("cuda", n), True
+        # A warm worker runs many trials: each trial's peak is its own.
+        torch.cuda.reset_peak_memory_stats(self.device)
 
     def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
         torch = self.torch
@@ -390,7 +410,9 @@ class TorchBackend(Backend):
         return int(self.torch.get_num_threads())
 
     def synchronize(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
+        """CUDA kernels run asynchronously: wait for the trial's device. CPU ops have
+        finished when they return."""
+        if self._cuda:
             self.torch.cuda.synchronize(self.device)
 
     def evaluate(self) -> float:
@@ -414,7 +436,7 @@ class TorchBackend(Backend):
         return correct / len(self._x_test)
 
     def peak_memory_bytes(self) -> int | None:
-        if self.device is not None and self.device.type == "cuda":
+        if self._cuda:
             return int(self.torch.cuda.max_memory_allocated(self.device))
         return None
 
@@ -440,5 +462,7 @@ class TorchBackend(Backend):
         self._compute_dtype = None
         self._epoch = self._cursor = 0
         self._infer_batches = []
-        if self.device is not None and self.device.type == "cuda":
-            self.torch.cuda.empty_cache()
+        if self._cuda:
+            # empty_cache acts on the current device, which is cuda:0 unless set
+            with self.torch.cuda.device(self.device):
+                self.torch.cuda.empty_cache()
