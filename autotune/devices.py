@@ -123,14 +123,26 @@ def resolve_devices(space: Any) -> Any:
         return space
     backend_spec = space.param("backend")
     backends = list(backend_spec.choices) if backend_spec else [KNOB_DEFAULTS["backend"]]
+    from autotune.backends import unsupported_device_reason
+
     found = device_ids(discover(backends))
+    # A device is worth sampling only if a backend of the space can run trials on it
+    # (torch lists torch_xla TPUs and torch_npu NPUs but cannot run on them).
+    runnable = [d for d in found
+                if any(unsupported_device_reason(b, d) is None for b in backends)]
     if wanted == ["auto"]:
-        choices: tuple[str, ...] = tuple(found)
+        choices: tuple[str, ...] = tuple(runnable)
     else:
         missing = [d for d in wanted if d not in found]
         if missing:
             raise StudyError(f"device {missing[0]!r} does not exist here; devices found by "
                              f"{', '.join(backends)}: {', '.join(found)}")
+        idle = [d for d in wanted if d not in runnable]
+        if idle:
+            reason = unsupported_device_reason(backends[0], idle[0])
+            raise StudyError(f"device {idle[0]!r} exists here but no backend of the space "
+                             f"can run trials on it ({reason}); usable devices: "
+                             f"{', '.join(runnable)}")
         return space
     new = ParamSpec("device", "fixed" if len(choices) == 1 else "categorical", choices=choices)
     params = tuple(new if p.name == "device" else p for p in space.params)

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -473,7 +474,9 @@ class Study:
             "best": best,
             "leaders": leaders,
             "created_at": self._row.created_at.isoformat(timespec="seconds"),
-            "last_update": max(stamps).isoformat(timespec="seconds") if stamps else None,
+            # Optuna stores naive local times, autotune naive UTC: made UTC like created_at
+            "last_update": max(stamps).astimezone(UTC).replace(tzinfo=None)
+            .isoformat(timespec="seconds") if stamps else None,
         }
 
 

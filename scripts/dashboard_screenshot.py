@@ -41,10 +41,10 @@ def _screenshot(storage: str, name: str, out: Path, width: int, height: int) -> 
     from autotune.dashboard.app import make_dashboard_server
     from autotune.testing.browser import headless_chromium, plot_drawn
 
+    driver = headless_chromium(width, height)  # first: a missing browser leaves nothing
     server = make_dashboard_server(storage, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    driver = headless_chromium(width, height)
     try:
         driver.set_page_load_timeout(120)
         driver.get(f"http://127.0.0.1:{server.server_port}/study/{quote(name, safe='')}")
@@ -79,10 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1280x1000", help="window WIDTHxHEIGHT in pixels")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
+    from autotune.exceptions import AutotuneError
+    from autotune.testing.browser import browser_missing
+
+    missing = browser_missing()
+    if missing:  # before any trial is run
+        print(f"dashboard_screenshot: error: {missing}", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.storage or f"sqlite:///{tmp}/screenshot.db"
-        _ensure_trials(storage, args.study, args.space, args.n_trials)
-        _screenshot(storage, args.study, args.output, width, height)
+        try:
+            _ensure_trials(storage, args.study, args.space, args.n_trials)
+            _screenshot(storage, args.study, args.output, width, height)
+        except (AutotuneError, RuntimeError, TimeoutError) as e:
+            print(f"dashboard_screenshot: error: {e}", file=sys.stderr)
+            return 1
     print(f"saved {args.output}")
     return 0
 

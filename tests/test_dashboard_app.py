@@ -165,6 +165,42 @@ def test_a_slash_in_a_study_name_is_not_a_route(tmp_path: Path) -> None:
     assert get(app, "/study/x%2Ftrial%2F0/trial/50")[0] == 404
 
 
+def test_dot_and_backslash_names_have_working_links(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'dots.db'}"
+    objectives = {"throughput_sps": "maximize", "latency_p50_ms": "minimize"}
+    for name in ("..", "a\\b"):
+        _run(url, name, objectives, n=1, launcher=FakeLauncher())
+    app = DashboardApp(url)
+    listing = get(app, "/")[2]
+    for name, segment in (("..", "%2E%2E"), ("a\\b", "a%5Cb")):
+        assert f'href="/study/{segment}"' in listing
+        code, _, body = get(app, f"/study/{segment}")
+        assert code == 200 and f"<h1>study {name}</h1>" in body
+        assert f"/api/study/{segment}/version" in body
+        assert get(app, f"/study/{segment}/trial/0")[0] == 200
+
+
+def test_last_update_is_utc_like_created_at(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna stamps trials in local time, autotune in UTC: the list must not mix them."""
+    import time
+    from datetime import datetime
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving
+    time.tzset()
+    try:
+        url = f"sqlite:///{tmp_path / 'tz.db'}"
+        _run(url, "tz", OBJECTIVES, n=1, launcher=FakeLauncher())
+        with autotune.load_study("tz", storage=url) as study:
+            summary = study.summary()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    created = datetime.fromisoformat(summary["created_at"])
+    updated = datetime.fromisoformat(summary["last_update"])
+    assert 0 <= (updated - created).total_seconds() < 600
+
+
 def test_writes_are_refused(app: DashboardApp) -> None:
     assert get(app, "/", method="POST")[0] == 405
 

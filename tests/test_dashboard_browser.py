@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -339,7 +340,10 @@ def test_newcomer_quickstart_then_dashboard(browser: Any, tmp_path: Path) -> Non
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
+        # The address line, or give up after 60 s (a dashboard that never prints must not
+        # hang the test run).
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        line = server.stdout.readline() if ready else ""
         address = re.search(r"http://127\.0\.0\.1:[0-9]+/", line)
         assert address, f"no address printed: {line!r}"
         browser.get(address.group(0))
@@ -351,5 +355,10 @@ def test_newcomer_quickstart_then_dashboard(browser: Any, tmp_path: Path) -> Non
         _shot(browser, tmp_path / "quickstart.png")
     finally:
         server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=30)
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+            raise
     assert server.returncode == 0 and "stopped" in err

@@ -297,6 +297,24 @@ def test_device_auto_becomes_every_device_found(monkeypatch: pytest.MonkeyPatch,
         assert study.space.distributions()["device"].choices == ("cpu", "cuda:0")
 
 
+def test_device_auto_skips_devices_no_backend_can_run(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """torch lists torch_xla TPUs and torch_npu NPUs but cannot run trials on them: a
+    torch-only ``device: auto`` must not sample them, and naming one is refused."""
+    monkeypatch.setattr("autotune.devices.discover",
+                        _fake_discover(["cpu", "cuda:0", "tpu:0", "npu:0"]))
+    space = autotune.parse_space({**SPACE, "params": {"device": "auto"}})
+    with autotune.create_study("a", space, storage=f"sqlite:///{tmp_path}/a.db") as study:
+        spec = study.space.param("device")
+        assert spec is not None and spec.choices == ("cpu", "cuda:0")
+    space = autotune.parse_space({**SPACE, "params": {"device": ["cpu", "npu:0"]}})
+    with pytest.raises(autotune.StudyError, match=r"device 'npu:0' exists here but no "
+                                                  r"backend of the space can run trials on "
+                                                  r"it .*usable devices: cpu, cuda:0"):
+        autotune.create_study("b", space, storage=f"sqlite:///{tmp_path}/b.db")
+    assert not (tmp_path / "b.db").exists()
+
+
 def test_uninstalled_backend_is_refused_with_the_install_command(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import importlib.util
@@ -354,3 +372,21 @@ def test_probe_notes_reach_the_report() -> None:
     report = _Probe(argv_prefix=[sys.executable, "-c", script])("torch")
     assert report.error is None and report.notes == ("torch_xla could not list its devices: x",)
     assert report.to_dict()["notes"] == ["torch_xla could not list its devices: x"]
+
+
+@pytest.mark.parametrize(("vendor", "expected"), [("0x1ae0", True), ("0x10de", False)])
+def test_vfio_counts_as_a_tpu_only_for_a_google_device(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vendor: str, expected: bool) -> None:
+    """/dev/vfio also holds passed-through GPUs and NICs: only a Google PCI device in the
+    node's IOMMU group makes this a TPU host."""
+    import glob as glob_module
+
+    from autotune.backends import _probe
+
+    device = tmp_path / "kernel/iommu_groups/7/devices/0000:00:04.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text(vendor + "\n")
+    real_glob = glob_module.glob
+    monkeypatch.setattr(_probe.glob, "glob", lambda pattern: ["/dev/vfio/7"]
+                        if pattern.startswith("/dev/vfio/") else real_glob(pattern))
+    assert _probe._vfio_tpu_present(str(tmp_path)) is expected

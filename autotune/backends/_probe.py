@@ -53,12 +53,31 @@ def _load(optional: Importer, name: str, notes: list[str]) -> Any:
         return None
 
 
+#: PCI vendor id of Google (TPU chips).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def _vfio_tpu_present(sys_root: str = "/sys") -> bool:
+    """A ``/dev/vfio/<group>`` whose IOMMU group holds a Google PCI device (TPU v5e and
+    later); other passed-through devices (GPUs, NICs) also appear under ``/dev/vfio``."""
+    for node in glob.glob("/dev/vfio/[0-9]*"):
+        group = os.path.basename(node)
+        for vendor in glob.glob(f"{sys_root}/kernel/iommu_groups/{group}/devices/*/vendor"):
+            try:
+                with open(vendor) as f:
+                    if f.read().strip().lower() == _GOOGLE_PCI_VENDOR:
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def tpu_hardware_present() -> bool:
     """Whether this machine looks like a TPU host (checked without any TPU runtime):
-    ``/dev/accel*`` (TPU v2-v4 VMs), ``/dev/vfio/<n>`` (v5e and later) or ``TPU_NAME`` set
-    (a Cloud TPU node reached over the network)."""
-    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*")
-                or os.environ.get("TPU_NAME"))
+    ``/dev/accel*`` (TPU v2-v4 VMs), a Google device behind ``/dev/vfio/<n>`` (v5e and
+    later) or ``TPU_NAME`` set (a Cloud TPU node reached over the network)."""
+    return bool(glob.glob("/dev/accel[0-9]*") or os.environ.get("TPU_NAME")
+                or _vfio_tpu_present())
 
 
 def run_tool(argv: list[str]) -> str:

@@ -70,18 +70,25 @@ def headless_chromium(width: int = 1280, height: int = 1000) -> Any:
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition",
              interval_s: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; return it.
+    """Poll ``condition`` until it returns something truthy; return it. An exception from
+    ``condition`` counts as "not yet" (a page may be reloading) until the deadline.
 
     Raises:
-        TimeoutError: not true within ``timeout_s`` (naming ``what``).
+        TimeoutError: not true within ``timeout_s`` (naming ``what`` and the last error).
     """
     deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except Exception as e:  # e.g. a script run while the page navigates
+            value, last_error = None, e
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not true within {timeout_s:g} s")
+            detail = f" (last error: {type(last_error).__name__}: {last_error})" \
+                if last_error else ""
+            raise TimeoutError(f"{what} not true within {timeout_s:g} s{detail}")
         time.sleep(interval_s)
 
 
