@@ -80,9 +80,14 @@ class _Probe:
 
 
 def discover(backends: Iterable[str] | None = None) -> list[BackendDevices]:
-    """Probe each backend (default: all registered) in its own process, in parallel."""
+    """Probe each backend (default: all registered) in its own process, in parallel,
+    except on a TPU host: a TPU is opened by one process at a time, so probes running side
+    by side would race for it and which backend lists it would be chance."""
+    from autotune.backends._probe import tpu_hardware_present
+
     names = list(backends) if backends is not None else list(BACKENDS)
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+    workers = 1 if tpu_hardware_present() else max(1, len(names))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_Probe(), names))
 
 

@@ -390,3 +390,31 @@ def test_vfio_counts_as_a_tpu_only_for_a_google_device(
     monkeypatch.setattr(_probe.glob, "glob", lambda pattern: ["/dev/vfio/7"]
                         if pattern.startswith("/dev/vfio/") else real_glob(pattern))
     assert _probe._vfio_tpu_present(str(tmp_path)) is expected
+
+
+@pytest.mark.parametrize(("tpu_host", "most"), [(True, 1), (False, 3)])
+def test_probes_run_one_at_a_time_on_a_tpu_host(monkeypatch: pytest.MonkeyPatch,
+                                               tpu_host: bool, most: int) -> None:
+    """A TPU opens in one process at a time: on a TPU host the probes must not race."""
+    import threading
+    import time
+
+    from autotune import devices
+    from autotune.backends import _probe
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def probe(self: Any, name: str) -> BackendDevices:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return BackendDevices(name, True, "", "1", devices=())
+
+    monkeypatch.setattr(_probe, "tpu_hardware_present", lambda: tpu_host)
+    monkeypatch.setattr(devices._Probe, "__call__", probe)
+    reports = devices.discover(["torch", "tensorflow", "mindspore"])
+    assert [r.backend for r in reports] == ["torch", "tensorflow", "mindspore"]
+    assert peak[0] == most
