@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -437,11 +437,17 @@ class Study:
         return row.hypervolume if row is not None else None
 
     def summary(self) -> dict[str, Any]:
-        """Name, workload, counts by state, front size, the best value per objective and
-        when a trial last started or ended (``last_update``, ISO, ``None`` before any)."""
+        """Name, workload, counts by state, front size, the best value per objective,
+        when a trial last started or ended (``last_update``) and since when the oldest
+        running trial runs (``running_since``): ISO times in UTC, ``None`` when none."""
+        import optuna
+
         trials = self.trials()
-        stamps = [d for t in self._optuna_study().get_trials(deepcopy=False)
+        otrials = self._optuna_study().get_trials(deepcopy=False)
+        stamps = [d for t in otrials
                   for d in (t.datetime_start, t.datetime_complete) if d is not None]
+        running = [t.datetime_start for t in otrials
+                   if t.state == optuna.trial.TrialState.RUNNING and t.datetime_start]
         counts = {s: sum(t.state == s for t in trials)
                   for s in ("ok", "infeasible", "fail", "running", "waiting")}
         front = self.pareto_front()
@@ -475,8 +481,8 @@ class Study:
             "leaders": leaders,
             "created_at": self._row.created_at.isoformat(timespec="seconds"),
             # Optuna stores naive local times, autotune naive UTC: made UTC like created_at
-            "last_update": max(stamps).astimezone(UTC).replace(tzinfo=None)
-            .isoformat(timespec="seconds") if stamps else None,
+            "last_update": _utc_iso(max(stamps)) if stamps else None,
+            "running_since": _utc_iso(min(running)) if running else None,
         }
 
 
@@ -592,6 +598,11 @@ class _Recorder:
                 sorted({p.energy_source for p in front if p.energy_source})),
         )
         self.study.storage.replace_front(self.study._row.id, points, snapshot=snapshot)
+
+
+def _utc_iso(local: datetime) -> str:
+    """A naive local time (as Optuna stores them) as naive-UTC ISO text."""
+    return local.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 def install_command(backends: list[str]) -> str:

@@ -201,6 +201,37 @@ def test_last_update_is_utc_like_created_at(tmp_path: Path,
     assert 0 <= (updated - created).total_seconds() < 600
 
 
+def test_list_tells_running_from_stalled(tmp_path: Path) -> None:
+    """A trial left RUNNING by a driver that died is "stalled" once it is far past its
+    budget (20 s here); a fresh one is "running"."""
+    from datetime import datetime, timedelta
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'stall.db'}"
+    _run(url, "fresh", OBJECTIVES, n=1, launcher=FakeLauncher())
+    _run(url, "stale", OBJECTIVES, n=1, launcher=FakeLauncher())
+    optuna.load_study(study_name="fresh", storage=url).ask()  # running now
+    optuna.load_study(study_name="stale", storage=url).add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING, params={}, distributions={}, values=None))
+    with autotune.load_study("stale", storage=url) as study:  # started an hour ago
+        trial_id = next(t._trial_id for t in study._optuna_study().trials
+                        if t.state == optuna.trial.TrialState.RUNNING)
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE trials SET datetime_start = :t WHERE trial_id = :i"),
+                     {"t": datetime.now() - timedelta(hours=1), "i": trial_id})
+    engine.dispose()
+    body = get(DashboardApp(url), "/")[2]
+    rows = {m[0]: m[1] for m in re.findall(
+        r'<a href="/study/(\w+)">\w+</a></td><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>',
+        body)}
+    assert rows["fresh"] == "running"
+    assert rows["stale"].startswith("stalled")
+
+
 def test_writes_are_refused(app: DashboardApp) -> None:
     assert get(app, "/", method="POST")[0] == 405
 

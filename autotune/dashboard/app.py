@@ -34,6 +34,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -138,6 +139,25 @@ def _figure(fig: Any, div_id: str) -> str:
 
     return str(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id,
                            config={"displaylogo": False}))
+
+
+#: A trial still "running" this long past its budget was not killed by its driver: the
+#: driver itself is gone (killed, machine lost), so the trial will never end.
+_STALL_MARGIN_S = 120.0
+
+
+def _state(summary: dict[str, Any], trial_seconds: float) -> str:
+    """``running``, ``stalled`` (a running trial far past its budget: its driver died),
+    ``idle`` or ``not started``."""
+    if summary["trials"]["running"]:
+        since = summary.get("running_since")
+        if since is not None:
+            age = (datetime.now(UTC).replace(tzinfo=None)
+                   - datetime.fromisoformat(since)).total_seconds()
+            if age > 2 * trial_seconds + _STALL_MARGIN_S:
+                return "stalled (a trial has run far past its budget: its driver died?)"
+        return "running"
+    return "not started" if not any(summary["trials"].values()) else "idle"
 
 
 def _version(study: Study) -> dict[str, Any]:
@@ -257,8 +277,7 @@ class DashboardApp:
                 counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v) or "none"
                 best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items()
                                  if v is not None) or "-"
-                state = "running" if s["trials"]["running"] else \
-                    "not started" if not any(s["trials"].values()) else "idle"
+                state = _state(s, study.space.budget.trial_seconds)
                 rows.append([f'<a href="{esc(_study_url(study.name))}">{esc(study.name)}</a>',
                              esc(s["workload"]), esc(s["mode"]), esc(state), esc(counts),
                              esc(s["front_size"]), esc(best),
