@@ -42,7 +42,7 @@ SPACE = {
     "budget": {"trial_seconds": 20, "warmup_max_s": 1, "window_min_s": 0.5,
                "window_max_s": 1.5, "train_epochs": 4},
 }
-LATENCY_BOUND = "latency_p50_ms<=5"
+LATENCY_BOUND = "latency_p50_ms<=10"
 POOR = {"workload": "digits_mlp", "mode": "infer", "backend": "torch", "device": "cpu",
         "batch_size": 8, "precision": "fp32", "threads": 1, "pruning_ratio": 0.97}
 
