@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from autotune._measure import measure, measure_trial
     from autotune._recommend import Recommendation, recommend
     from autotune._verify import VerifyReport, verify
+    from autotune.config import Budget
     from autotune.pareto import FrontSnapshot, hypervolume, reference_point
-    from autotune.space import Budget, SearchSpace, load_space, parse_space
+    from autotune.space import SearchSpace, load_space, parse_space
     from autotune.study import (
         FrontPoint,
         Study,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 # Loaded on first use (PEP 562): `autotune --help` and `import autotune` stay fast because
 # SQLAlchemy, Optuna and YAML load only when a study or space is touched.
 _LAZY = {
-    "Budget": "autotune.space", "SearchSpace": "autotune.space",
+    "Budget": "autotune.config", "SearchSpace": "autotune.space",
     "load_space": "autotune.space", "parse_space": "autotune.space",
     "FrontPoint": "autotune.study", "Study": "autotune.study",
     "TrialResult": "autotune.study", "create_study": "autotune.study",

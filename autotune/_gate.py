@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from autotune._recommend import parse_condition
+from autotune.config import KNOB_DEFAULTS, TRAIN_ONLY_KNOBS
 from autotune.exceptions import GateError
 from autotune.launch import Launcher, ProcessLauncher
 from autotune.objectives import METRICS, Constraint, Direction
-from autotune.space import KNOB_DEFAULTS, TRAIN_ONLY_KNOBS, one_line
+from autotune.space import one_line
 
 if TYPE_CHECKING:
     from autotune.config import TrialConfig
@@ -454,7 +455,7 @@ def _read_metrics(measured: Mapping[str, Any], config: TrialConfig) -> dict[str,
         if "config" not in measured:
             # plain `autotune measure --json` lists only the flags given; the others took
             # the defaults, and a config that differs from those is another configuration
-            from autotune.space import KNOB_DEFAULTS
+            from autotune.config import KNOB_DEFAULTS
 
             theirs = {**KNOB_DEFAULTS, **theirs}
         for name, value in theirs.items():

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autotune.config import TRAIN_ONLY_KNOBS
 from autotune.exceptions import AutotuneError, RecommendError
 from autotune.objectives import DIRECTIONS, METRICS, Constraint, Direction
-from autotune.space import TRAIN_ONLY_KNOBS
 
 if TYPE_CHECKING:
     from autotune.config import TrialConfig

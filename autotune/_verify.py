@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
-from autotune.config import TrialConfig
+from autotune.config import Budget, TrialConfig
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.launch import Launcher, ProcessLauncher
 from autotune.profiling.measurement import Measurement
-from autotune.space import Budget, minimum_trial_seconds
+from autotune.space import minimum_trial_seconds
 from autotune.storage._models import RecheckRow
 
 if TYPE_CHECKING:

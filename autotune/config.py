@@ -1,11 +1,98 @@
-"""Frozen records passed from the study driver to a worker: what one trial runs."""
+"""The ground floor: the knob vocabulary, per-trial budgets and the frozen record of one trial.
+
+Nothing here imports the rest of autotune: :mod:`autotune.space` (space files), the
+launcher and the profiling loop all import their shared names from this module.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
 
-from autotune.space import KNOB_DEFAULTS, Budget, SearchSpace
+# -- the knob vocabulary ----------------------------------------------------------------------
+
+Mode = Literal["train", "infer"]
+MODES: tuple[Mode, ...] = ("train", "infer")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PRUNING_STRUCTURES = ("unstructured", "structured")
+#: auto: the mode an expert would pick for the backend (torch eager, TensorFlow tf.function,
+#: MindSpore graph mode); xla: TensorFlow's tf.function(jit_compile=True).
+EXECUTIONS = ("auto", "eager", "graph", "xla")
+#: Knobs that only mean something when the model is trained.
+TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer"})
+
+#: Knob name -> value used when a space does not mention the knob.
+KNOB_DEFAULTS: Mapping[str, Any] = {
+    "backend": "torch",
+    "device": "cpu",
+    "batch_size": 64,
+    "precision": "fp32",
+    "learning_rate": 1e-3,
+    "optimizer": "adam",
+    "pruning_ratio": 0.0,
+    "threads": None,  # None: every core the worker may use
+    "pruning_structure": "unstructured",
+    "execution": "auto",
+}
+
+# -- timing constants shared by the space check, the worker and the profiling loop ------------
+
+#: Time a trial needs for model set-up on a warm worker (data cached, framework imported).
+MIN_SETUP_S = 1.0
+#: Warm-up lasts at least this long even when the first steps already look stable.
+WARMUP_MIN_S = 0.25
+#: Seconds the worker keeps for itself between the end of measuring and the hard kill.
+SAFETY_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-trial limits and measurement settings (``budget:`` in a space file).
+
+    Attributes:
+        trial_seconds: wall-clock limit of one trial's worker process; it is killed beyond.
+        warmup_max_s: longest warm-up before measuring anyway (warm-up ends earlier once
+            step times are stable); warm-up steps are never counted.
+        window_min_s: the measured window lasts at least this long...
+        window_min_steps: ...and at least this many steps...
+        window_max_s: ...and is extended until the spread (IQR/median) falls under
+            ``target_spread`` or this long has passed (or the trial budget runs out).
+        target_spread: IQR/median at which the window stops extending.
+        train_epochs: training budget in train mode: accuracy is measured after exactly
+            this many epochs over the training split.
+        memory_mb: optional cap on memory the trial may allocate beyond what the framework
+            and model need; beyond it a trial is out of memory (like a device of that size).
+    """
+
+    trial_seconds: float = 30.0
+    warmup_max_s: float = 3.0
+    window_min_s: float = 1.0
+    window_min_steps: int = 20
+    window_max_s: float = 4.0
+    target_spread: float = 0.10
+    train_epochs: int = 3
+    memory_mb: int | None = None
+
+
+class SpaceLike(Protocol):
+    """What :meth:`TrialConfig.from_params` reads of a space (an
+    :class:`autotune.space.SearchSpace`), named here so this module does not import it."""
+
+    @property
+    def workload(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def budget(self) -> Budget: ...
+
+    def fixed_params(self) -> dict[str, Any]: ...
+
+
+# -- one trial --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -30,16 +117,25 @@ class TrialConfig:
     pruning_structure: str = "unstructured"
     execution: str = "auto"
     seed: int = 0
+    #: the workload factory's keyword arguments
+    workload_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: SHA-256 (16 hex digits) of the factory's file when the trial was launched (``None``
+    #: for built-ins), stored with every measurement so a study cannot mix model versions
+    factory_hash: str | None = None
 
     @classmethod
-    def from_params(cls, space: SearchSpace, params: dict[str, Any], *,
+    def from_params(cls, space: SpaceLike, params: dict[str, Any], *,
                     seed: int = 0) -> TrialConfig:
         """Combine the space's fixed knobs, the sampled ``params`` and the defaults."""
         knobs = dict(KNOB_DEFAULTS)
         knobs.update(space.fixed_params())
         knobs.update(params)
+        from autotune.workloads import WorkloadRef, factory_hash
+
+        kwargs = dict(getattr(space, "workload_kwargs", {}) or {})
         return cls(workload=space.workload, mode=space.mode, budget=space.budget, seed=seed,
-                   **knobs)
+                   workload_kwargs=kwargs,
+                   factory_hash=factory_hash(WorkloadRef(space.workload, kwargs)), **knobs)
 
     def knobs(self) -> dict[str, Any]:
         """The tunable knobs only (what a launch config needs)."""
@@ -54,4 +150,5 @@ class TrialConfig:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["budget"] = Budget(**data["budget"])
+        data["workload_kwargs"] = dict(data.get("workload_kwargs") or {})
         return cls(**data)

@@ -101,8 +101,8 @@ def device_ids(reports: Iterable[BackendDevices]) -> list[str]:
 def check_installed(space: Any) -> None:
     """Raise :class:`StudyError` naming the install command of any backend the space names
     that is not installed (checked without importing it)."""
+    from autotune.config import KNOB_DEFAULTS
     from autotune.exceptions import StudyError
-    from autotune.space import KNOB_DEFAULTS
 
     spec = space.param("backend")
     names = list(spec.choices) if spec is not None else [KNOB_DEFAULTS["backend"]]
@@ -118,8 +118,9 @@ def resolve_devices(space: Any) -> Any:
     checking that every listed device exists. CPU-only spaces need no probe."""
     import dataclasses
 
+    from autotune.config import KNOB_DEFAULTS
     from autotune.exceptions import StudyError
-    from autotune.space import KNOB_DEFAULTS, ParamSpec
+    from autotune.space import ParamSpec
 
     spec = space.param("device")
     wanted = list(spec.choices) if spec is not None and spec.kind in ("fixed", "categorical") \

@@ -11,6 +11,8 @@ Every error autotune raises on purpose derives from :class:`AutotuneError`, so a
     │   ├── StudyExistsError
     │   └── SpaceMismatchError                    run with a space that differs from the stored one
     ├── WorkloadError         (also ValueError)   unknown or malformed workload
+    │   └── ModelFactoryError                     the factory or its ModelSpec failed in
+    │                                             the worker (trial FAIL, model_error)
     ├── RecommendError        (also ValueError)   recommend: bad objective/condition, no
     │                                             measured trial, nothing feasible
     ├── GateError             (also ValueError)   gate: config file invalid or for another study
@@ -62,6 +64,15 @@ class SpaceMismatchError(StudyError):
 
 class WorkloadError(AutotuneError, ValueError):
     """A workload name or factory is unknown or does not build a valid workload."""
+
+
+class ModelFactoryError(WorkloadError):
+    """A workload factory, or the ``ModelSpec`` it returned, is unusable: it raised, it
+    returned another type or a model of another framework, its batches have the wrong
+    batch dimension or the model rejects them, its loss is not a scalar. Raised in the
+    worker; the trial is recorded failed (``failure_kind: model_error``), never retried."""
+
+    failure_kind = "model_error"
 
 
 class TrialError(AutotuneError):

@@ -43,7 +43,14 @@ METRICS: Mapping[str, MetricInfo] = {
         MetricInfo("latency_p95_ms", "ms", "minimize", "95th percentile step time"),
         MetricInfo("latency_p99_ms", "ms", "minimize", "99th percentile step time"),
         MetricInfo("peak_memory_mb", "MB", "minimize", "peak resident memory of the worker"),
-        MetricInfo("accuracy", "fraction", "maximize", "held-out top-1 accuracy"),
+        MetricInfo("accuracy", "fraction", "maximize",
+                   "held-out top-1 accuracy (models whose quality is an accuracy)"),
+        MetricInfo("quality", "model-defined", "maximize",
+                   "the model's own quality (its spec's quality callable; its direction is "
+                   "the spec's quality_direction)"),
+        MetricInfo("pct_of_peak", "%", "maximize",
+                   "achieved FLOP/s as a percentage of the machine's measured GEMM peak for "
+                   "the trial's device, precision and threads"),
         MetricInfo("power_w", "W", "minimize", "mean power over the measured window"),
         MetricInfo(
             "energy_per_sample_j", "J", "minimize", "energy per sample over the measured window"
@@ -102,17 +109,26 @@ class Constraint:
         return f"{self.metric} {self.op} {self.bound:g}"
 
 
+#: The worst value of a model quality that is minimised (a loss, a perplexity): finite, so
+#: hypervolume and TPE stay defined.
+WORST_MINIMIZED_QUALITY = 1e6
+
+
 def worst_value(metric: str, *, trial_seconds: float, rated_power_w: float,
-                memory_total_mb: float) -> float:
+                memory_total_mb: float, direction: str | None = None) -> float:
     """A physically meaningful worst case for ``metric``, used for infeasible trials.
 
     Samplers learn from complete trials only, so a failed configuration is recorded with
     these values and a violated constraint rather than as FAIL (DESIGN.md section 5).
     The bounds are finite on purpose: hypervolume and TPE's ranking stay well-defined.
     """
+    if metric == "quality" and direction == "minimize":
+        return WORST_MINIMIZED_QUALITY
     worst = {
         "throughput_sps": 0.0,
         "accuracy": 0.0,
+        "quality": 0.0,
+        "pct_of_peak": 0.0,
         # No step that completed inside the budget can have taken longer than the budget.
         "latency_p50_ms": trial_seconds * 1000.0,
         "latency_p90_ms": trial_seconds * 1000.0,

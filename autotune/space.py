@@ -3,7 +3,10 @@
 A space file (see ``search_spaces/quickstart.yaml``) has these top-level keys:
 
 ``workload``
-    a built-in workload name (``autotune.workloads.BUILTIN``) or ``"package.module:factory"``.
+    a built-in workload name (``autotune.workloads.BUILTIN``: ``mlp``, ``digits_mlp``,
+    ``cnn``), a factory ``"models/my_cnn.py:build"`` (relative to the space file) or
+    ``"my_package.models:build"``, or a mapping ``{factory: ..., kwargs: {...}}``. The
+    factory is checked here without being imported (the worker imports it).
 ``mode``
     ``train`` (optimizer steps, accuracy after the training budget) or ``infer``
     (forward passes on a trained model).
@@ -35,51 +38,26 @@ from typing import Any, Literal
 
 import yaml
 
+from autotune.config import (
+    EXECUTIONS,
+    MIN_SETUP_S,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRUNING_STRUCTURES,
+    SAFETY_MARGIN_S,
+    TRAIN_ONLY_KNOBS,
+    WARMUP_MIN_S,
+    Budget,
+    Mode,
+)
+from autotune.config import KNOB_DEFAULTS as KNOB_DEFAULTS  # re-export: tests import it
 from autotune.exceptions import SpaceError
 from autotune.objectives import DIRECTIONS, METRICS, Constraint, Direction
 
-Mode = Literal["train", "infer"]
-MODES: tuple[Mode, ...] = ("train", "infer")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-PRUNING_STRUCTURES = ("unstructured", "structured")
-#: auto: the mode an expert would pick for the backend (torch eager, TensorFlow tf.function,
-#: MindSpore graph mode); xla: TensorFlow's tf.function(jit_compile=True).
-EXECUTIONS = ("auto", "eager", "graph", "xla")
-#: Knobs that only mean something when the model is trained.
-TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer"})
 _DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+)$")
 _TOP_LEVEL_KEYS = ("workload", "mode", "objectives", "constraints", "params", "budget",
                    "description")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Per-trial limits and measurement settings (``budget:`` in a space file).
-
-    Attributes:
-        trial_seconds: wall-clock limit of one trial's worker process; it is killed beyond.
-        warmup_max_s: longest warm-up before measuring anyway (warm-up ends earlier once
-            step times are stable); warm-up steps are never counted.
-        window_min_s: the measured window lasts at least this long...
-        window_min_steps: ...and at least this many steps...
-        window_max_s: ...and is extended until the spread (IQR/median) falls under
-            ``target_spread`` or this long has passed (or the trial budget runs out).
-        target_spread: IQR/median at which the window stops extending.
-        train_epochs: training budget in train mode: accuracy is measured after exactly
-            this many epochs over the training split.
-        memory_mb: optional cap on memory the trial may allocate beyond what the framework
-            and model need; beyond it a trial is out of memory (like a device of that size).
-    """
-
-    trial_seconds: float = 30.0
-    warmup_max_s: float = 3.0
-    window_min_s: float = 1.0
-    window_min_steps: int = 20
-    window_max_s: float = 4.0
-    target_spread: float = 0.10
-    train_epochs: int = 3
-    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +109,15 @@ class SearchSpace:
     params: tuple[ParamSpec, ...] = ()
     budget: Budget = field(default_factory=Budget)
     description: str = ""
+    #: the factory's keyword arguments (JSON-able)
+    workload_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def workload_label(self) -> str:
+        """The workload as shown to people: the factory and its kwargs."""
+        from autotune.workloads import WorkloadRef
+
+        return WorkloadRef(self.workload, self.workload_kwargs).label()
 
     @property
     def objective_names(self) -> list[str]:
@@ -169,8 +156,11 @@ class SearchSpace:
                 if p.step is not None:
                     rng["step"] = p.step
                 params[p.name] = rng
+        workload: Any = self.workload
+        if self.workload_kwargs:
+            workload = {"factory": self.workload, "kwargs": dict(self.workload_kwargs)}
         return {
-            "workload": self.workload,
+            "workload": workload,
             "mode": self.mode,
             "objectives": dict(self.objectives),
             "constraints": {c.metric: f"{c.op} {c.bound!r}" for c in self.constraints},
@@ -210,7 +200,9 @@ class _Where:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space file. Raises :class:`SpaceError` naming the problem."""
+    """Read and validate a space file. Raises :class:`SpaceError` naming the problem.
+
+    A factory file named relative to the space file is resolved against its folder."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -218,7 +210,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: space file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"{path}: cannot read space file ({e})") from None
-    return parse_space_text(text, source=str(path))
+    return parse_space_text(text, source=str(path), base_dir=path.resolve().parent)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -240,7 +232,8 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def parse_space_text(text: str, *, source: str = "<space>") -> SearchSpace:
+def parse_space_text(text: str, *, source: str = "<space>",
+                     base_dir: Path | None = None) -> SearchSpace:
     """Parse YAML text (safe-loaded, duplicate keys refused) into a validated space."""
     where = _Where(source)
     try:
@@ -255,12 +248,18 @@ def parse_space_text(text: str, *, source: str = "<space>") -> SearchSpace:
                              "objectives")
     if not isinstance(data, Mapping):
         raise where.fail("", f"a space file must be a YAML mapping, got {type(data).__name__}")
-    return parse_space(data, source=source)
+    return parse_space(data, source=source, base_dir=base_dir)
 
 
-def parse_space(data: Mapping[str, Any], *, source: str = "<space>") -> SearchSpace:
-    """Validate a mapping (as loaded from YAML) into a :class:`SearchSpace`."""
-    from autotune.workloads import check_workload_name
+def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
+                base_dir: Path | None = None, check_files: bool = True) -> SearchSpace:
+    """Validate a mapping (as loaded from YAML) into a :class:`SearchSpace`.
+
+    ``base_dir`` resolves relative factory paths (default: the working directory).
+    ``check_files=False`` reads a *stored* space: its factory file is not looked up, so a
+    study stays readable (list, show, export, dashboard) where the file is absent.
+    """
+    from autotune.workloads import parse_workload
 
     where = _Where(source)
     for key in data:
@@ -270,11 +269,8 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>") -> SearchSp
         if key not in data:
             raise where.fail(key, "is required")
 
-    workload = data["workload"]
-    if not isinstance(workload, str) or not workload:
-        raise where.fail("workload", f"must be a workload name, got {workload!r}")
     try:
-        check_workload_name(workload)
+        ref = parse_workload(data["workload"], base_dir or Path.cwd(), check=check_files)
     except ValueError as e:
         raise where.fail("workload", str(e)) from None
 
@@ -295,7 +291,7 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>") -> SearchSp
     if not isinstance(description, str):
         raise where.fail("description", "must be text")
     return SearchSpace(
-        workload=workload, mode=mode, objectives=objectives, constraints=constraints,
+        workload=ref.factory, workload_kwargs=dict(ref.kwargs), mode=mode, objectives=objectives, constraints=constraints,
         params=params, budget=budget, description=description,
     )
 
@@ -361,21 +357,6 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
         "execution": (lambda v: isinstance(v, str) and v in EXECUTIONS,
                       f"one of {', '.join(EXECUTIONS)}"),
     }
-
-
-#: Knob name -> value used when a space does not mention the knob.
-KNOB_DEFAULTS: Mapping[str, Any] = {
-    "backend": "torch",
-    "device": "cpu",
-    "batch_size": 64,
-    "precision": "fp32",
-    "learning_rate": 1e-3,
-    "optimizer": "adam",
-    "pruning_ratio": 0.0,
-    "threads": None,  # None: every core the worker may use
-    "pruning_structure": "unstructured",
-    "execution": "auto",
-}
 
 
 def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
@@ -444,26 +425,10 @@ def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
     return ParamSpec(name, "fixed", choices=(value,))
 
 
-#: Time a trial needs for model set-up on a warm worker (data cached, framework imported).
-MIN_SETUP_S = 1.0
-
-
-def _warmup_min_s() -> float:
-    from autotune.profiling.loop import WARMUP_MIN_S
-
-    return WARMUP_MIN_S
-
-
-def _safety_margin_s() -> float:
-    from autotune.launch._worker import SAFETY_MARGIN_S
-
-    return SAFETY_MARGIN_S
-
-
 def minimum_trial_seconds(budget: Budget) -> float:
     """The shortest ``trial_seconds`` in which ``budget`` can measure anything: set-up,
     the shortest warm-up, the minimum window and the worker's margin before its kill."""
-    return MIN_SETUP_S + _warmup_min_s() + budget.window_min_s + _safety_margin_s()
+    return MIN_SETUP_S + WARMUP_MIN_S + budget.window_min_s + SAFETY_MARGIN_S
 
 
 def check_measurable(budget: Budget, source: str = "<space>") -> None:
@@ -477,8 +442,8 @@ def check_measurable(budget: Budget, source: str = "<space>") -> None:
         raise _Where(source).fail("budget.trial_seconds", (
             f"{budget.trial_seconds:g} s is too short to measure anything; this budget needs "
             f"at least {needed:g} s (set-up {MIN_SETUP_S:g} s + shortest warm-up "
-            f"{_warmup_min_s():g} s + window_min_s {budget.window_min_s:g} s + "
-            f"{_safety_margin_s():g} s safety margin)"))
+            f"{WARMUP_MIN_S:g} s + window_min_s {budget.window_min_s:g} s + "
+            f"{SAFETY_MARGIN_S:g} s safety margin)"))
 
 
 def _parse_budget(raw: Any, where: _Where) -> Budget:

@@ -125,7 +125,7 @@ class Study:
     def __init__(self, row: StudyRow, storage: AutotuneStorage) -> None:
         self._row = row
         self.storage = storage
-        self.space: SearchSpace = parse_space(json.loads(row.space_json),
+        self.space: SearchSpace = parse_space(json.loads(row.space_json), check_files=False,
                                               source=f"study {row.study_name!r}")
 
     @property
@@ -182,7 +182,7 @@ class Study:
         infeasible, ``unsupported``, without starting a worker), for the caller to warn.
         """
         from autotune.backends import BACKENDS
-        from autotune.space import KNOB_DEFAULTS
+        from autotune.config import KNOB_DEFAULTS
 
         spec = self.space.param("backend")
         names = [str(c) for c in spec.choices] if spec is not None else \
@@ -507,7 +507,8 @@ class _Recorder:
         }
 
     def worst(self, metric: str) -> float:
-        return worst_value(metric, **self._worst)
+        direction = self.study.space.objectives.get(metric)
+        return worst_value(metric, direction=direction, **self._worst)
 
     def record(self, trial: Any, config: TrialConfig, outcome: WorkerOutcome) -> TrialResult:
         import optuna

@@ -478,7 +478,8 @@ def _plan(data: dict[str, Any], where: str, name: str | None) -> _Plan:
     _check_name(target)
     space_json = c.field(s, "space_json", "study", "str")
     try:
-        space = parse_space(json.loads(space_json), source=f"{where} study.space_json")
+        space = parse_space(json.loads(space_json), source=f"{where} study.space_json",
+                            check_files=False)
     except SpaceError as e:
         raise ExportFormatError(str(e)) from None
     except (ValueError, RecursionError):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autotune.config import TrialConfig
-    from autotune.workloads import Dataset, Workload
+    from autotune.workloads import ModelSpec
 
 
 #: The fixed recipe that trains the model an inference trial measures. It is the same on
@@ -98,40 +98,53 @@ def cpu_capabilities(flags: frozenset[str] | None = None) -> Capabilities:
 
 
 class Backend(ABC):
-    """One framework, driven through a fixed lifecycle inside a worker process.
+    """One framework's runtime, driven through a fixed lifecycle inside a worker process.
 
-    Lifecycle: ``setup`` once, then ``step`` many times (each followed by ``synchronize``
-    before the profiler reads the clock), ``evaluate`` when the training budget is spent
-    (train mode) or once after setup (infer mode), then ``teardown``.
+    The backend is the runtime, the workload is the model: the backend owns device,
+    threads, precision policy, execution mode, synchronisation, memory statistics, the
+    optimizer loop and the pruning and quantisation mechanics; the workload's factory
+    (``build(framework, **kwargs) -> ModelSpec``) owns the model, its batches, its loss and
+    its quality. Lifecycle per trial:
 
-    * ``setup(config, workload, data)`` builds the model for ``config`` and, in infer mode,
-      trains it with a fixed recipe (adam, lr 1e-3, batch 128, ``budget.train_epochs``
-      epochs, fp32; cached per workload), prunes and converts it to the trial's precision.
-      In train mode it prunes the freshly initialised model (unstructured: masks kept
-      during training so pruned weights stay zero; structured: smaller layers built).
+    * ``configure(config)`` sets the runtime up for the trial (device, precision policy,
+      execution mode) *before* the factory runs, so the factory builds into it.
       ``config.execution`` is already resolved (``eager``, ``graph`` or ``xla``).
-      Returns facts about the built model: ``param_count`` and ``flops_per_sample``
-      (after structured pruning), ``sparsity`` (fraction of zero weights), ``execution``,
-      ``runtime`` (e.g. ``"tflite"`` when int8 runs on another runtime) and, when the
-      model was trained here, ``base_model`` (``cached`` or ``trained``).
+    * ``setup(config, spec)`` places the factory's model and, in infer mode, trains it with
+      the fixed base recipe when the spec asks for it (adam, lr 1e-3, batch 128,
+      ``budget.train_epochs`` epochs, fp32; cached), prunes and converts it to the trial's
+      precision. In train mode it prunes the fresh model (unstructured: pruned weights
+      stay zero while training; structured: smaller layers). Returns facts measured on
+      the built model: ``param_count``, ``flops_per_sample`` (``None`` with
+      ``flops_method`` saying why), ``sparsity``, ``weight_bytes``, ``execution``,
+      ``runtime`` (e.g. ``"tflite"``) and, when trained here, ``base_model``.
     * ``step()`` runs one optimizer step (train) or one forward pass of a batch (infer) and
-      returns the number of samples it processed.
-    * ``synchronize()`` waits for queued device work; a no-op on CPU.
+      returns the number of samples it processed; ``synchronize()`` waits for queued device
+      work (a no-op on CPU) and is called before every clock read.
+    * ``evaluate()`` returns the spec's quality of the model as it is now (``None`` when
+      the spec has none).
     * ``peak_memory_bytes()`` is the device's peak allocation, or ``None`` on CPU where the
-      worker's peak resident memory is used instead.
-    * ``evaluate()`` returns held-out accuracy of the model as it is now.
+      worker's peak resident memory is used instead; then ``teardown()``.
 
-    Framework imports happen in ``setup``, never at module top. Out-of-memory is raised as
-    :class:`autotune.exceptions.OutOfMemoryError`, an unsupported combination as
-    :class:`~autotune.exceptions.UnsupportedConfigError`, a NaN/inf loss as
-    :class:`~autotune.exceptions.NonFiniteLossError`.
+    Framework imports happen in the constructor or later, never at module top. Out of
+    memory is raised as :class:`autotune.exceptions.OutOfMemoryError`, an unsupported
+    combination as :class:`~autotune.exceptions.UnsupportedConfigError`, a NaN/inf loss as
+    :class:`~autotune.exceptions.NonFiniteLossError`, an unusable model or factory as
+    :class:`~autotune.exceptions.ModelFactoryError`. The framework backends share
+    :class:`autotune.backends._framework.FrameworkBackend`.
     """
 
     name: str = ""
+    #: the name workload factories are called with (``build(framework, ...)``)
+    framework: str = ""
+    #: how errors name the workload (set by the worker: the factory and its kwargs)
+    factory_label: str = "the factory"
+
+    def configure(self, config: TrialConfig) -> None:  # noqa: B027 - optional hook
+        """Set the runtime up for ``config`` before the workload's factory runs."""
 
     @abstractmethod
-    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
-        """Build (and in infer mode train, prune and convert) the model."""
+    def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:
+        """Place (and in infer mode train, prune and convert) the spec's model."""
 
     @abstractmethod
     def step(self) -> int:
@@ -142,8 +155,8 @@ class Backend(ABC):
         """Block until the device has finished queued work."""
 
     @abstractmethod
-    def evaluate(self) -> float:
-        """Held-out top-1 accuracy of the current model."""
+    def evaluate(self) -> float | None:
+        """The model's quality now (the spec's ``quality``), ``None`` without one."""
 
     @abstractmethod
     def compute_dtype(self) -> str:
@@ -153,23 +166,23 @@ class Backend(ABC):
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one pass over the training split (train mode's budget unit)."""
+        """Optimizer steps in one training epoch (train mode's budget unit)."""
         raise NotImplementedError(f"{type(self).__name__} must define steps_per_epoch")
 
     def between_steps(self) -> None:  # noqa: B027 - optional hook
-        """Untimed bookkeeping between steps (e.g. reshuffling at an epoch boundary); the
+        """Untimed bookkeeping between steps (e.g. new batches at an epoch boundary); the
         profiler calls it after every step, outside the step's clock reads."""
 
-    def dense_weights(self) -> list[Any]:
-        """The dense layers' weight matrices as numpy ``(out, in)`` arrays, input layer first,
-        as they are now (used by the conformance suite to check pruning independently)."""
+    def weight_arrays(self) -> list[Any]:
+        """Every weight matrix and conv kernel as numpy arrays, as they are now (the
+        conformance suite checks pruning with them independently)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its weights")
 
     def set_threads(self, n: int) -> int:
         """Size the framework's intra-op thread pool to ``n``; return the size it reports.
 
-        Called once, after import and before ``setup``. The worker has already pinned the
-        process to ``n`` cores and set OMP/MKL variables before the import.
+        Called once, after import and before the first trial. The worker has already
+        pinned the process to ``n`` cores and set OMP/MKL variables before the import.
         """
         return n
 
@@ -182,4 +195,4 @@ class Backend(ABC):
         return {}
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
-        """Release the model and data."""
+        """Release the model and its batches."""

@@ -11,12 +11,12 @@ layer first (PyTorch's layout; TensorFlow and MindSpore backends transpose as ne
 * **structured**: in every *hidden* layer keep the ``round((1 - ratio) * width)`` neurons
   (at least 1) whose incoming weight rows have the largest L1 norm, drop the others and the
   matching input columns of the next layer. The model is rebuilt smaller, so it really does
-  less work; parameter count and FLOPs are recomputed from the new widths.
+  less work; parameter count and FLOPs are counted again on the rebuilt model.
+* **channels** (:func:`channel_keep`): the conv analogue, used by the built-in CNN.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,12 +75,13 @@ def apply_structured(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]
     return new_w, new_b
 
 
-def dense_param_count(widths: Sequence[int]) -> int:
-    """Weights plus biases of a dense stack with these widths (input first)."""
-    return sum(a * b + b for a, b in itertools.pairwise(widths))
-
-
-def dense_flops(widths: Sequence[int], mode: str) -> int:
-    """FLOPs per sample: 2 per multiply-add forward; x3 in training (forward + two grads)."""
-    forward = 2 * sum(a * b for a, b in itertools.pairwise(widths))
-    return forward * 3 if mode == "train" else forward
+def channel_keep(kernel_oihw: np.ndarray, ratio: float) -> np.ndarray:
+    """Sorted indices of the output channels a conv keeps under structured ``ratio``: the
+    ``structured_width`` filters with the largest L1 norm (ties: lower index), the rule
+    every framework's built-in CNN applies to the inner conv of each residual block.
+    ``kernel_oihw`` is ``(out, in, kh, kw)`` (torch's layout; others transpose first)."""
+    if not 0 <= ratio < 1:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    n = structured_width(kernel_oihw.shape[0], ratio)
+    norms = np.abs(kernel_oihw).reshape(kernel_oihw.shape[0], -1).sum(axis=1)
+    return np.sort(np.argsort(-norms, kind="stable")[:n])

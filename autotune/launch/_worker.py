@@ -35,12 +35,11 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.config import SAFETY_MARGIN_S
+
 if TYPE_CHECKING:
     from autotune.backends import Backend
-    from autotune.workloads import Dataset
 
-#: Seconds the worker keeps for itself between the end of measuring and the hard kill.
-SAFETY_MARGIN_S = 1.0
 #: Environment variables that change performance, recorded with every measurement so a
 #: trial can be re-run under the same conditions.
 PERFORMANCE_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "MALLOC_",
@@ -158,7 +157,6 @@ class WorkerState:
         self.trials_run = 0
         self._soft_as_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         _reset_peak_rss()
-        self._data: dict[str, Dataset] = {}
 
     def fresh_backend(self) -> Backend:
         """The backend with the attributes it had before its first trial."""
@@ -172,14 +170,6 @@ class WorkerState:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (self._soft_as_limit, hard))
 
-    def data(self, workload_name: str, load: Any) -> tuple[Dataset, bool]:
-        """The workload's data, loaded once per process; each trial gets its own copy (a
-        backend may shuffle or convert arrays in place)."""
-        cached = workload_name in self._data
-        if not cached:
-            self._data[workload_name] = load()
-        return copy.deepcopy(self._data[workload_name]), cached
-
 
 def run_trial(config_data: dict[str, Any], state: WorkerState,
               deadline: float) -> dict[str, Any]:
@@ -191,7 +181,7 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     from autotune.profiling.contention import ContentionMonitor
     from autotune.profiling.loop import run_profile
     from autotune.profiling.power import meter_for_device
-    from autotune.workloads import get_workload
+    from autotune.workloads import WorkloadRef, load_model_spec
 
     config = TrialConfig.from_dict(config_data)
     if config.backend != state.backend_name:
@@ -203,19 +193,25 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     _release_memory()
     peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
     timings: dict[str, float] = {}
+    ref = WorkloadRef(config.workload, config.workload_kwargs)
+    backend.factory_label = f"factory {ref.label()}"
 
-    t0 = time.perf_counter()
-    workload = get_workload(config.workload)
-    data, data_cached = state.data(config.workload, workload.load_data)
-    timings["data_s"] = time.perf_counter() - t0
-
-    _cap_memory(config.budget.memory_mb)
     try:
+        # The runtime first (device, precision policy, execution mode), then the user's
+        # factory builds its model into it: the factory may import its framework freely.
         t0 = time.perf_counter()
-        model_info = backend.setup(config, workload, data)
+        backend.configure(config)
+        spec = load_model_spec(ref, backend.framework or config.backend)
+        timings["data_s"] = time.perf_counter() - t0
+        # The memory cap models a device that is full: it applies to what the trial
+        # allocates (placement, batches, optimizer state, activations), not to the
+        # factory's own host-side construction, which also warms the BLAS and framework
+        # allocators that abort (instead of raising) when their first buffer fails.
+        _cap_memory(config.budget.memory_mb)
+        t0 = time.perf_counter()
+        model_info = backend.setup(config, spec)
         timings["setup_s"] = time.perf_counter() - t0
-        # Backends report FLOPs of the model they built (smaller after structured pruning).
-        model_info.setdefault("flops_per_sample", workload.flops_per_sample(config.mode))
+        model_info.update(factory=ref.label(), factory_hash=config.factory_hash)
         result = run_profile(backend, config, meter_for_device(config.device), deadline,
                              ContentionMonitor())
         device_peak = backend.peak_memory_bytes()
@@ -234,18 +230,22 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         peak_rss_bytes=_peak_rss_bytes(),
         peak_rss_scope="trial" if peak_is_trials else "process",
         device_peak_memory_bytes=device_peak,
-        data_cached=data_cached,
     )
     return result
 
 
 def _guarded(run: Any) -> dict[str, Any]:
     """Run ``run()`` and turn its exceptions into a worker outcome."""
-    from autotune.exceptions import TrialError
+    from autotune.exceptions import ModelFactoryError, TrialError
 
     try:
         result: dict[str, Any] = run()
         return result
+    except ModelFactoryError as e:
+        # The user's model or factory is broken: a failed trial with one clear line, not
+        # data for the sampler and not worth a retry.
+        return {"status": "crash", "failure_kind": e.failure_kind, "reason": str(e),
+                "traceback": traceback.format_exc()}
     except TrialError as e:
         return {"status": "infeasible", "failure_kind": e.failure_kind, "reason": str(e)}
     except MemoryError as e:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from autotune.config import WARMUP_MIN_S
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
@@ -20,11 +21,8 @@ from autotune.profiling.stats import is_stable, spread
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
-    from autotune.config import TrialConfig
-    from autotune.space import Budget
+    from autotune.config import Budget, TrialConfig
 
-#: Warm-up lasts at least this long even when the first steps already look stable.
-WARMUP_MIN_S = 0.25
 #: How often (in steps) the window checks its spread; the check itself is not timed.
 SPREAD_CHECK_EVERY = 8
 
@@ -36,7 +34,10 @@ class _Trainer:
         self.backend = backend
         self.budget_steps = budget_steps
         self.steps = 0
+        #: the model's quality (the spec's ``quality``; ``None`` when it has none)
         self.accuracy: float | None = None
+        #: whether the quality was measured (a model without a quality is never "due")
+        self.evaluated = False
         self.eval_s = 0.0
 
     def count(self) -> bool:
@@ -50,6 +51,7 @@ class _Trainer:
         """Held-out accuracy now, timed apart."""
         t0 = time.perf_counter()
         self.accuracy = self.backend.evaluate()
+        self.evaluated = True
         self.eval_s = time.perf_counter() - t0
 
     def after_step(self) -> None:
@@ -149,9 +151,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         trainer = _Trainer(backend, budget.train_epochs * backend.steps_per_epoch)
     else:
         trainer = _Trainer(backend, None)
-        t0 = time.perf_counter()
-        trainer.accuracy = backend.evaluate()
-        trainer.eval_s = time.perf_counter() - t0
+        trainer.evaluate()
 
     # The first step is timed apart: in graph/xla modes it includes compilation, and on
     # any backend one-time kernel initialisation; it must not cut warm-up short.
@@ -200,12 +200,12 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     # Finish the training budget (untimed) if the window ended before it.
     if trainer.budget_steps is not None:
         last = times[-1]
-        while trainer.accuracy is None and time.perf_counter() + last < deadline:
+        while not trainer.evaluated and time.perf_counter() + last < deadline:
             s = time.perf_counter()
             backend.step()
             trainer.after_step()
             last = time.perf_counter() - s
-        if trainer.accuracy is None:
+        if not trainer.evaluated:
             warnings.append(
                 f"training budget of {trainer.budget_steps} steps not reached within the "
                 f"trial budget ({trainer.steps} steps done); accuracy not measured"

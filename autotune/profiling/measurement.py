@@ -183,8 +183,33 @@ class Measurement:
         """Whether another process used this trial's cores during the window."""
         return bool(self.contention.get("contended", False))
 
+    @property
+    def quality_name(self) -> str:
+        """What the model's quality is called (built-ins: ``accuracy``)."""
+        return str(self.model.get("quality_name", "accuracy"))
+
+    @property
+    def achieved_flops_per_s(self) -> float | None:
+        """FLOPs per sample (counted on the real model) times the median throughput."""
+        flops = self.model.get("flops_per_sample")
+        return None if flops is None else float(flops) * self.throughput_sps
+
+    @property
+    def pct_of_peak(self) -> float | None:
+        """Achieved FLOP/s as a percentage of the machine's measured GEMM peak for this
+        trial's device, precision and threads (``model["peak"]``, see ``autotune peak``)."""
+        achieved = self.achieved_flops_per_s
+        peak = (self.model.get("peak") or {}).get("flops_per_s")
+        if achieved is None or not peak:
+            return None
+        return 100.0 * achieved / float(peak)
+
     def metrics(self) -> dict[str, float | None]:
-        """Every metric of :data:`autotune.objectives.METRICS`, by name."""
+        """Every metric of :data:`autotune.objectives.METRICS`, by name.
+
+        ``quality`` is the model's own quality whatever it is called; ``accuracy`` is set
+        only for models whose quality is an accuracy (the built-ins)."""
+        accuracy = self.accuracy if self.quality_name == "accuracy" else None
         return {
             "throughput_sps": self.throughput_sps,
             "latency_p50_ms": self.latency_ms(50),
@@ -192,7 +217,9 @@ class Measurement:
             "latency_p95_ms": self.latency_ms(95),
             "latency_p99_ms": self.latency_ms(99),
             "peak_memory_mb": self.peak_memory_bytes / 2**20,
-            "accuracy": self.accuracy,
+            "accuracy": accuracy,
+            "quality": self.accuracy,
+            "pct_of_peak": self.pct_of_peak,
             "power_w": self.power_w,
             "energy_per_sample_j": self.energy_per_sample_j,
         }
@@ -206,7 +233,20 @@ class Measurement:
                 reasons[f"latency_p{q}_ms"] = (
                     f"{n} steps measured; p{q} needs {PERCENTILE_MIN_SAMPLES[q]}")
         if self.accuracy is None:
-            reasons["accuracy"] = "training budget not reached within the trial budget"
+            why = ("the model's spec has no quality callable"
+                   if self.model.get("has_quality") is False else
+                   "training budget not reached within the trial budget")
+            reasons["quality"] = why
+            reasons["accuracy"] = why
+        elif self.quality_name != "accuracy":
+            reasons["accuracy"] = (f"the model's quality is {self.quality_name!r}, not an "
+                                   "accuracy (see metric quality)")
+        if self.model.get("flops_per_sample") is None:
+            reasons["pct_of_peak"] = ("FLOPs not counted: "
+                                      f"{self.model.get('flops_method') or 'no counter'}")
+        elif self.pct_of_peak is None:
+            reasons["pct_of_peak"] = ((self.model.get("peak") or {}).get("reason")
+                                      or "no measured peak for this device and precision")
         if self.energy_j is None:
             reasons["power_w"] = reasons["energy_per_sample_j"] = (
                 self.energy_fallback_reason or "no energy source")
@@ -237,6 +277,15 @@ class Measurement:
             "first_step_s": self.first_step_s,
             "param_count": self.model.get("param_count"),
             "flops_per_sample": self.model.get("flops_per_sample"),
+            "flops_method": self.model.get("flops_method"),
+            "achieved_flops_per_s": self.achieved_flops_per_s,
+            "peak_flops_per_s": (self.model.get("peak") or {}).get("flops_per_s"),
+            "weight_bytes": self.model.get("weight_bytes"),
+            "sparsity": self.model.get("sparsity"),
+            "compute_dtype": self.model.get("compute_dtype"),
+            "quality_name": self.quality_name,
+            "factory": self.model.get("factory"),
+            "factory_hash": self.model.get("factory_hash"),
             "execution": self.model.get("execution"),
             "missing": self.missing_reasons(),
         }

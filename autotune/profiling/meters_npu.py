@@ -23,8 +23,8 @@ import re
 import shutil
 import subprocess
 
+from autotune.profiling.meters_base import EnergyReading, MeterUnavailableError, PowerMeter
 from autotune.profiling.meters_sampling import PowerSampler, integrate
-from autotune.profiling.power import EnergyReading, MeterUnavailableError, PowerMeter
 
 #: Target time between the starts of two ``npu-smi`` calls.
 NPU_SMI_INTERVAL_S = 0.1

@@ -18,8 +18,8 @@ import time
 from types import ModuleType
 from typing import Any
 
+from autotune.profiling.meters_base import EnergyReading, MeterUnavailableError, PowerMeter
 from autotune.profiling.meters_sampling import PowerSampler, integrate
-from autotune.profiling.power import EnergyReading, MeterUnavailableError, PowerMeter
 
 #: Power-sampling period where the GPU has no energy counter. The board's power reading is
 #: itself refreshed every ~20-100 ms depending on the GPU, so 50 ms sees each update or

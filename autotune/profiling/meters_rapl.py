@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autotune.profiling.power import EnergyReading, MeterUnavailableError, PowerMeter
+from autotune.profiling.meters_base import EnergyReading, MeterUnavailableError, PowerMeter
 
 DEFAULT_ROOT = "/sys/class/powercap"
 #: Top-level zones only: ``intel-rapl:N``, not subzones ``intel-rapl:N:M``.

@@ -20,8 +20,33 @@ from __future__ import annotations
 
 import os
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+
+from autotune.profiling.meters_base import (
+    EnergyReading,
+    MeterUnavailableError,
+    NullMeter,
+    PowerMeter,
+    combine,
+)
+
+# The face of the meters: the contract (re-exported from meters_base), the estimate and the
+# choice of meter. Vendor modules import meters_base, never this module.
+__all__ = [
+    "DEFAULT_ACCELERATOR_WATTS",
+    "DEFAULT_WATTS_PER_CORE",
+    "METER_CHOICES",
+    "METER_ENV",
+    "EnergyReading",
+    "EstimatedCpuMeter",
+    "MeterUnavailableError",
+    "NullMeter",
+    "PowerMeter",
+    "combine",
+    "meter_for_device",
+    "rated_cpu_power_w",
+    "rated_device_power_w",
+    "watts_per_core",
+]
 
 #: Default power per busy logical CPU for the estimate, when nothing better is known.
 #: 10 W per hardware thread is the order of a server CPU's TDP divided by its threads
@@ -33,69 +58,6 @@ DEFAULT_WATTS_PER_CORE = 10.0
 METER_ENV = "AUTOTUNE_ENERGY_METER"
 #: The values :data:`METER_ENV` accepts.
 METER_CHOICES = ("estimated", "rapl", "nvml", "npu-smi", "none")
-
-
-@dataclass(frozen=True)
-class EnergyReading:
-    """Energy over a window, with where it came from.
-
-    ``model`` says how the value was obtained and what it covers (a counter measures a whole
-    package or board, all processes on it; an estimate only this process). ``fallback_reason``
-    says why a better source was not used, or why ``energy_j`` is ``None``; empty when the
-    preferred counter worked. Every field is a plain JSON value: readings are stored as
-    ``dataclasses.asdict``.
-    """
-
-    energy_j: float | None
-    source: str  # "estimated" | "none" | "nvml" | "rapl" | "npu-smi"
-    window_s: float
-    samples: int
-    model: str = ""
-    fallback_reason: str = ""
-
-    @property
-    def power_w(self) -> float | None:
-        """Mean power over the window."""
-        if self.energy_j is None or self.window_s <= 0:
-            return None
-        return self.energy_j / self.window_s
-
-
-class MeterUnavailableError(RuntimeError):
-    """A meter's counter cannot be used on this machine; the message says why."""
-
-
-class PowerMeter(ABC):
-    """Measures energy over a window: ``begin()`` ... work ... ``end() -> EnergyReading``.
-
-    A window may be measured in several segments (``begin``/``end`` pairs) that
-    :func:`combine` joins. A meter whose hardware is absent is a :class:`NullMeter`, not
-    ``None``; constructors of hardware meters raise :class:`MeterUnavailableError`.
-    """
-
-    source = "none"
-
-    @abstractmethod
-    def begin(self) -> None:
-        """Start a window."""
-
-    @abstractmethod
-    def end(self) -> EnergyReading:
-        """Close the window and return its energy."""
-
-
-class NullMeter(PowerMeter):
-    """No energy information at all; ``reason`` says why (stored in each reading)."""
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
-
-    def begin(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def end(self) -> EnergyReading:
-        return EnergyReading(None, "none", time.perf_counter() - self._t0, 0,
-                             fallback_reason=self.reason)
 
 
 def watts_per_core() -> float:
@@ -174,22 +136,6 @@ class EstimatedCpuMeter(PowerMeter):
             model=f"process CPU time x {self.watts:g} W per busy core",
             fallback_reason=self.fallback_reason,
         )
-
-
-def combine(readings: list[EnergyReading]) -> EnergyReading:
-    """Join the readings of consecutive segments of one window (e.g. around a pause)."""
-    if not readings:
-        return EnergyReading(None, "none", 0.0, 0)
-    energies = [r.energy_j for r in readings]
-    return EnergyReading(
-        energy_j=None if any(e is None for e in energies) else sum(e or 0.0 for e in energies),
-        source=readings[0].source,
-        window_s=sum(r.window_s for r in readings),
-        samples=sum(r.samples for r in readings),
-        model="; ".join(dict.fromkeys(r.model for r in readings if r.model)),
-        fallback_reason="; ".join(dict.fromkeys(r.fallback_reason for r in readings
-                                                if r.fallback_reason)),
-    )
 
 
 # -- choosing a meter -------------------------------------------------------------------------

@@ -22,16 +22,19 @@ from autotune.exceptions import OutOfMemoryError, TrialError
 from autotune.profiling.loop import run_profile
 from autotune.profiling.power import NullMeter
 from autotune.space import parse_space
-from autotune.workloads import get_workload
+from autotune.workloads import WorkloadRef, load_model_spec
 
 TINY = "autotune.testing.workloads:tiny"
+#: The wide variant of the tiny MLP (64 -> 1000 -> 10) for size, memory and leak checks.
+WIDE = {"hidden": 1000}
 
 
 def _config(backend: str, mode: str, workload: str = TINY, **knobs: Any) -> TrialConfig:
     budget = {"trial_seconds": 120, "warmup_max_s": 0.5, "window_min_s": 0.1,
               "window_max_s": 0.3, "window_min_steps": 5, "train_epochs": 1}
     budget.update(knobs.pop("budget", {}))
-    space = parse_space({"workload": workload, "mode": mode,
+    kwargs = knobs.pop("kwargs", {})
+    space = parse_space({"workload": {"factory": workload, "kwargs": kwargs}, "mode": mode,
                          "objectives": {"throughput_sps": "maximize"}, "budget": budget})
     params = {"backend": "torch", "threads": 1, "batch_size": 32, **knobs}
     config = TrialConfig.from_params(space, params)
@@ -44,11 +47,16 @@ def _config(backend: str, mode: str, workload: str = TINY, **knobs: Any) -> Tria
     return replace(config, backend=backend, execution=execution)
 
 
-def _setup(backend_name: str, config: TrialConfig) -> tuple[Any, dict[str, Any]]:
-    backend = load_backend(backend_name)
-    backend.set_threads(1)
-    workload = get_workload(config.workload)
-    info = backend.setup(config, workload, workload.load_data())
+def _setup(backend_name: str, config: TrialConfig,
+           backend: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Configure, build the factory's model and set up, as the worker does."""
+    if backend is None:
+        backend = load_backend(backend_name)
+        backend.set_threads(1)
+    backend.configure(config)
+    spec = load_model_spec(WorkloadRef(config.workload, config.workload_kwargs),
+                           backend.framework or backend_name)
+    info = backend.setup(config, spec)
     return backend, info
 
 
@@ -85,9 +93,9 @@ class _SyncSpy:
         self.events.append("sync")
         self.backend.synchronize()
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | None:
         self.events.append("eval")
-        value: float = self.backend.evaluate()
+        value: float | None = self.backend.evaluate()
         return value
 
 
@@ -107,30 +115,34 @@ def check_sync(backend: str) -> dict[str, Any]:
 
 
 def check_size(backend: str) -> dict[str, Any]:
-    """Param count and FLOPs: twice the same config, and after structured pruning."""
-    workload = get_workload("mlp")
+    """Param count and forward FLOPs (infer mode): twice the same config, and after
+    structured pruning, with the widths the shared pruning rule predicts."""
+    from autotune.backends._pruning import structured_width
+
     runs = []
     for structure, ratio in (("unstructured", 0.0), ("unstructured", 0.0),
                              ("structured", 0.5)):
-        b, info = _setup(backend, _config(backend, "train", "mlp", pruning_structure=structure,
-                                          pruning_ratio=ratio))
+        b, info = _setup(backend, _config(backend, "infer", pruning_structure=structure,
+                                          pruning_ratio=ratio, kwargs=WIDE))
         b.teardown()
-        widths = workload.widths_after(structure, ratio)
+        hidden = structured_width(WIDE["hidden"], ratio) if structure == "structured" else \
+            WIDE["hidden"]
         runs.append({"param_count": info["param_count"],
                      "flops_per_sample": info["flops_per_sample"],
-                     "expected_widths": list(widths)})
+                     "flops_method": info.get("flops_method"),
+                     "expected_widths": [64, hidden, 10]})
     return {"runs": runs}
 
 
 def check_pruning(backend: str, ratio: float = 0.5) -> dict[str, Any]:
-    """Zero fraction of the dense weights after unstructured pruning, both modes."""
+    """Zero fraction of the weight matrices after unstructured pruning, both modes."""
     out = {}
     for mode in ("train", "infer"):
-        b, info = _setup(backend, _config(backend, mode, "mlp", pruning_ratio=ratio))
+        b, info = _setup(backend, _config(backend, mode, pruning_ratio=ratio, kwargs=WIDE))
         if mode == "train":
             for _ in range(3):  # pruned weights must stay zero through optimizer steps
                 b.step()
-        weights = b.dense_weights()
+        weights = b.weight_arrays()
         zeros = sum(int((w == 0).sum()) for w in weights)
         out[mode] = {"zero_fraction": zeros / sum(w.size for w in weights),
                      "reported": info.get("sparsity")}
@@ -154,18 +166,21 @@ def check_precision(backend: str, precisions: dict[str, str]) -> dict[str, Any]:
 
 
 def check_oom(backend: str) -> dict[str, Any]:
-    """A 16 MB allocation cap and batch 8192 on the 3x1000 MLP must raise OutOfMemoryError."""
+    """A 16 MB allocation cap and batch 8192 on a 64-1000-10 MLP (32 MB of activations in
+    the first layer alone) must raise OutOfMemoryError."""
     from autotune.launch._worker import _cap_memory
 
     b = load_backend(backend)
     b.set_threads(1)
-    workload = get_workload("mlp")
-    data = workload.load_data()
     # The budget is in the config too, as in a real trial (a backend may check it first).
-    config = _config(backend, "train", "mlp", batch_size=8192, budget={"memory_mb": 16})
-    _cap_memory(16)
+    config = _config(backend, "train", batch_size=8192, budget={"memory_mb": 16},
+                     kwargs=WIDE)
     try:
-        b.setup(config, workload, data)
+        b.configure(config)
+        spec = load_model_spec(WorkloadRef(config.workload, config.workload_kwargs),
+                               b.framework or backend)
+        _cap_memory(16)  # after the factory, as in the worker
+        b.setup(config, spec)
         for _ in range(3):
             b.step()
     except OutOfMemoryError as e:
@@ -180,15 +195,14 @@ def check_teardown(backend: str, cycles: int = 4) -> dict[str, Any]:
     proc = psutil.Process()
     rss = []
     for _ in range(cycles):
-        b, _ = _setup(backend, _config(backend, "train", "mlp"))
+        b, info = _setup(backend, _config(backend, "train", kwargs=WIDE))
         for _ in range(3):
             b.step()
         b.teardown()
         del b
         gc.collect()
         rss.append(proc.memory_info().rss)
-    model_bytes = get_workload("mlp").param_count * 4
-    return {"rss": rss, "model_bytes": model_bytes}
+    return {"rss": rss, "model_bytes": info["param_count"] * 4}
 
 
 CHECKS: dict[str, Callable[..., dict[str, Any]]] = {

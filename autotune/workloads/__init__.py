@@ -1,59 +1,26 @@
-"""Built-in workloads, defined once and built identically by every backend.
+"""Workloads: the model-factory contract, factory loading and the built-in models.
 
-A workload is a framework-neutral description (:class:`Workload`): layer widths, the data
-and the quality metric. Backends turn the widths into their own layers, so the architecture,
-parameter count and FLOPs are the same everywhere. Custom workloads are named
-``"package.module:factory"`` where ``factory()`` returns a :class:`Workload`.
+A workload is a factory ``build(framework, **kwargs) -> ModelSpec`` (:mod:`._spec`),
+named in a space file by a built-in name (``mlp``, ``digits_mlp``, ``cnn``), a file path
+(``models/my_cnn.py:build``) or a module (``my_package.models:build``), with ``kwargs``.
+The study driver checks the name without importing it (:func:`parse_workload`); the worker
+imports and calls it (:func:`load_model_spec`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable, Mapping
+from autotune.workloads._base import Dataset
+from autotune.workloads._factory import (
+    BUILTIN,
+    BUILTIN_DESCRIPTIONS,
+    WorkloadRef,
+    check_factory,
+    factory_hash,
+    load_model_spec,
+    parse_workload,
+)
+from autotune.workloads._spec import DEFAULT_EPOCH_SAMPLES, LOSSES, ModelSpec
 
-from autotune.exceptions import WorkloadError
-from autotune.workloads._base import Dataset, Workload
-from autotune.workloads._builtin import digits_mlp, mlp
-
-BUILTIN: Mapping[str, Callable[[], Workload]] = {"mlp": mlp, "digits_mlp": digits_mlp}
-
-__all__ = ["BUILTIN", "Dataset", "Workload", "check_workload_name", "get_workload"]
-
-
-def check_workload_name(name: str) -> None:
-    """Raise ``WorkloadError`` unless ``name`` is built in or looks like ``module:factory``.
-
-    A custom factory is not imported here: it may need the framework, which the study
-    driver never imports. Only its top-level package is looked up (without running it);
-    the factory is imported and fully checked in the worker.
-    """
-    if name in BUILTIN:
-        return
-    module, sep, attr = name.partition(":")
-    if not sep or not module or not attr.isidentifier():
-        raise WorkloadError(
-            f"unknown workload {name!r}; built-in: {', '.join(BUILTIN)}, "
-            "or a factory as 'package.module:function'"
-        )
-    top = module.split(".")[0]
-    if importlib.util.find_spec(top) is None:
-        raise WorkloadError(f"workload {name!r}: no installed module named {top!r}")
-
-
-def get_workload(name: str) -> Workload:
-    """Build the workload called ``name`` (built-in or ``module:factory``)."""
-    check_workload_name(name)
-    if name in BUILTIN:
-        return BUILTIN[name]()
-    module_name, _, attr = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise WorkloadError(f"cannot load workload factory {name!r}: {e}") from e
-    workload = factory()
-    if not isinstance(workload, Workload):
-        raise WorkloadError(
-            f"workload factory {name!r} returned {type(workload).__name__}, not a Workload"
-        )
-    return workload
+__all__ = ["BUILTIN", "BUILTIN_DESCRIPTIONS", "DEFAULT_EPOCH_SAMPLES", "LOSSES", "Dataset",
+           "ModelSpec", "WorkloadRef", "check_factory", "factory_hash", "load_model_spec",
+           "parse_workload"]

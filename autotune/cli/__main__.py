@@ -1,0 +1,7 @@
+"""``python -m autotune.cli`` runs the CLI."""
+
+import sys
+
+from autotune.cli import main
+
+sys.exit(main())

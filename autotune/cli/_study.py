@@ -1,0 +1,240 @@
+"""``autotune study``: create, run, list, show, delete, export, import and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from autotune.cli._exitcodes import EXIT_ERROR
+from autotune.cli._render import (
+    _fmt,
+    _front_json,
+    _print_front,
+    _print_history,
+    _print_trials,
+    _trial_line,
+)
+
+
+def _cmd_create(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    study = autotune.create_study(args.name, args.space, storage=args.storage,
+                                  sampler=args.sampler, seed=args.seed, exist_ok=args.exist_ok)
+    if args.json:
+        print(json.dumps(study.summary(), indent=2))
+    else:
+        console.print(f"study {study.name!r} ready in {study.storage.url} "
+                      f"({study.space.workload}, {study.space.mode}, "
+                      f"{len(study.space.distributions())} knobs searched, "
+                      f"objectives: {', '.join(study.space.objective_names)})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune.launch import ProcessLauncher
+    from autotune.space import load_space
+    from autotune.study import missing_backends_warning
+
+    study = autotune.load_study(args.name, storage=args.storage)
+    if args.space:
+        study.check_space(load_space(args.space))
+    missing = study.check_backends()  # none installed here: an error before any trial
+    if missing:
+        print(f"autotune: warning: {missing_backends_warning(study.name, missing)}",
+              file=sys.stderr)
+    n_trials, timeout = args.n_trials, args.timeout
+    if n_trials is None and timeout is None:
+        n_trials = 10
+    show_progress = not args.quiet and not args.json
+    launcher = ProcessLauncher() if args.fresh_workers else None  # None: warm workers
+    start = time.monotonic()
+    results: list[Any] = []
+
+    if show_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        # markup=False: the study name and the best values are shown as written
+        progress = Progress(TextColumn("{task.description}", style="bold", markup=False),
+                            BarColumn(), TextColumn("{task.fields[status]}", markup=False),
+                            TimeElapsedColumn(),
+                            console=console, transient=False)
+        total = float(n_trials) if n_trials is not None else float(timeout or 1)
+        task = progress.add_task(f"{study.name}", total=total, status="starting")
+
+        def on_trial(result: Any) -> None:
+            results.append(result)
+            progress.console.print(_trial_line(result), highlight=False, markup=False)
+            summary = study.summary()
+            best = [f"{name} {_fmt(value)}" for name, value in summary["best"].items()
+                    if value is not None]
+            status = f"front {summary['front_size']} | " + (
+                ", ".join(best) if best else "no feasible yet")
+            done = len(results) if n_trials is not None else \
+                min(time.monotonic() - start, timeout or 0)
+            progress.update(task, completed=done, status=status,
+                            description=f"{study.name} {len(results)}"
+                                        + (f"/{n_trials}" if n_trials else "") + " trials")
+
+        with progress:
+            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial],
+                           launcher=launcher, recheck_every=args.recheck_every)
+    else:
+        results = study.optimize(n_trials=n_trials, timeout=timeout, launcher=launcher,
+                                 recheck_every=args.recheck_every)
+    if args.json:
+        out = _front_json(study)
+        out["run"] = {"trials": len(results), "seconds": round(time.monotonic() - start, 1)}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    elapsed = time.monotonic() - start
+    console.print(f"{len(results)} trial(s) in {elapsed:.0f} s "
+                  f"({elapsed / max(1, len(results)):.1f} s per trial)")
+    front = study.pareto_front()
+    if front:
+        _print_front(console, study, front)
+    else:
+        console.print(f"no feasible trial yet; `autotune study show {study.name} --all` "
+                      "says why each trial was infeasible")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    studies = autotune.list_studies(storage=args.storage)
+    summaries = [s.summary() for s in studies]
+    if args.json:
+        print(json.dumps(summaries, indent=2, default=str))
+        return 0
+    if not summaries:
+        console.print("no studies yet; create one with `autotune study create NAME --space "
+                      "search_spaces/quickstart.yaml`")
+        return 0
+    from rich.table import Table
+
+    table = Table(title="Studies", title_justify="left")
+    for col in ("name", "workload", "mode", "ok", "infeasible", "fail", "front", "best",
+                "created"):
+        table.add_column(col)
+    for s in summaries:
+        best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items())
+        table.add_row(s["name"], s["workload"], s["mode"], str(s["trials"]["ok"]),
+                      str(s["trials"]["infeasible"]), str(s["trials"]["fail"]),
+                      str(s["front_size"]), best, s["created_at"])
+    console.print(table)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    study = autotune.load_study(args.name, storage=args.storage)
+    if args.json:
+        out = _front_json(study)
+        if args.all:
+            out["trials"] = [vars(t) for t in study.trials()]
+        if args.history:
+            out["hypervolume"] = study.hypervolume()
+            out["history"] = [
+                {"trial": h.trial_number, "front": h.front, "hypervolume": h.hypervolume,
+                 "reference": h.reference, "energy_sources": h.energy_sources,
+                 "created_at": h.created_at.isoformat(timespec="seconds")}
+                for h in study.front_history()]
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    s = study.summary()
+    console.print(f"study {s['name']!r}: workload {s['workload']} ({s['mode']}), "
+                  f"sampler {s['sampler']}, trials ok {s['trials']['ok']} / infeasible "
+                  f"{s['trials']['infeasible']} / failed {s['trials']['fail']}"
+                  + (f"; constraints: {', '.join(s['constraints'])}" if s["constraints"] else ""),
+                  highlight=False, markup=False)
+    if args.all:
+        _print_trials(console, study, study.trials())
+    front = study.pareto_front()
+    if front:
+        _print_front(console, study, front)
+        leads = "; ".join(f"{metric}: {lead['backend']} on {lead['device']} "
+                          f"({_fmt(lead['value'])}, trial {lead['trial']})"
+                          for metric, lead in s["leaders"].items())
+        console.print(f"leads: {leads}", highlight=False, markup=False)
+    else:
+        console.print("no feasible trial yet: run `autotune study run "
+                      f"{study.name}` (or see --all for why trials were infeasible)")
+    if args.history:
+        _print_history(console, study, study.front_history())
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+
+    study = autotune.load_study(args.name, storage=args.storage)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise autotune.StudyError(f"refusing to delete {args.name!r} without --yes "
+                                      "(standard input is not a terminal)")
+        n = len(study.trials())
+        answer = input(f"Delete study {args.name!r} and its {n} trial(s)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            console.print("not deleted")
+            return EXIT_ERROR
+    autotune.delete_study(args.name, storage=args.storage)
+    if args.json:
+        print(json.dumps({"deleted": args.name}))
+    else:
+        console.print(f"deleted study {args.name!r}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, console: Any) -> int:
+    from autotune.transfer import export_study
+
+    # Nothing is written to --output unless the whole export succeeded.
+    text = export_study(args.name, storage=args.storage, format=args.format,
+                        output=args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        console.print(f"exported study {args.name!r} ({args.format}) to {args.output}",
+                      highlight=False, markup=False)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, console: Any) -> int:
+    from pathlib import Path
+
+    from autotune.transfer import import_study
+
+    source = sys.stdin if args.file == "-" else Path(args.file)
+    with import_study(source, storage=args.storage, name=args.name) as study:
+        s = study.summary()
+        if args.json:
+            print(json.dumps({**s, "storage": study.storage.url}, indent=2, default=str))
+            return 0
+        t = s["trials"]
+        console.print(f"imported study {s['name']!r} into {study.storage.url}: "
+                      f"{sum(t.values())} trial(s) (ok {t['ok']}, infeasible "
+                      f"{t['infeasible']}, failed {t['fail']}), front size {s['front_size']}",
+                      highlight=False, markup=False)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, console: Any) -> int:
+    import autotune
+    from autotune.exceptions import AutotuneError
+
+    with autotune.load_study(args.name, storage=args.storage) as study:
+        try:
+            from autotune.dashboard.report import write_report
+        except ImportError as e:  # plotly is an extra: say how to get it, in one line
+            raise AutotuneError(str(e)) from e
+        # A study name may hold '/' or other characters a file name cannot.
+        default = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.name)
+        path = write_report(study, args.output or f"{default}-report.html")
+    print(path)
+    return 0
