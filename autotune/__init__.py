@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.exceptions import (
     AutotuneError,
     GateError,
+    ModelFactoryError,
     NonFiniteLossError,
     OutOfMemoryError,
     RecommendError,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         load_study,
     )
     from autotune.transfer import export_study, import_study
+    from autotune.workloads import ModelSpec
 
 # Loaded on first use (PEP 562): `autotune --help` and `import autotune` stay fast because
 # SQLAlchemy, Optuna and YAML load only when a study or space is touched.
@@ -67,6 +69,7 @@ _LAZY = {
     "FrontSnapshot": "autotune.pareto", "hypervolume": "autotune.pareto",
     "reference_point": "autotune.pareto",
     "export_study": "autotune.transfer", "import_study": "autotune.transfer",
+    "ModelSpec": "autotune.workloads",
 }
 
 
@@ -93,6 +96,8 @@ __all__ = [
     "FrontSnapshot",
     "GateError",
     "GateResult",
+    "ModelFactoryError",
+    "ModelSpec",
     "NonFiniteLossError",
     "OutOfMemoryError",
     "RecommendError",

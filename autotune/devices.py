@@ -153,25 +153,3 @@ def resolve_devices(space: Any) -> Any:
     new = ParamSpec("device", "fixed" if len(choices) == 1 else "categorical", choices=choices)
     params = tuple(new if p.name == "device" else p for p in space.params)
     return dataclasses.replace(space, params=params)
-
-
-def check_workload(space: Any) -> None:
-    """Build a custom (``module:factory``) workload once, in a child process, so a path
-    that does not import or a factory that returns the wrong thing is refused at create
-    time. The driver itself never imports it: it may import a framework."""
-    from autotune.exceptions import StudyError
-    from autotune.workloads import BUILTIN
-
-    if space.workload in BUILTIN:
-        return
-    code = ("import sys\nfrom autotune.workloads import get_workload\n"
-            "get_workload(sys.argv[1])")
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, space.workload],
-                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise StudyError(f"workload {space.workload!r}: building it took more than "
-                         f"{PROBE_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise StudyError(f"workload {space.workload!r} cannot be built: {last}")

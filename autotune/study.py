@@ -507,7 +507,7 @@ class _Recorder:
         }
 
     def worst(self, metric: str) -> float:
-        direction = self.study.space.objectives.get(metric)
+        direction = dict(self.study.space.objectives).get(metric)
         return worst_value(metric, direction=direction, **self._worst)
 
     def record(self, trial: Any, config: TrialConfig, outcome: WorkerOutcome) -> TrialResult:
@@ -674,7 +674,7 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     """
     import optuna
 
-    from autotune.devices import check_installed, check_workload, resolve_devices
+    from autotune.devices import check_installed, resolve_devices
 
     _check_name(name)
     parsed, source = _as_space(space)
@@ -682,7 +682,6 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     check_measurable(parsed.budget, where)
     with _naming_the_space(where, "params.backend"):
         check_installed(parsed)
-    check_workload(parsed)
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     store = AutotuneStorage(storage)

@@ -8,14 +8,14 @@ import warnings
 import numpy as np
 import pytest
 
-from autotune.config import TrialConfig
-from autotune.space import Budget
-from autotune.workloads import get_workload
+from autotune.config import Budget, TrialConfig
+from autotune.testing.inprocess import set_up
+from autotune.workloads._builtin import digits_data
 
 
 def test_digits_split_has_no_extreme_values() -> None:
     """Pixels blank in the training split once became 1e6 in the held-out split."""
-    data = get_workload("digits_mlp").load_data()
+    data = digits_data()
     for x in (data.x_train, data.x_test):
         assert np.isfinite(x).all()
         assert np.abs(x).max() <= 20.0  # raw pixels are 0-16
@@ -29,8 +29,6 @@ def test_torch_int8_keeps_the_fp32_accuracy_on_digits() -> None:
     pytest.importorskip("torch")
     from autotune.backends._torch import TorchBackend
 
-    workload = get_workload("digits_mlp")
-    data = workload.load_data()
     accuracy = {}
     for precision in ("fp32", "int8"):
         config = TrialConfig("digits_mlp", "infer", "torch", "cpu", 127, precision, 1e-3,
@@ -38,7 +36,7 @@ def test_torch_int8_keeps_the_fp32_accuracy_on_digits() -> None:
         backend = TorchBackend()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            backend.setup(config, workload, data)
+            set_up(backend, config)
             accuracy[precision] = backend.evaluate()
         backend.teardown()
     assert accuracy["fp32"] > 0.9

@@ -251,7 +251,10 @@ class FrameworkBackend(Backend):
         """Parameter count, FLOPs per sample and sparsity of the model as built (pruned,
         before int8 conversion replaces its layers)."""
         n = len(probe[0][0][:FLOP_COUNT_BATCH])
-        flops, method = self.count_flops(self._example[0], self._example[1], mode)
+        # The first time the model sees the factory's inputs: a rejection is the factory's
+        # error, said in one line.
+        with self._first_step_guard(self._example[0]):
+            flops, method = self.count_flops(self._example[0], self._example[1], mode)
         weights = self.weight_arrays()
         total = sum(w.size for w in weights)
         zeros = sum(int((w == 0).sum()) for w in weights)
@@ -272,7 +275,8 @@ class FrameworkBackend(Backend):
             if isinstance(e, MemoryError) or self.classify_error(e) is not None:
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in xs)
+            shapes = ", ".join(f"{tuple(x.shape)} {str(x.dtype).rsplit('.', 1)[-1]}"
+                               for x in xs)
             raise ModelFactoryError(
                 f"{self.factory_label}: the model rejected a batch from make_batch "
                 f"(inputs {shapes}): {type(e).__name__}: {first}") from None
@@ -409,7 +413,7 @@ class FrameworkBackend(Backend):
             self.load_weights(path)
             return "cached"
         self.optimizer = self.make_optimizer(RECIPE_OPTIMIZER, RECIPE_LR)
-        train = self.build_train_step("fp32", "eager")
+        train = self.build_train_step("fp32", self.recipe_execution)
         steps = config.budget.train_epochs * max(1, -(-spec.samples_per_epoch // RECIPE_BATCH))
         for _ in range(steps):
             xs, y = self._device_batch(self._make_batch(RECIPE_BATCH))
@@ -420,6 +424,9 @@ class FrameworkBackend(Backend):
 
     #: file suffix of :meth:`save_weights` files (some savers insist on one)
     weights_suffix = ".bin"
+    #: execution mode the base recipe trains in: untimed setup, so a backend whose eager
+    #: mode is slow (TensorFlow: 4-5x) may train it as a graph; same recipe, same model
+    recipe_execution = "eager"
 
     def teardown(self) -> None:
         self.model = self.optimizer = self.spec = None

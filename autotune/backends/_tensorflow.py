@@ -1,55 +1,54 @@
-"""TensorFlow (Keras 3) backend, used the way an expert would on each device.
+"""TensorFlow (Keras 3) backend: the runtime any ``keras.Model`` of a workload runs in, used
+the way an expert would on each device.
 
+* runtime: thread pools sized and created before the worker's memory cap; the trial placed
+  on ``cpu``, ``cuda:N`` or ``tpu:N`` (TPU system initialised once per process) by a device
+  scope entered in :meth:`~TensorFlowBackend.configure`, so the factory builds its model's
+  variables there; Keras' global dtype policy set before the factory runs.
 * training: a custom ``GradientTape`` step, run as plain Python (``eager``), as a
-  ``tf.function`` (``graph``: 4-5x faster than eager for this MLP) or as a
-  ``tf.function(jit_compile=True)`` (``xla``: fastest for the MLP; research/frameworks_on_cpu.md).
-  Keras 3's ``jit_compile='auto'`` resolves to *no* XLA on CPU, so the mode is chosen here
+  ``tf.function`` (``graph``: 4-5x faster than eager for an MLP) or as a
+  ``tf.function(jit_compile=True)`` (``xla``; research/frameworks_on_cpu.md). Keras 3's
+  ``jit_compile='auto'`` resolves to *no* XLA on CPU, so the mode is chosen here
   explicitly. Mixed precision through Keras policies (``mixed_bfloat16``; ``mixed_float16``
-  plus a ``LossScaleOptimizer``), with float32 logits.
+  plus a ``LossScaleOptimizer``), outputs cast to float32 before the loss. The step traces
+  (graph) or compiles (xla) on its first call: the profiler's first step, never in setup.
 * inference: the trained model converted to the trial's dtype (weights and compute, like
-  torch's ``model.to(bfloat16)``), called through the execution mode; int8 through TFLite
-  dynamic-range quantisation (about 10x faster than fp32 on CPU), run by the TFLite
-  interpreter.
-* pruning: the shared numpy definitions of :mod:`autotune.backends._pruning`, so a pruning
-  ratio means the same model on every backend. Unstructured masks are re-applied inside the
-  compiled step after every optimizer update (pruned weights stay exactly zero); structured
-  pruning rebuilds smaller ``Dense`` layers.
-
-The model is the workload's dense stack (``Dense`` + ReLU, linear logits) with torch's
-default initialisation (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weights and biases), so
-both frameworks start from the same distribution and their accuracies compare like for like.
+  torch's ``model.to(bfloat16)``: Sequential and functional models are cloned in that
+  dtype; a subclassed model, which Keras cannot clone, computes in it with float32
+  weights), called through the execution mode; int8 through TFLite dynamic-range
+  quantisation (about 10x faster than fp32 on CPU), run by the TFLite interpreter
+  (:class:`TFLiteModel` is then the model the spec's ``quality`` gets).
+* pruning: the shared numpy definitions of :mod:`autotune.backends._pruning` on every
+  trainable weight of two or more dimensions (dense kernels, conv kernels, embeddings).
+  Masks are re-applied inside the step after every optimizer update (pruned weights stay
+  exactly zero). Structured pruning needs the spec's ``prune_structured``.
+* model facts: FLOPs from TensorFlow's graph profiler on the traced forward / training step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autotune.backends import _pruning
-from autotune.backends._base import EVAL_CHUNK as _EVAL_CHUNK
-from autotune.backends._base import RECIPE_BATCH as _RECIPE_BATCH
-from autotune.backends._base import RECIPE_LR as _RECIPE_LR
-from autotune.backends._base import RECIPE_OPTIMIZER as _RECIPE_OPTIMIZER
-from autotune.backends._base import Backend, epoch_steps
+from autotune.backends._framework import FLOP_COUNT_BATCH, FrameworkBackend
 from autotune.exceptions import (
-    NonFiniteLossError,
     OutOfMemoryError,
+    TrialError,
     UnsupportedConfigError,
 )
 
 if TYPE_CHECKING:
     from autotune.config import TrialConfig
-    from autotune.workloads import Dataset, Workload
-
-_INFER_BATCHES = 4
+    from autotune.workloads._spec import ModelSpec
 
 #: Keras dtype policy per precision in training (weights stay float32, matmuls in 16 bit).
 _TRAIN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -63,6 +62,14 @@ _OOM_TEXT = re.compile(
     r"RESOURCE_EXHAUSTED|bad_alloc|std::bad_alloc",
     re.IGNORECASE,
 )
+#: Texts of a kernel missing for a dtype or device (e.g. no float16 kernel of an op on CPU).
+_UNSUPPORTED_TEXT = re.compile(
+    r"No registered '[^']+' OpKernel|no registered kernels|Could not find (a )?device for "
+    r"node|not supported on (this|the) (device|platform)", re.IGNORECASE)
+
+#: Producers of batch-independent tensors (weights), skipped by the activation estimate.
+_WEIGHT_OPS = frozenset({"ReadVariableOp", "Const", "VarHandleOp", "Placeholder",
+                         "ResourceGather", "NoOp"})
 
 
 def _quiet_tensorflow_logging() -> None:
@@ -76,15 +83,84 @@ def _quiet_tensorflow_logging() -> None:
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-class TensorFlowBackend(Backend):
-    """TensorFlow 2 with Keras 3 on CPU (GPU where a GPU build sees one: same code)."""
+class TFLiteModel:
+    """An int8 model on the TFLite interpreter: what ``ModelSpec.quality`` receives in an
+    int8 trial. ``run(*inputs)`` takes numpy arrays of any batch size (fed in chunks of the
+    batch the interpreter was allocated for, the last one padded) and returns the first
+    output as numpy; ``invoke(*inputs)`` runs one batch of exactly that size."""
+
+    def __init__(self, interpreter: Any, runtime: str, content_bytes: int,
+                 batch_size: int, input_shapes: Sequence[tuple[int, ...]]) -> None:
+        self.interpreter = interpreter
+        self.runtime = runtime
+        self.content_bytes = content_bytes
+        self.batch_size = batch_size
+        details = sorted(interpreter.get_input_details(), key=lambda d: d["index"])
+        self._inputs = _match_inputs(details, input_shapes)
+        for index, shape in zip(self._inputs, input_shapes, strict=True):
+            interpreter.resize_tensor_input(index, [batch_size, *shape])
+        interpreter.allocate_tensors()
+        self._output = interpreter.get_output_details()[0]["index"]
+
+    def invoke(self, *inputs: Any) -> None:
+        """One batch of ``batch_size`` (synchronous: returns when the outputs exist)."""
+        for index, x in zip(self._inputs, inputs, strict=True):
+            self.interpreter.set_tensor(index, x)
+        self.interpreter.invoke()
+
+    def run(self, *inputs: np.ndarray) -> np.ndarray:
+        """The first output for inputs of any batch size."""
+        n, bs = len(inputs[0]), self.batch_size
+        parts = []
+        for start in range(0, n, bs):
+            chunk = [np.ascontiguousarray(x[start:start + bs], dtype=np.float32)
+                     if np.issubdtype(x.dtype, np.floating) else
+                     np.ascontiguousarray(x[start:start + bs]) for x in inputs]
+            m = len(chunk[0])
+            if m < bs:
+                chunk = [np.resize(c, (bs, *c.shape[1:])) for c in chunk]
+            self.invoke(*chunk)
+            parts.append(np.array(self.interpreter.get_tensor(self._output)[:m]))
+        return np.concatenate(parts)
+
+    __call__ = run
+
+    def compute_dtype(self) -> str:
+        kinds = {d["dtype"] for d in self.interpreter.get_tensor_details()}
+        return "int8" if np.int8 in kinds else "float32"
+
+
+def _match_inputs(details: Sequence[dict[str, Any]],
+                  shapes: Sequence[tuple[int, ...]]) -> list[int]:
+    """The interpreter's input index for each of make_batch's inputs: by order, unless the
+    per-sample shapes tell them apart otherwise."""
+    if len(details) != len(shapes):
+        raise UnsupportedConfigError(
+            f"TFLite int8: the converted model has {len(details)} input(s), make_batch "
+            f"gives {len(shapes)}")
+    free = list(details)
+    order = []
+    for shape in shapes:
+        match = next((d for d in free if tuple(int(s) for s in d["shape"][1:]) == shape),
+                     free[0])
+        free.remove(match)
+        order.append(int(match["index"]))
+    return order
+
+
+class TensorFlowBackend(FrameworkBackend):
+    """TensorFlow 2 with Keras 3 on CPU (GPU and TPU where the build sees one: same code)."""
 
     name = "tensorflow"
+    framework = "tensorflow"
+    weights_suffix = ".npz"
+    recipe_execution = "graph"  # the base recipe: untimed, and eager is 4-5x slower
 
     def __init__(self, tf: Any = None, keras: Any = None) -> None:
         """``tf``/``keras`` are the framework modules; tests hand in fakes (the vendor
         boundary: ``tf.config``, ``tf.tpu``, ``tf.test.experimental``) to drive the GPU and
         TPU paths of hardware this machine lacks, without importing TensorFlow."""
+        super().__init__()
         if tf is None:
             _quiet_tensorflow_logging()
             import keras as keras_module
@@ -94,36 +170,25 @@ class TensorFlowBackend(Backend):
             tf, keras = tf_module, keras_module
         self.tf: Any = tf
         self.keras: Any = keras
-        self.config: TrialConfig | None = None
-        self.model: Any = None
-        self.optimizer: Any = None
         self._device = "/CPU:0"
         #: "GPU" or "TPU" when the trial runs on one (asynchronous, with its own memory
         #: statistics under ``_memory_device``), None on CPU
         self._accelerator: str | None = None
         self._memory_device = ""
-        #: XLA functions not called yet ("step", "eval"): their first call compiles
-        self._xla_uncompiled: set[str] = set()
         self._threads = 1
-        self._widths: tuple[int, ...] = ()
-        self._masks: list[Any] = []
-        self._step_fn: Callable[..., Any] | None = None
-        self._forward: Callable[[Any], Any] | None = None
-        self._eval_fn: Callable[[Any], Any] | None = None
-        self._interpreter: Any = None
-        self._interpreter_name = ""
-        self._input_index = 0
-        self._x_train: np.ndarray | None = None
-        self._y_train: np.ndarray | None = None
-        self._x_test: np.ndarray | None = None
-        self._y_test: np.ndarray | None = None
-        self._epoch_x: list[Any] = []
-        self._epoch_y: list[Any] = []
-        self._infer_batches: list[Any] = []
-        self._last_output: Any = None
-        self._cursor = 0
-        self._epoch = 0
-        self.last_loss = math.nan
+        #: the config configure() was called with, and the device scope it entered
+        self._configured_from: TrialConfig | None = None
+        self._device_scope: Any = None
+        #: Keras global policy this trial set (restored to float32 at teardown)
+        self._policy_set = False
+        self._masks: list[tuple[Any, Any]] = []
+        self._train_body: Callable[..., Any] | None = None
+        self._forward_body: Callable[..., Any] | None = None
+        self._feed_dtype = "float32"
+        self._tflite: TFLiteModel | None = None
+        self._param_count = 0
+        self._activation_bytes_per_sample: float | None = None
+        self._evaluated = False
         self._gradients_before: frozenset[str] = frozenset()
 
     # -- threads and devices ---------------------------------------------------------------
@@ -131,14 +196,14 @@ class TensorFlowBackend(Backend):
     def set_threads(self, n: int) -> int:
         """Size TensorFlow's pools; must run before any op creates the runtime.
 
-        ``inter_op`` is 1: the model is a chain of dependent ops (matmul -> bias -> relu ->
-        next matmul), and the few independent ops of a train step (weight and input
-        gradients, per-variable optimizer updates) each already use all ``n`` intra-op
-        threads; extra inter-op threads would only add hand-offs and compete for the same
-        ``n`` pinned cores. Measured on the 2-vCPU AVX2 EPYC (batch 64, 2 intra threads,
-        six interleaved runs each on a shared, loaded machine): inter 1 and 2 were not
-        distinguishable (train graph 25-52 vs 20-38 ms, infer graph 4.1-8.3 vs 5.7-11.5 ms,
-        CPU time per step equal), so the structural argument decides.
+        ``inter_op`` is 1: a model is mostly a chain of dependent ops, and the few
+        independent ops of a train step (weight and input gradients, per-variable
+        optimizer updates) each already use all ``n`` intra-op threads; extra inter-op
+        threads would only add hand-offs and compete for the same ``n`` pinned cores.
+        Measured on the 2-vCPU AVX2 EPYC (MLP, batch 64, 2 intra threads, six interleaved
+        runs each on a shared, loaded machine): inter 1 and 2 were not distinguishable
+        (train graph 25-52 vs 20-38 ms, infer graph 4.1-8.3 vs 5.7-11.5 ms, CPU time per
+        step equal), so the structural argument decides.
 
         The runtime (and with it both thread pools) is then created by a trivial op, here,
         before the worker applies ``budget.memory_mb``: creating threads under a tight
@@ -197,18 +262,29 @@ class TensorFlowBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+    def configure(self, config: TrialConfig) -> None:
+        """Device, precision policy, seed and device scope, before the factory runs.
+
+        The device scope stays entered until :meth:`teardown`: the factory's model (its
+        variables), the batches and every step are created on the trial's device. In
+        train mode the precision's Keras policy is global meanwhile (the factory's layers
+        take it); in infer mode the model is built and trained in float32 and converted at
+        the end of setup.
+        """
         from autotune.backends import resolve_execution
 
+        self._exit_device_scope()  # a previous trial that never reached teardown
+        source = config
         execution = resolve_execution(self.name, config.execution)
         if execution != config.execution:
-            from dataclasses import replace
-
             config = replace(config, execution=execution)
         if execution not in ("eager", "graph", "xla"):
             raise UnsupportedConfigError(f"unknown execution mode {execution!r}")
         if config.precision not in ("fp32", "bf16", "fp16", "int8"):
             raise UnsupportedConfigError(f"unknown precision {config.precision!r}")
+        if config.pruning_structure not in ("unstructured", "structured"):
+            raise UnsupportedConfigError(
+                f"unknown pruning structure {config.pruning_structure!r}")
         self.config = config
         self._select_device(config.device)
         if config.precision == "fp16" and self._accelerator is None and execution != "xla":
@@ -223,321 +299,337 @@ class TensorFlowBackend(Backend):
                 raise UnsupportedConfigError("int8 training is not supported by tensorflow")
             if self._accelerator is not None:
                 raise UnsupportedConfigError("TensorFlow int8 (TFLite) runs on CPU only here")
-        if config.budget.memory_mb is not None and self._accelerator is None:
-            _check_activations_fit(config, workload)
+        if config.mode == "train" and config.precision in ("bf16", "fp16"):
+            self.keras.mixed_precision.set_global_policy(_TRAIN_POLICY[config.precision])
+            self._policy_set = True
+        elif self._policy_set:
+            self.keras.mixed_precision.set_global_policy("float32")
+            self._policy_set = False
         self.keras.utils.set_random_seed(config.seed)
         self._gradients_before = _custom_gradient_names()
+        self._device_scope = self.tf.device(self._device)
+        self._device_scope.__enter__()
+        self._configured_from = source
+
+    def setup(self, config: TrialConfig, spec: ModelSpec,
+              _legacy_data: Any = None) -> dict[str, Any]:
+        """:meth:`configure` (unless the worker did, for this config) then the base's setup
+        on the trial's device. ``_legacy_data`` is ignored (the vendor-fake tests still call
+        ``setup(config, None, None)`` with ``_build`` replaced by a recorder)."""
+        if self._configured_from is not config:
+            self.configure(config)
+        assert self.config is not None
         try:
-            with self.tf.device(self._device):
-                return self._build(config, workload, data)
+            return self._build(self.config, spec, _legacy_data)
         except Exception as e:
             _raise_if_oom(self.tf, e, "while building the model")
             raise
 
-    def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
-        tf = self.tf
-        self._x_train, self._y_train = data.x_train, data.y_train
-        self._x_test, self._y_test = data.x_test, data.y_test
-        info: dict[str, Any] = {"execution": config.execution, "runtime": "tensorflow"}
-        ratio = config.pruning_ratio
-        if config.pruning_structure not in ("unstructured", "structured"):
-            raise UnsupportedConfigError(
-                f"unknown pruning structure {config.pruning_structure!r}")
-        structured = config.pruning_structure == "structured" and ratio > 0
-        full_widths = workload.layer_widths
-        # Every model below starts from the seeded initialisation of the *full* model (so a
-        # seed means the same initial weights whatever the precision or pruning). Models are
-        # built once where possible: building twice would inflate the measured peak memory.
-        if config.mode == "train":
-            policy = _TRAIN_POLICY[config.precision]
-            if structured:
-                weights, biases = _pruning.apply_structured(
-                    *_get_weights(self._make_model(full_widths, "float32")), ratio)
-                self.model = self._model_from(weights, biases, policy)
-            else:
-                self.model = self._make_model(full_widths, policy)  # mixed: float32 variables
-                if ratio > 0:
-                    masks = self._mask_in_place(self.model, ratio)
-                    # kept for the step: pruned weights stay zero through training
-                    self._masks = [tf.constant(m.T, dtype=k.dtype)
-                                   for m, k in zip(masks, self._kernels(), strict=True)]
-            self.optimizer = self._make_optimizer(config.optimizer, config.learning_rate,
-                                                  loss_scale=config.precision == "fp16")
-            self._step_fn = self._compile(self._make_train_step(), config.execution)
-            self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
-            model = self.model  # its variables are float32 under mixed policies too
-            self._new_epoch()
-        else:
-            # float32 until the precision conversion at the end
-            model, info["base_model"] = self._base_model(config, workload)
-            if structured:
-                weights, biases = _pruning.apply_structured(*_get_weights(model), ratio)
-                model = self._model_from(weights, biases, "float32")
-            elif ratio > 0:
-                self._mask_in_place(model, ratio)  # permanent: nothing to keep
-        self._widths = _widths_of_model(model)
-        expected = workload.widths_after(config.pruning_structure, ratio)
-        if self._widths != expected:
-            raise RuntimeError(f"built widths {self._widths} differ from the workload's "
-                               f"{expected} after pruning")
-        info["param_count"] = _pruning.dense_param_count(self._widths)
-        if int(model.count_params()) != info["param_count"]:
-            raise RuntimeError(f"Keras counts {model.count_params()} parameters, the "
-                               f"dense formula {info['param_count']}")
-        info["flops_per_sample"] = _pruning.dense_flops(self._widths, config.mode)
-        info["widths"] = list(self._widths)
-        info["sparsity"] = _sparsity(tf, [layer.kernel for layer in model.layers
-                                          if hasattr(layer, "kernel")])
-        if config.mode == "infer":
-            if config.precision == "int8":
-                self._convert_to_tflite(model)
-                info["runtime"] = info["execution"] = "tflite"
-                info["tflite_interpreter"] = self._interpreter_name
-            elif config.precision == "fp32":
-                self.model = model
-            else:
-                self.model = self._model_from(*_get_weights(model),
-                                              _INFER_DTYPE[config.precision])
-            del model
-            if self.model is not None:
-                self._forward = self._compile(self._make_forward(), config.execution)
-                self._eval_fn = self._compile(self._make_predict(), _eval_execution(config))
-            self._make_infer_batches(config.batch_size)
-        # XLA compiles a function on its first call: the step's compile then falls in the
-        # profiler's first step (timed apart as the compile phase), as a graph's trace does.
-        self._xla_uncompiled = ({"step", "eval"} if config.execution == "xla"
-                                and self.model is not None else set())
+    def _build(self, config: TrialConfig, spec: ModelSpec,
+               _legacy_data: Any = None) -> dict[str, Any]:
+        info = super().setup(config, spec)
+        if self._tflite is not None:
+            info["execution"] = "tflite"
+            info["tflite_interpreter"] = self._tflite.runtime
+        elif config.budget.memory_mb is not None and self._accelerator is None:
+            self._check_activations_fit(config)
         info["compute_dtype"] = self.compute_dtype()
         return info
 
-    def _make_model(self, widths: Sequence[int], dtype: str, *,
-                    initialise: bool = True) -> Any:
-        """Dense(+ReLU) stack of ``widths`` in Keras ``dtype`` (a dtype or a policy name).
+    def _check_activations_fit(self, config: TrialConfig) -> None:
+        """Refuse a batch whose activations alone exceed the trial's memory budget.
 
-        ``initialise=False`` fills zeros, for a model whose weights are assigned next (a
-        random initialisation would cost time and temporary memory for nothing).
+        Under the worker's address-space cap, TensorFlow's own allocator raises
+        ResourceExhaustedError, but its oneDNN kernels on AVX-512 CPUs dereference a failed
+        allocation and the process dies of SIGSEGV (seen on an AVX512-BF16 EPYC; an AVX2
+        one raised). The forward graph traced for the FLOP count tells, per sample, the
+        largest op's batch-dependent inputs plus outputs, which must exist at once (twice
+        that in training, for their gradients): a batch that cannot hold them in the budget
+        is out of memory on any device of that size, so it is reported as such before a
+        kernel can crash. A lower bound: it never refuses a batch that could fit.
         """
-        keras = self.keras
-        mixed = dtype.startswith("mixed_")
-        layers: list[Any] = [keras.Input(shape=(widths[0],),
-                                         dtype="float32" if mixed else dtype)]
-        n_layers = len(widths) - 1
-        for i in range(n_layers):
-            bound = 1.0 / math.sqrt(widths[i])
-            layers.append(keras.layers.Dense(
-                widths[i + 1],
-                activation="relu" if i < n_layers - 1 else None,
-                dtype=dtype,
-                # torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
-                kernel_initializer=keras.initializers.VarianceScaling(
-                    scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
-                if initialise else "zeros",
-                bias_initializer=keras.initializers.RandomUniform(-bound, bound)
-                if initialise else "zeros",
-            ))
-        if mixed:
-            # Logits (and so the loss and its NaN check) in float32, as Keras' mixed
-            # precision guide prescribes: softmax cross-entropy in 16 bit loses accuracy.
-            layers.append(keras.layers.Activation("linear", dtype="float32"))
-        return keras.Sequential(layers)
+        if self._activation_bytes_per_sample is None:
+            return
+        needed = config.batch_size * self._activation_bytes_per_sample * (
+            2 if config.mode == "train" else 1)
+        budget = (config.budget.memory_mb or 0) * 2**20
+        if needed > budget:
+            raise OutOfMemoryError(
+                f"out of memory: batch {config.batch_size} needs {needed / 2**20:.0f} MB of "
+                f"activations, more than the trial's memory budget of "
+                f"{config.budget.memory_mb} MB")
 
-    def _model_from(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
-                    dtype: str) -> Any:
-        """A model of the widths of ``weights`` in ``dtype``, holding these weights."""
-        model = self._make_model(_widths_of(weights), dtype, initialise=False)
-        _set_weights(self.tf, model, weights, biases)
+    def teardown(self) -> None:
+        super().teardown()
+        self._masks = []
+        self._train_body = self._forward_body = None
+        self._tflite = None
+        self._feed_dtype = "float32"
+        self._activation_bytes_per_sample = None
+        self._evaluated = False
+        self._exit_device_scope()
+        self._configured_from = None
+        if self._policy_set:
+            self.keras.mixed_precision.set_global_policy("float32")
+            self._policy_set = False
+        self.keras.backend.clear_session()
+        _forget_custom_gradients(self._gradients_before)
+
+    def _exit_device_scope(self) -> None:
+        scope, self._device_scope = self._device_scope, None
+        if scope is not None:
+            with contextlib.suppress(RuntimeError):  # not the innermost scope any more
+                scope.__exit__(None, None, None)
+
+    # -- the model -------------------------------------------------------------------------
+
+    def model_type_error(self, model: Any) -> str | None:
+        if isinstance(model, self.keras.Model):
+            return None
+        kind = f"{type(model).__module__}.{type(model).__qualname__}"
+        return (f"the model is a {kind}, not a keras.Model (the tensorflow backend runs "
+                f"Keras {getattr(self.keras, '__version__', '3')} models)")
+
+    def place_model(self, model: Any) -> Any:
+        """The model as built (inside the trial's device scope). A subclassed model that was
+        never called has no variables yet: it is built by one call on a small batch."""
+        if not model.built or not model.weights:
+            xs, _ = self._make_batch(FLOP_COUNT_BATCH)
+            with self._first_step_guard(xs):
+                model(*self._device_batch((xs, None))[0], training=False)
         return model
 
-    def _mask_in_place(self, model: Any, ratio: float) -> list[np.ndarray]:
-        """Zero the globally smallest ``ratio`` of ``model``'s weights; return the masks."""
-        weights, _ = _get_weights(model)
-        masks = _pruning.unstructured_masks(weights, ratio)
-        del weights
-        dense = [layer for layer in model.layers if hasattr(layer, "kernel")]
-        for layer, mask in zip(dense, masks, strict=True):
-            layer.kernel.assign(layer.kernel * self.tf.constant(mask.T, layer.kernel.dtype))
-        return masks
-
-    @contextlib.contextmanager
-    def _compiling(self, function: str) -> Iterator[None]:
-        """Around a call of ``function`` ("step" or "eval"): on XLA's first call, which
-        compiles, the worker's memory cap is lifted meanwhile.
-
-        Under ``budget.memory_mb`` (an address-space cap) LLVM's code memory fails to map
-        while XLA compiles and XLA aborts the process, so a trial that should end "oom"
-        would end killed. Compilation is the framework's one-off cost, not memory the model
-        runs in. The step compiles in the profiler's first step (the compile phase, outside
-        warm-up and the measured window), the evaluation in the first evaluation (untimed),
-        exactly where graph mode traces them; later calls run under the cap.
-        """
-        if function not in self._xla_uncompiled:
-            yield
-            return
-        self._xla_uncompiled.discard(function)
-        with _address_space_cap_lifted():
-            yield
-
-    def _dense_layers(self) -> list[Any]:
-        return [layer for layer in self.model.layers
-                if isinstance(layer, self.keras.layers.Dense)]
-
-    def _kernels(self) -> list[Any]:
-        return [layer.kernel for layer in self._dense_layers()]
-
-    def _make_optimizer(self, name: str, lr: float, *, loss_scale: bool = False,
-                        model: Any = None) -> Any:
-        """Keras optimizers with torch's defaults where Keras' differ (eps 1e-8, AdamW
-        weight decay 0.01), built before any step so no variable is created while tracing."""
-        optimizers = self.keras.optimizers
-        model = self.model if model is None else model
-        lr = float(lr)  # Keras rejects an int learning rate (a space may say 1000)
-        if name == "sgd":
-            opt = optimizers.SGD(learning_rate=lr, momentum=0.9)
-        elif name == "adam":
-            opt = optimizers.Adam(learning_rate=lr, epsilon=1e-8)
-        elif name == "adamw":
-            opt = optimizers.AdamW(learning_rate=lr, epsilon=1e-8, weight_decay=0.01)
-        else:
-            raise UnsupportedConfigError(f"unknown optimizer {name!r}")
-        if loss_scale:
-            opt = optimizers.LossScaleOptimizer(opt)
-        opt.build(model.trainable_variables)
-        return opt
-
-    def _make_train_step(self) -> Callable[[Any, Any], Any]:
+    def to_device(self, array: np.ndarray) -> Any:
+        if self._tflite is not None:
+            if np.issubdtype(array.dtype, np.floating):
+                return np.ascontiguousarray(array, dtype=np.float32)
+            return np.ascontiguousarray(array)
         tf = self.tf
-        model, optimizer = self.model, self.optimizer
-        variables = list(model.trainable_variables)
-        masks = list(self._masks)
-        kernels = self._kernels() if masks else []
-        loss_scale = isinstance(optimizer, self.keras.optimizers.LossScaleOptimizer)
+        with tf.device(self._device):
+            tensor = tf.constant(array)
+            if np.issubdtype(array.dtype, np.floating):
+                tensor = tf.cast(tensor, self._feed_dtype)
+        return tensor
 
-        def train_step(x: Any, y: Any) -> Any:
+    def _variables(self, *, trainable: bool = True) -> list[Any]:
+        """The model's (trainable) variables, each shared variable once."""
+        seen: set[int] = set()
+        out = []
+        for v in (self.model.trainable_variables if trainable else self.model.weights):
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    def _weight_variables(self) -> list[Any]:
+        return [v for v in self._variables() if len(v.shape) >= 2]
+
+    def trainable_parameter_count(self) -> int:
+        if self._tflite is not None:
+            return self._param_count
+        self._param_count = sum(int(np.prod(v.shape)) for v in self._variables())
+        return self._param_count
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        if self._tflite is not None:
+            return []
+        return [np.asarray(v.numpy(), dtype=np.float32) for v in self._weight_variables()]
+
+    def apply_weight_masks(self, masks: Sequence[np.ndarray], *, permanent: bool) -> None:
+        tf = self.tf
+        kept = []
+        for v, mask in zip(self._weight_variables(), masks, strict=True):
+            m = tf.constant(mask, dtype=v.dtype)
+            v.assign(v * m)
+            kept.append((v, m))
+        # in training, kept for the step: pruned weights stay zero through every update
+        self._masks = [] if permanent else kept
+
+    def prune_structured_default(self, ratio: float) -> None:
+        raise UnsupportedConfigError(
+            "structured pruning of a Keras model needs the ModelSpec's prune_structured "
+            "(TensorFlow has no general channel-pruning tool like torch-pruning); "
+            "use pruning_structure: unstructured")
+
+    def _call(self, model: Any, xs: Sequence[Any], training: bool) -> Any:
+        """``model(*inputs)``; a functional or Sequential model takes several inputs as one
+        list (``model([a, b])``), as Keras defines them."""
+        if len(xs) == 1:
+            return model(xs[0], training=training)
+        if isinstance(model, self.keras.Sequential) or \
+                type(model).__name__ == "Functional":
+            return model(list(xs), training=training)
+        return model(*xs, training=training)
+
+    # -- training --------------------------------------------------------------------------
+
+    def make_optimizer(self, name: str, learning_rate: float) -> Any:
+        """Keras optimizers with torch's defaults where Keras' differ (eps 1e-8, AdamW
+        weight decay 0.01); built by :meth:`build_train_step`, before any step, so no
+        variable is created while tracing."""
+        optimizers = self.keras.optimizers
+        lr = float(learning_rate)  # Keras rejects an int learning rate (a space may say 1000)
+        if name == "sgd":
+            return optimizers.SGD(learning_rate=lr, momentum=0.9)
+        if name == "adam":
+            return optimizers.Adam(learning_rate=lr, epsilon=1e-8)
+        if name == "adamw":
+            return optimizers.AdamW(learning_rate=lr, epsilon=1e-8, weight_decay=0.01)
+        raise UnsupportedConfigError(f"unknown optimizer {name!r}")
+
+    def _loss_fn(self) -> Callable[[Any, Any, Any], Any]:
+        """``(model, inputs, targets) -> float32 scalar loss`` from the spec."""
+        tf = self.tf
+        assert self.spec is not None
+        spec = self.spec
+        call = self._call
+        if spec.forward is not None:
+            forward = spec.forward
+
+            def custom(model: Any, xs: Any, y: Any) -> Any:
+                return tf.cast(forward(model, xs, y), tf.float32)
+
+            return custom
+        loss = spec.loss
+
+        def standard(model: Any, xs: Any, y: Any) -> Any:
+            out = call(model, xs, True)
+            if callable(loss):
+                return tf.cast(loss(out, y), tf.float32)
+            # Logits (and so the loss and its NaN check) in float32, as Keras' mixed
+            # precision guide prescribes: softmax cross-entropy in 16 bit loses accuracy.
+            out = tf.cast(out, tf.float32)
+            if loss == "mse":
+                return tf.reduce_mean(tf.square(out - tf.cast(y, tf.float32)))
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=y, logits=out))
+
+        return standard
+
+    def build_train_step(self, precision: str, execution: str) -> Callable[..., Any]:
+        tf, keras = self.tf, self.keras
+        if precision == "fp16" and not isinstance(self.optimizer,
+                                                  keras.optimizers.LossScaleOptimizer):
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+        model, optimizer = self.model, self.optimizer
+        variables = self._variables()
+        optimizer.build(variables)
+        masks = list(self._masks)
+        loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        compute_loss = self._loss_fn()
+
+        def train_step(xs: Any, y: Any) -> Any:
             with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+                loss = compute_loss(model, xs, y)
                 scaled = optimizer.scale_loss(loss) if loss_scale else loss
             grads = tape.gradient(scaled, variables)
             optimizer.apply(grads, variables)
             # Unstructured pruning: pruned weights stay zero after every update. Part of the
             # step, so in graph/xla it is compiled with it (one multiply per kernel).
-            for kernel, mask in zip(kernels, masks, strict=True):
-                kernel.assign(kernel * mask)
+            for variable, mask in masks:
+                variable.assign(variable * mask)
             return loss
 
-        return train_step
+        self._train_body = train_step
+        return self._compiled(train_step, execution)
 
-    def _make_forward(self) -> Callable[[Any], Any]:
-        model = self.model
+    # -- inference -------------------------------------------------------------------------
 
-        def forward(x: Any) -> Any:
-            return model(x, training=False)
+    def build_infer_step(self, execution: str) -> Callable[..., Any]:
+        tflite = self._tflite
+        if tflite is not None:
+            # int8 runs on TFLite whatever the execution knob says
+            return _oom_translated(self.tf, lambda xs: tflite.invoke(*xs), "in a step")
+        model, call = self.model, self._call
 
-        return forward
+        def forward(xs: Any) -> Any:
+            return call(model, xs, False)
 
-    def _make_predict(self) -> Callable[[Any], Any]:
-        tf, model = self.tf, self.model
+        return self._compiled(forward, execution)
 
-        def predict(x: Any) -> Any:
-            return tf.argmax(model(x, training=False), axis=1)
+    def _compiled(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
+        """``fn`` as the execution mode runs it: as is, a graph, or an XLA cluster; traced or
+        compiled on its first call (the profiler's first step), allocation failures
+        reported as out of memory.
 
-        return predict
-
-    def _compile(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
-        """``fn`` as the execution mode runs it: as is, a graph, or an XLA cluster."""
-        if execution == "eager":
-            return fn
-        return self.tf.function(fn, jit_compile=execution == "xla")  # type: ignore[no-any-return]
-
-    # -- inference model -------------------------------------------------------------------
-
-    def _base_model(self, config: TrialConfig, workload: Workload) -> tuple[Any, str]:
-        """The full fp32 model trained with the fixed recipe, so every inference trial
-        measures the same model; ``"cached"`` or ``"trained"`` with it.
-
-        The weights are cached per (workload, widths, epochs, seed, TensorFlow version) as an
-        ``.npz`` of ``w0..`` ``(out, in)`` and ``b0..`` arrays (the shared pruning layout),
-        readable without TensorFlow.
+        XLA's first call runs with the worker's memory cap lifted: under ``budget.memory_mb``
+        (an address-space cap) LLVM's code memory fails to map while XLA compiles and XLA
+        aborts the process, so a trial that should end "oom" would end killed. Compilation
+        is the framework's one-off cost, not memory the model runs in; later calls run
+        under the cap.
         """
-        from autotune._cache import cache_dir, write_atomically
+        if execution == "eager":
+            return _oom_translated(self.tf, fn, "in a step")
+        compiled = self.tf.function(fn, jit_compile=execution == "xla")
+        if execution == "xla":
+            compiled = _first_call_uncapped(compiled)
+        return _oom_translated(self.tf, compiled, "in a step")
 
-        tf = self.tf
-        key = (f"tf-{workload.name}-{'x'.join(map(str, workload.layer_widths))}"
-               f"-e{config.budget.train_epochs}-s{config.seed}-{tf.__version__}")
-        path = cache_dir() / f"{key}.npz"
-        n_layers = len(workload.layer_widths) - 1
-        if path.exists():
-            with np.load(path) as f:
-                weights = [f[f"w{i}"] for i in range(n_layers)]
-                biases = [f[f"b{i}"] for i in range(n_layers)]
-            return self._model_from(weights, biases, "float32"), "cached"
-        model = self._make_model(workload.layer_widths, "float32")
-        self._train_recipe(config, model)
-        weights, biases = _get_weights(model)
-        arrays = {f"w{i}": w for i, w in enumerate(weights)}
-        arrays.update({f"b{i}": b for i, b in enumerate(biases)})
-        del weights, biases
+    def convert_for_inference(self, precision: str) -> str:
+        if precision == "fp32":
+            return "tensorflow"
+        if precision == "int8":
+            self._convert_to_tflite()
+            return "tflite"
+        dtype = _INFER_DTYPE[precision]
+        self.model = self._in_dtype(self.model, dtype)
+        self._feed_dtype = dtype
+        return "tensorflow"
 
-        def save(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
+    def _in_dtype(self, model: Any, dtype: str) -> Any:
+        """``model`` with weights and compute in ``dtype``: Sequential and functional models
+        are cloned layer by layer in that dtype (the weights cast); a subclassed model,
+        which Keras cannot clone, gets the ``mixed_`` policy on every layer (computes in
+        ``dtype``, weights stay float32 and are cast as they are read)."""
+        keras = self.keras
 
-        write_atomically(path, save)
-        return model, "trained"
+        def in_dtype(layer: Any) -> Any:
+            config = layer.get_config()
+            config["dtype"] = dtype
+            return type(layer).from_config(config)
 
-    def _train_recipe(self, config: TrialConfig, model: Any) -> None:
-        """Adam, lr 1e-3, batch 128, ``budget.train_epochs`` epochs, fp32, seeded shuffles."""
-        tf = self.tf
-        optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR, model=model)
-        variables = list(model.trainable_variables)
+        try:
+            clone = keras.models.clone_model(model, clone_function=in_dtype, recursive=True)
+            clone.set_weights([np.asarray(w) for w in model.get_weights()])
+        except (ValueError, TypeError, NotImplementedError):
+            for layer in model._flatten_layers(include_self=True, recursive=True):
+                layer.dtype_policy = f"mixed_{dtype}"
+            return model
+        return clone
 
-        def recipe_step(x: Any, y: Any) -> None:
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=y, logits=model(x, training=True)))
-            optimizer.apply(tape.gradient(loss, variables), variables)
-
-        # A graph: untimed setup, so the fastest mode that needs no compile. The last batch
-        # of an epoch is smaller: a signature with an unknown batch keeps it to one trace.
-        assert self._x_train is not None and self._y_train is not None
-        step = tf.function(recipe_step, input_signature=[
-            tf.TensorSpec((None, self._x_train.shape[1]), tf.float32),
-            tf.TensorSpec((None,), tf.int64)])
-        x_train, y_train = tf.constant(self._x_train), tf.constant(self._y_train)
-        rng = np.random.default_rng(config.seed)
-        n = len(self._x_train)
-        for _ in range(config.budget.train_epochs):
-            order = rng.permutation(n)
-            for start in range(0, n, _RECIPE_BATCH):
-                idx = tf.constant(order[start:start + _RECIPE_BATCH])
-                step(tf.gather(x_train, idx), tf.gather(y_train, idx))
-
-    def _convert_to_tflite(self, model: Any) -> None:
+    def _convert_to_tflite(self) -> None:
         """Dynamic-range int8 (int8 weights, activations quantised on the fly per batch).
 
         ``from_keras_model`` on the float32 Keras model: ``from_concrete_functions`` produces
         a model of READ_VARIABLE ops whose output is NaN (research/frameworks_on_cpu.md).
         """
         tf = self.tf
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        assert self.config is not None and self.spec is not None
+        converter = tf.lite.TFLiteConverter.from_keras_model(self.model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         # Keras 3's converter exports a SavedModel first (and prints its signature), then
         # converts it with TensorFlow's C++ converter, which starts threads of its own.
         # Conversion is a one-off compile step, not memory the int8 model runs in, and
         # under an address-space cap (budget.memory_mb) its thread stacks alone fail
         # pthread_create, which aborts the process: so it runs with the cap lifted.
-        with contextlib.redirect_stdout(io.StringIO()), _address_space_cap_lifted():
-            content = converter.convert()
-        del converter
-        self._interpreter, self._interpreter_name = _make_interpreter(tf, content,
-                                                                      self._threads)
-        assert self.config is not None
-        self._input_index = self._interpreter.get_input_details()[0]["index"]
-        self._interpreter.resize_tensor_input(self._input_index,
-                                              [self.config.batch_size, self._widths[0]])
         try:
-            self._interpreter.allocate_tensors()
+            with contextlib.redirect_stdout(io.StringIO()), _address_space_cap_lifted():
+                content = converter.convert()
+        except TrialError:
+            raise
+        except Exception as e:
+            if isinstance(e, MemoryError) or _OOM_TEXT.search(str(e)):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UnsupportedConfigError(
+                f"TFLite int8 conversion of this model failed: {type(e).__name__}: "
+                f"{first}") from None
+        del converter
+        interpreter, runtime = _make_interpreter(tf, content, self._threads)
+        xs, _ = self._make_batch(self.config.batch_size)
+        try:
+            self._tflite = TFLiteModel(interpreter, runtime, len(content),
+                                       self.config.batch_size, [x.shape[1:] for x in xs])
         except RuntimeError as e:
             # TFLite reports a failed arena allocation as a failed delegate "prepare"; with
             # a memory cap that is what it means (without one, a real error stays one).
@@ -547,100 +639,106 @@ class TensorFlowBackend(Backend):
                     f"{self.config.batch_size} under budget.memory_mb="
                     f"{self.config.budget.memory_mb}: {str(e).strip()}") from e
             raise
+        if self._tflite.compute_dtype() != "int8":
+            self._tflite = None
+            raise UnsupportedConfigError(
+                "TFLite dynamic-range int8 left every weight of this model in float32 (it "
+                "quantises only weight tensors of 1024 or more elements)")
+        self.model = self._tflite
 
-    def _make_infer_batches(self, batch_size: int) -> None:
-        """A few distinct input batches drawn from the held-out split (tiled if too small)."""
-        assert self._x_test is not None
-        x = self._x_test
-        reps = math.ceil(batch_size * _INFER_BATCHES / len(x))
-        pool = np.tile(x, (reps, 1)) if reps > 1 else x
-        batches = [np.ascontiguousarray(pool[i * batch_size:(i + 1) * batch_size])
-                   for i in range(_INFER_BATCHES)]
-        if self._interpreter is not None:
-            self._infer_batches = batches
-        else:
-            dtype = self.model.layers[0].compute_dtype
-            self._infer_batches = [self.tf.cast(self.tf.constant(b), dtype) for b in batches]
+    # -- errors, weights, facts ------------------------------------------------------------
 
-    # -- stepping --------------------------------------------------------------------------
-
-    def _new_epoch(self) -> None:
-        """Shuffle once per epoch, called from between_steps (untimed), so a step only picks
-        a batch.
-
-        The order is extended cyclically to ``steps_per_epoch * batch_size`` samples: the
-        last, partial batch wraps around to the first samples of this epoch's order (and a
-        batch larger than the split repeats it), exactly as the torch backend does.
-        """
+    def classify_error(self, error: BaseException) -> type[TrialError] | None:
         tf = self.tf
-        assert self.config is not None and self._x_train is not None
-        assert self._y_train is not None
-        rng = np.random.default_rng(self.config.seed + self._epoch)
-        order = rng.permutation(len(self._x_train))
-        bs, steps = self.config.batch_size, self.steps_per_epoch
-        order = np.resize(order, steps * bs)
-        x = tf.reshape(tf.constant(self._x_train[order]), (steps, bs, -1))
-        y = tf.reshape(tf.constant(self._y_train[order]), (steps, bs))
-        # One unstack op here instead of a slice op per step (eager slices cost ~20 us).
-        self._epoch_x, self._epoch_y = tf.unstack(x), tf.unstack(y)
-        self._cursor = 0
-        self._epoch += 1
+        errors = getattr(tf, "errors", None)
+        if (errors is not None and isinstance(error, errors.ResourceExhaustedError)) or \
+                _OOM_TEXT.search(str(error)):
+            return OutOfMemoryError
+        if errors is not None and isinstance(error, errors.OpError) and \
+                _UNSUPPORTED_TEXT.search(str(error)):
+            return UnsupportedConfigError
+        return None
 
-    def between_steps(self) -> None:
-        assert self.config is not None
-        if self.config.mode == "train" and self._cursor >= self.steps_per_epoch:
-            with self.tf.device(self._device):
-                self._new_epoch()
+    def save_weights(self, path: Path) -> None:
+        """Every weight (incl. batch-norm statistics), in ``get_weights`` order, as an
+        ``.npz`` readable without TensorFlow (Keras' own saver insists on its suffix)."""
+        weights = [np.asarray(w) for w in self.model.get_weights()]
+        with open(path, "wb") as f:
+            np.savez(f, *weights)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one pass over the training split (last batch may wrap)."""
-        assert self.config is not None and self._x_train is not None
-        return epoch_steps(len(self._x_train), self.config.batch_size)
+    def load_weights(self, path: Path) -> None:
+        with np.load(path) as f:
+            self.model.set_weights([f[f"arr_{i}"] for i in range(len(f.files))])
 
-    def step(self) -> int:
-        assert self.config is not None
+    def count_flops(self, inputs: tuple[Any, ...], targets: Any,
+                    mode: str) -> tuple[int | None, str]:
+        """TensorFlow's graph profiler (``float_operation``: 2 per multiply-add, plus the
+        elementwise ops it has costs for) on the graph of one forward pass (infer) or one
+        whole training step (train: forward, gradients, optimizer update) at the FLOP-count
+        batch. The forward graph also gives the activation estimate of the memory check."""
+        tf = self.tf
+        specs = tuple(tf.TensorSpec(x.shape, x.dtype) for x in inputs)
+        model, call = self.model, self._call
         try:
-            with self._compiling("step"):
-                if self.config.mode == "train":
-                    with self.tf.device(self._device):
-                        return self._train_step()
-                return self._infer_step()
-        except NonFiniteLossError:
-            raise
+            forward = tf.function(lambda xs: call(model, xs, False)).get_concrete_function(
+                specs)
+        except Exception as e:  # the first step reports a model that rejects the batch
+            return None, f"not counted: tracing the forward pass failed ({type(e).__name__})"
+        self._activation_bytes_per_sample = _activation_bytes(forward.graph, len(inputs[0]))
+        try:
+            profiler = tf.compat.v1.profiler
+            builder = profiler.ProfileOptionBuilder
+            options = builder(builder.float_operation()).with_empty_output().build()
+        except AttributeError:
+            return None, (f"TensorFlow {tf.__version__} has no graph profiler "
+                          "(tf.compat.v1.profiler)")
+        graph = forward.graph
+        what = "one forward pass"
+        if mode == "train":
+            assert self._train_body is not None
+            try:
+                graph = tf.function(self._train_body).get_concrete_function(
+                    specs, tf.TensorSpec(targets.shape, targets.dtype)).graph
+            except Exception as e:
+                return None, ("not counted: tracing the training step failed "
+                              f"({type(e).__name__})")
+            what = "one training step (forward, gradients, optimizer update)"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                flops = int(profiler.profile(graph=graph, cmd="op",
+                                             options=options).total_float_ops)
         except Exception as e:
-            _raise_if_oom(self.tf, e, "in a step")
-            raise
+            return None, f"TensorFlow's graph profiler failed: {type(e).__name__}: {e}"
+        if flops <= 0:
+            return None, "TensorFlow's graph profiler found no counted op in the graph"
+        return flops, f"tensorflow graph profiler (float_operation) of {what}"
 
-    def _train_step(self) -> int:
-        assert self.config is not None and self._step_fn is not None
-        if self._cursor >= self.steps_per_epoch:  # only if between_steps was not called
-            self._new_epoch()
-        x, y = self._epoch_x[self._cursor], self._epoch_y[self._cursor]
-        self._cursor += 1
-        loss = self._step_fn(x, y)
-        # Reading the loss waits for the step: on CPU the step has already finished (see
-        # synchronize), on GPU this is the sync a NaN check needs anyway.
-        self.last_loss = float(loss)
-        if not math.isfinite(self.last_loss):
-            raise NonFiniteLossError(
-                f"loss became {self.last_loss} at epoch {self._epoch} "
-                f"(learning_rate={self.config.learning_rate}, optimizer={self.config.optimizer})"
-            )
-        return self.config.batch_size
+    def weight_bytes(self) -> int | None:
+        """Bytes of the weights as stored now: every variable at its dtype (float32 master
+        weights under a mixed policy), or the TFLite flatbuffer of an int8 model."""
+        if self._tflite is not None:
+            return self._tflite.content_bytes
+        return sum(int(np.prod(v.shape)) * int(self.tf.as_dtype(v.dtype).size)
+                   for v in self._variables(trainable=False))
 
-    def _infer_step(self) -> int:
+    def quality_context(self) -> contextlib.AbstractContextManager[Any]:
+        """The first evaluation of an XLA trial (or of a float16 model, which evaluates with
+        XLA) compiles: with the memory cap lifted, as for the first step."""
         assert self.config is not None
-        batch = self._infer_batches[self._cursor % len(self._infer_batches)]
-        self._cursor += 1
-        if self._interpreter is not None:
-            self._interpreter.set_tensor(self._input_index, batch)
-            self._interpreter.invoke()  # synchronous: returns when the outputs are written
-        else:
-            assert self._forward is not None
-            with self.tf.device(self._device):
-                self._last_output = self._forward(batch)
-        return self.config.batch_size
+        first = not self._evaluated
+        self._evaluated = True
+        if first and (self.config.execution == "xla" or self._feed_dtype == "float16"):
+            return _address_space_cap_lifted()
+        return contextlib.nullcontext()
+
+    def compute_dtype(self) -> str:
+        if self._tflite is not None:
+            return self._tflite.compute_dtype()
+        # For a mixed policy this is the matmul dtype (variables stay float32).
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if any(len(w.shape) >= 2 for w in layer.trainable_weights):
+                return str(layer.compute_dtype)
+        return str(self.model.compute_dtype)
 
     def synchronize(self) -> None:
         """Wait for queued device work.
@@ -656,68 +754,6 @@ class TensorFlowBackend(Backend):
         if self._accelerator is not None:
             self.tf.test.experimental.sync_devices()
 
-    def evaluate(self) -> float:
-        assert self.config is not None
-        assert self._x_test is not None and self._y_test is not None
-        x, y = self._x_test, self._y_test
-        correct = 0
-        if self._interpreter is not None:
-            # Through the int8 model itself, in chunks of its input size (padded at the end).
-            bs = self.config.batch_size
-            output = self._interpreter.get_output_details()[0]["index"]
-            for start in range(0, len(x), bs):
-                chunk = x[start:start + bs]
-                n = len(chunk)
-                if n < bs:
-                    chunk = np.resize(chunk, (bs, x.shape[1]))
-                self._interpreter.set_tensor(self._input_index,
-                                             np.ascontiguousarray(chunk, dtype=np.float32))
-                self._interpreter.invoke()
-                pred = self._interpreter.get_tensor(output)[:n].argmax(axis=1)
-                correct += int((pred == y[start:start + n]).sum())
-            return correct / len(x)
-        assert self._eval_fn is not None
-        tf = self.tf
-        dtype = "float32" if self.config.mode == "train" else \
-            self.model.layers[0].compute_dtype
-        with tf.device(self._device), self._compiling("eval"):
-            for start in range(0, len(x), _EVAL_CHUNK):
-                chunk = tf.cast(tf.constant(x[start:start + _EVAL_CHUNK]), dtype)
-                pred = self._eval_fn(chunk).numpy()
-                correct += int((pred == y[start:start + _EVAL_CHUNK]).sum())
-        return correct / len(x)
-
-    def compute_dtype(self) -> str:
-        assert self.config is not None
-        if self._interpreter is not None:
-            kinds = {d["dtype"] for d in self._interpreter.get_tensor_details()}
-            return "int8" if np.int8 in kinds else "float32"
-        # For a mixed policy this is the matmul dtype (variables stay float32).
-        return str(self._dense_layers()[0].compute_dtype)
-
-    def dense_weights(self) -> list[Any]:
-        if self._interpreter is None:
-            return _get_weights(self.model)[0]
-        # int8: the TFLite model's int8 weights, dequantised (per output channel)
-        interpreter = self._interpreter
-        details = {d["index"]: d for d in interpreter.get_tensor_details()}
-        try:  # weight operand of each FULLY_CONNECTED op, in execution order
-            order = [op["inputs"][1] for op in interpreter._get_ops_details()
-                     if op["op_name"] == "FULLY_CONNECTED"]
-        except (AttributeError, KeyError, IndexError):
-            order = sorted(i for i, d in details.items()
-                           if d["dtype"] == np.int8 and len(d["shape"]) == 2)
-        weights = []
-        for index in order:
-            quant = details[index]["quantization_parameters"]
-            raw = interpreter.get_tensor(index).astype(np.float32)
-            scales = quant["scales"].reshape(-1, 1) if len(quant["scales"]) > 1 \
-                else quant["scales"]
-            zeros = quant["zero_points"].reshape(-1, 1) if len(quant["zero_points"]) > 1 \
-                else quant["zero_points"]
-            weights.append((raw - zeros) * scales)
-        return weights
-
     def peak_memory_bytes(self) -> int | None:
         """Device allocator peak on GPU or TPU (since the trial's reset); ``None`` on CPU.
 
@@ -732,26 +768,17 @@ class TensorFlowBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         tf = self.tf
+        tflite = self._tflite
         out = {"tensorflow": str(tf.__version__), "keras": str(self.keras.__version__),
-               "runtime": "tflite" if self._interpreter is not None else "tensorflow"}
-        if self._interpreter is not None:
-            out["tflite_interpreter"] = self._interpreter_name
-        if self.config is not None:
-            out["execution"] = ("tflite" if self._interpreter is not None
-                                else self.config.execution)
+               "runtime": "tflite" if tflite is not None else "tensorflow"}
+        if tflite is not None:
+            out["tflite_interpreter"] = tflite.runtime
+        # (the execution mode is in setup's info: here it would change the base-model
+        # cache key, which includes versions(), between execution modes)
         return out
 
-    def teardown(self) -> None:
-        self.model = self.optimizer = self._interpreter = None
-        self._step_fn = self._forward = self._eval_fn = None
-        self._masks, self._infer_batches = [], []
-        self._epoch_x, self._epoch_y = [], []
-        self._last_output = None
-        self.keras.backend.clear_session()
-        _forget_custom_gradients(self._gradients_before)
 
-
-# -- helpers (numpy side; weights in the shared (out, in) layout) --------------------------
+# -- helpers -------------------------------------------------------------------------------------
 
 
 #: TPU systems initialised in this process: initialising again would wipe the TPU's
@@ -789,65 +816,28 @@ def _listed(prefix: str, devices: Sequence[Any]) -> str:
     return ": " + ", ".join(f"{prefix}:{i}" for i in range(len(devices))) if devices else ""
 
 
-def _check_activations_fit(config: TrialConfig, workload: Workload) -> None:
-    """Refuse a batch whose activations alone exceed the trial's memory budget.
-
-    Under the worker's address-space cap, TensorFlow's own allocator raises
-    ResourceExhaustedError, but its oneDNN kernels on AVX-512 CPUs dereference a failed
-    allocation and the process dies of SIGSEGV (seen on an AVX512-BF16 EPYC; an AVX2 one
-    raised). A batch that cannot hold its layer outputs (and, in training, their
-    gradients) in the budget is out of memory on any device of that size, so it is
-    reported as such before a kernel can crash.
-    """
-    widths = workload.widths_after(config.pruning_structure, config.pruning_ratio)
-    per_sample = sum(widths[1:]) * 4 * (2 if config.mode == "train" else 1)
-    needed = config.batch_size * per_sample
-    budget = (config.budget.memory_mb or 0) * 2**20
-    if needed > budget:
-        raise OutOfMemoryError(
-            f"out of memory: batch {config.batch_size} needs {needed / 2**20:.0f} MB of "
-            f"activations, more than the trial's memory budget of "
-            f"{config.budget.memory_mb} MB")
+def _tensor_bytes(tensor: Any, batch: int) -> int:
+    """Bytes of a batch-dependent graph tensor (first dimension ``batch``), else 0."""
+    shape = tensor.shape
+    if shape.rank is None or shape.rank == 0 or not shape.is_fully_defined() or \
+            shape[0] != batch or tensor.op.type in _WEIGHT_OPS:
+        return 0
+    try:
+        size = tensor.dtype.size
+    except (AttributeError, TypeError):
+        return 0
+    return int(np.prod(shape.as_list())) * int(size)
 
 
-def _eval_execution(config: TrialConfig) -> str:
-    """Evaluation is untimed: eager would only slow the trial down, so it runs as a graph;
-    XLA trials evaluate with XLA (fp16 has usable CPU kernels only there)."""
-    return "xla" if config.execution == "xla" else "graph"
-
-
-def _get_weights(model: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Kernels as float32 ``(out, in)`` arrays and biases, input layer first."""
-    weights, biases = [], []
-    for layer in model.layers:
-        if hasattr(layer, "kernel"):
-            weights.append(np.asarray(layer.kernel.numpy(), dtype=np.float32).T.copy())
-            biases.append(np.asarray(layer.bias.numpy(), dtype=np.float32).copy())
-    return weights, biases
-
-
-def _set_weights(tf: Any, model: Any, weights: Sequence[np.ndarray],
-                 biases: Sequence[np.ndarray]) -> None:
-    dense = [layer for layer in model.layers if hasattr(layer, "kernel")]
-    for layer, w, b in zip(dense, weights, biases, strict=True):
-        layer.kernel.assign(tf.cast(tf.constant(w.T), layer.kernel.dtype))
-        layer.bias.assign(tf.cast(tf.constant(b), layer.bias.dtype))
-
-
-def _widths_of(weights: Sequence[np.ndarray]) -> tuple[int, ...]:
-    return (weights[0].shape[1], *(w.shape[0] for w in weights))
-
-
-def _widths_of_model(model: Any) -> tuple[int, ...]:
-    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
-    return (int(kernels[0].shape[0]), *(int(k.shape[1]) for k in kernels))
-
-
-def _sparsity(tf: Any, kernels: Sequence[Any]) -> float:
-    """Fraction of zero weights (biases not counted, as in torch's backend)."""
-    nonzero = sum(int(tf.math.count_nonzero(k, dtype=tf.int32)) for k in kernels)
-    size = sum(int(np.prod(k.shape)) for k in kernels)
-    return float((size - nonzero) / size)
+def _activation_bytes(graph: Any, batch: int) -> float | None:
+    """Per sample: the largest op's batch-dependent inputs plus outputs in ``graph``."""
+    peak = 0
+    for op in graph.get_operations():
+        if op.type in _WEIGHT_OPS:
+            continue
+        total = sum(_tensor_bytes(t, batch) for t in (*op.inputs, *op.outputs))
+        peak = max(peak, total)
+    return peak / batch if peak else None
 
 
 def _make_interpreter(tf: Any, content: bytes, threads: int) -> tuple[Any, str]:
@@ -915,11 +905,43 @@ def _address_space_cap_lifted() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def _first_call_uncapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose first call (XLA's compile) runs with the memory cap lifted."""
+    pending = [True]
+
+    def call(*args: Any) -> Any:
+        if pending:
+            pending.clear()
+            with _address_space_cap_lifted():
+                return fn(*args)
+        return fn(*args)
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _oom_translated(tf: Any, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """``fn`` with allocation failures raised as :class:`OutOfMemoryError` naming the line
+    that says so (TensorFlow's messages start with "Graph execution error:")."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            _raise_if_oom(tf, e, where)
+            raise
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
 def _raise_if_oom(tf: Any, error: BaseException, where: str) -> None:
     """Re-raise an allocation failure as :class:`OutOfMemoryError`; return otherwise."""
-    if isinstance(error, OutOfMemoryError):
-        raise error
-    if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)) or \
+    if isinstance(error, TrialError):
+        return
+    errors = getattr(tf, "errors", None)
+    if isinstance(error, MemoryError) or (
+            errors is not None and isinstance(error, errors.ResourceExhaustedError)) or \
             _OOM_TEXT.search(str(error)):
         # TensorFlow's messages start with "Graph execution error:" or Keras' "Exception
         # encountered when calling ...": report the line that names the allocation.

@@ -166,6 +166,7 @@ class TorchBackend(FrameworkBackend):
         if mode == "train":
             with counter:
                 loss = self._loss(self.model, inputs, targets)
+                self._check_loss_is_scalar(loss)
                 loss.backward()
             self.model.zero_grad(set_to_none=True)
         else:

@@ -9,6 +9,7 @@ calls it (:func:`load_model_spec`).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
@@ -135,17 +136,45 @@ def check_factory(ref: WorkloadRef) -> None:
         path = Path(module)
         if not path.is_file():
             raise WorkloadError(f"factory file {module} does not exist")
-        try:
-            path.read_bytes()
-        except OSError as e:
-            raise WorkloadError(f"factory file {module} cannot be read: {e.strerror}") from None
+    else:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise WorkloadError(f"{module!r} is not a module name (write "
+                                "'package.module:function' or 'file.py:function')")
+        found = module_file(module)
+        if found is None:
+            raise WorkloadError(f"workload {ref.factory!r}: no module named {module!r} on "
+                                "the Python path")
+        path = found
+    _check_defines(path, attr, ref.factory)
+
+
+def _check_defines(path: Path, name: str, factory: str) -> None:
+    """Check, by parsing the file (never running it), that it binds ``name`` at top level
+    (a ``def``, an assignment or an import)."""
+    try:
+        source = path.read_bytes()
+    except OSError as e:
+        raise WorkloadError(f"factory file {path} cannot be read: {e.strerror}") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as e:
+        raise WorkloadError(f"factory file {path}: syntax error at line {e.lineno}: "
+                            f"{e.msg}") from None
+    bound: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.extend(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.extend((a.asname or a.name).split(".")[0] for a in node.names)
+    if name in bound or "*" in bound:
         return
-    if not all(part.isidentifier() for part in module.split(".")):
-        raise WorkloadError(f"{module!r} is not a module name (write 'package.module:function' "
-                            "or 'file.py:function')")
-    if module_file(module) is None:
-        raise WorkloadError(f"workload {ref.factory!r}: no module named {module!r} on the "
-                            "Python path")
+    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    raise WorkloadError(
+        f"factory {factory}: {path} has no top-level function {name!r} (functions there: "
+        f"{', '.join(functions) or 'none'})")
 
 
 def module_file(module: str) -> Path | None:

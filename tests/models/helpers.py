@@ -1,0 +1,4 @@
+"""A sibling module the factories import (as a user's project would)."""
+
+DIM = 16
+CLASSES = 2
