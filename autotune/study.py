@@ -195,6 +195,26 @@ class Study:
                              f"{install_command(missing)}")
         return missing
 
+    def check_factory_unchanged(self) -> None:
+        """Raise :class:`StudyError` when the workload factory's file differs from the one
+        the study's trials were measured with (a study must not mix two model versions)."""
+        from autotune.workloads import WorkloadRef, factory_hash
+
+        now = factory_hash(WorkloadRef(self.space.workload, self.space.workload_kwargs))
+        if now is None:
+            return
+        for row in reversed(self.storage.measurements(self._row.id)):
+            stored = json.loads(row.config_json).get("factory_hash")
+            if stored:
+                if stored != now:
+                    path = self.space.workload.rpartition(":")[0]
+                    raise StudyError(
+                        f"the factory file {path} changed since trial {row.trial_number} of "
+                        f"study {self.name!r} was measured (hash {stored} then, {now} now): a "
+                        "study must not mix two versions of a model; restore the file or "
+                        "create a new study for the new version")
+                return
+
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, *,
                  sampler: str | None = None,
                  callbacks: list[Callable[[TrialResult], None]] | None = None,
@@ -222,6 +242,7 @@ class Study:
         if n_trials is None and timeout is None:
             n_trials = 10
         start = time.monotonic()  # the timeout counts from the call, set-up included
+        self.check_factory_unchanged()
         missing = self.check_backends()
         if missing:
             _logger.warning("%s", missing_backends_warning(self.name, missing))

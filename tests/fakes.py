@@ -202,7 +202,6 @@ class FakeLauncher:
             "peak_rss_scope": "trial",
             "environment": {"OMP_NUM_THREADS": str(threads)},
             "worker": {"pid": 0, "trial": 1, "warm": False},
-            "data_cached": False,
             "remeasured": 0,
             "contention": {"available": True, "contended": self.contended,
                            "foreign_fraction": 0.3 if self.contended else 0.0,

@@ -344,21 +344,6 @@ def test_devices_cli_reports_every_backend(capsys: pytest.CaptureFixture[str]) -
         assert r["devices"][0]["id"] == "cpu"
 
 
-@pytest.mark.parametrize(("workload", "needle"), [
-    ("autotune.testing.workloads:no_such_factory", "has no attribute 'no_such_factory'"),
-    ("autotune.testing.no_such_module:f", "No module named 'autotune.testing.no_such_module'"),
-    ("autotune.testing.workloads:not_a_workload", "returned dict, not a Workload"),
-])
-def test_custom_workload_that_cannot_be_built_is_refused_at_create(
-        tmp_path: Path, workload: str, needle: str) -> None:
-    space = autotune.parse_space({**SPACE, "workload": workload})
-    with pytest.raises(autotune.StudyError, match=f"workload '{workload}' cannot be built"
-                       ) as info:
-        autotune.create_study("w", space, storage=f"sqlite:///{tmp_path}/w.db")
-    assert needle in str(info.value)
-    assert not (tmp_path / "w.db").exists()
-
-
 def test_probe_notes_reach_the_report() -> None:
     """What a probe could not list travels to ``autotune devices --json``."""
     import json

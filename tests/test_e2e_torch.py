@@ -188,14 +188,32 @@ def test_hung_trial_is_killed_at_its_budget(tmp_path: Path) -> None:
     assert not _children()  # no orphan worker left behind
 
 
-def test_python_exception_in_worker_is_a_fail_with_its_traceback(tmp_path: Path) -> None:
+def test_a_factory_that_raises_is_a_fail_with_its_traceback_not_retried(
+        tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
     study = autotune.create_study(
         "raise", _space(tmp_path, workload="autotune.testing.workloads:raising",
                         constraints={}, params={"threads": 1}), storage=url)
     [result] = study.optimize(n_trials=1)
-    assert result.state == "fail" and result.failure_kind == "crash"
-    assert "data file is corrupt" in result.reason
+    assert result.state == "fail" and result.failure_kind == "model_error"
+    assert result.reason.startswith("factory autotune.testing.workloads:raising raised "
+                                    "RuntimeError: workload bug: data file is corrupt")
     [row] = study.storage.measurements(study._row.id)
-    assert "Traceback" in row.traceback and "_raise" in row.traceback
+    assert "Traceback" in row.traceback and "in raising" in row.traceback
+    # the user's bug would strike again: no retry is queued
+    trials = optuna.load_study(study_name="raise", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL"]
     assert not _children()
+
+
+def test_a_factory_returning_the_wrong_type_fails_each_trial_and_the_study_goes_on(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/w.db"
+    study = autotune.create_study(
+        "wrong", _space(tmp_path, workload="autotune.testing.workloads:not_a_workload",
+                        constraints={}, params={"threads": 1, "batch_size": [8, 16]}),
+        storage=url)
+    results = study.optimize(n_trials=2)
+    assert [r.failure_kind for r in results] == ["model_error", "model_error"]
+    assert all("returned dict, not an autotune.ModelSpec" in r.reason for r in results)
+    assert len(optuna.load_study(study_name="wrong", storage=url).trials) == 2

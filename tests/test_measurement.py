@@ -220,7 +220,7 @@ def test_to_dict_keeps_raw_step_times_and_is_json() -> None:
 #: Keys _worker.run_trial adds to run_profile's result.
 _WORKER_KEYS = {"process_start_s", "import_s", "data_s", "setup_s", "status", "threads",
                 "model", "versions", "peak_rss_bytes", "device_peak_memory_bytes",
-                "peak_rss_scope", "environment", "worker", "data_cached"}
+                "peak_rss_scope", "environment", "worker"}
 
 
 class _StubBackend:

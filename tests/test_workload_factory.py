@@ -260,7 +260,7 @@ def test_unstructured_pruning_keeps_weights_zero_while_training(backend: Any) ->
 
 
 def test_int8_of_a_cnn_is_unsupported_not_silently_fp32(backend: Any) -> None:
-    with pytest.raises(UnsupportedConfigError, match="Conv2d layer.* would stay fp32"):
+    with pytest.raises(UnsupportedConfigError, match=r"Conv2d layer.* would stay fp32"):
         _set_up(backend, _config(WorkloadRef("cnn"), "infer", precision="int8"))
     backend.teardown()
 

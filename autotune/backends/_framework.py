@@ -199,7 +199,7 @@ class FrameworkBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:  # type: ignore[override]
+    def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:
         """Place, (in infer mode) train with the base recipe, prune, measure the model's
         facts, convert and compile; prepare the trial's batches."""
         self.config, self.spec = config, spec
@@ -363,7 +363,7 @@ class FrameworkBackend(Backend):
                 self._infer_step(xs)
         return self.config.batch_size
 
-    def evaluate(self) -> float | None:  # type: ignore[override]
+    def evaluate(self) -> float | None:
         """The spec's quality of the model as it is now (``None`` without one)."""
         assert self.spec is not None
         if self.spec.quality is None:
@@ -406,7 +406,10 @@ class FrameworkBackend(Backend):
 
         key = hashlib.sha256(json.dumps(
             [config.workload, config.workload_kwargs, config.factory_hash,
-             self.versions(), config.budget.train_epochs, config.seed, "recipe-v1"],
+             # the framework's version only: execution mode or build facts in versions()
+             # must not give each trial its own base model
+             self.versions().get(self.framework, ""), config.budget.train_epochs,
+             config.seed, "recipe-v1"],
             sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = cache_dir() / f"base-{self.framework}-{key}{self.weights_suffix}"
         if path.exists():
@@ -432,6 +435,7 @@ class FrameworkBackend(Backend):
         self.model = self.optimizer = self.spec = None
         self._train_step = self._infer_step = None
         self._pool = []
+        self.last_loss = math.nan
         self.example_inputs = ()
         self._example = ((), None)
         self._cursor = self._epoch = self._epoch_steps_done = self._steps_run = 0

@@ -1,13 +1,15 @@
-"""MindSpore backend, used the way an expert would on each device.
+"""MindSpore backend: the runtime for any ``mindspore.nn.Cell``, used as an expert would.
 
-* execution: ``graph`` is ``GRAPH_MODE`` with the train step compiled by ``ms.jit`` (the
-  forward pass is a Cell, which ``GRAPH_MODE`` compiles on its first call); ``eager`` is plain
-  ``PYNATIVE_MODE`` without ``ms.jit``. PyNative plus ``ms.jit`` is the same compiled graph
-  as ``GRAPH_MODE`` (10-12 against 10.2 ms per MLP step, research/frameworks_on_cpu.md), so
-  putting ``ms.jit`` on the eager step would measure graph mode twice and hide what eager
-  execution costs; the tuner is there to find that graph mode wins.
-* training: ``ms.value_and_grad`` over the network, the optimizer applied in the same step
-  function. SGD is ``nn.SGD(momentum=0.9)``, equal to torch's to 1e-8 after 15 steps.
+* execution: ``graph`` is ``GRAPH_MODE`` with the train step compiled by ``ms.jit`` (a Cell
+  called in ``GRAPH_MODE`` compiles on its first call, so inference needs no ``ms.jit``);
+  ``eager`` is plain ``PYNATIVE_MODE`` without ``ms.jit``. PyNative plus ``ms.jit`` is the
+  same compiled graph as ``GRAPH_MODE`` (10-12 against 10.2 ms per MLP step,
+  research/frameworks_on_cpu.md), so putting ``ms.jit`` on the eager step would measure
+  graph mode twice and hide what eager execution costs. Compilation happens in the trial's
+  first step (timed apart by the profiler). In graph mode the model's ``construct`` and the
+  spec's ``loss``/``forward`` callables are compiled too, so they must be graph syntax.
+* training: ``ms.value_and_grad`` over the spec's loss, the optimizer applied in the same
+  step function. SGD is ``nn.SGD(momentum=0.9)``, equal to torch's to 1e-8 after 15 steps.
   Adam is ``nn.Adam``; it differs from torch only in where eps enters (added to sqrt(v)
   before bias correction, i.e. torch with eps/sqrt(1 - beta2^t): 3e-7 at step 1, 1e-8 in
   the long run), which shows only on weights whose gradients are ~0. AdamW is ``nn.Adam``
@@ -17,16 +19,20 @@
   it has no bias correction (weights 0.67 away from torch's AdamW after 20 steps of a small
   MLP); not ``mindspore.experimental.optim.AdamW``: it matches torch but costs 1.5-4x an
   ``nn.Adam`` step on this CPU. fp16 is ``ms.amp.auto_mixed_precision(net, "O2")`` (fp32
-  master weights, fp32 logits for the loss) with a dynamic loss scaler that skips steps
-  whose gradients overflow, as torch's GradScaler does.
-* inference: ``set_train(False)``; fp16 through AMP "O2" with the weights themselves
-  converted to fp16, as torch converts the model (no per-call weight casts).
-* pruning: the shared numpy definitions of :mod:`autotune.backends._pruning`. In training
-  the unstructured masks are re-applied after every optimizer step inside the step
-  function, so pruned weights stay zero; in inference the zeros are permanent.
-* weights are initialised like ``torch.nn.Linear`` (uniform in +-1/sqrt(fan_in) for weights
-  and biases) from a numpy generator seeded with the trial's seed, so training behaves like
-  the torch model.
+  master weights, batch/layer norms in fp32, fp32 outputs for the loss) with a dynamic loss
+  scaler that skips steps whose gradients overflow, as torch's GradScaler does.
+* inference: ``set_train(False)``; fp16 through AMP "O2" with the weights of the cells that
+  compute in fp16 converted once, as torch converts the model (no per-call weight casts),
+  inputs fed in fp16. MindSpore 2.10 has no int8 inference path without the separate
+  golden-stick package, so int8 is refused with that reason.
+* pruning: the base's global magnitude masks over every trainable weight matrix and conv
+  kernel; in training the masks are re-applied after every optimizer step inside the step
+  function, so pruned weights stay zero. Structured pruning needs the spec's
+  ``prune_structured`` (MindSpore has no dependency-graph channel pruner).
+* facts: trainable parameters, each shared ``Parameter`` once; FLOPs from MindSpore's own
+  graph-compiler counter ``mindspore.flops_collection`` on the model compiled as a graph
+  (forward, or forward + backward in training; it counts MatMul, BatchMatMul, Conv2D and
+  flash attention, 2 per multiply-add), on CPU too.
 
 MindSpore is imported in ``__init__`` (the worker times it as import time), never at module
 top: this module is imported by the registry without the framework.
@@ -37,37 +43,23 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
-import itertools
 import math
 import os
 import resource
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autotune.backends._base import EVAL_CHUNK as _EVAL_CHUNK
-from autotune.backends._base import RECIPE_BATCH as _RECIPE_BATCH
-from autotune.backends._base import RECIPE_LR as _RECIPE_LR
-from autotune.backends._base import RECIPE_OPTIMIZER as _RECIPE_OPTIMIZER
-from autotune.backends._base import Backend, epoch_steps
-from autotune.backends._pruning import (
-    apply_structured,
-    dense_flops,
-    dense_param_count,
-    unstructured_masks,
-)
-from autotune.exceptions import (
-    NonFiniteLossError,
-    OutOfMemoryError,
-    UnsupportedConfigError,
-)
+from autotune.backends._framework import FrameworkBackend
+from autotune.exceptions import OutOfMemoryError, TrialError, UnsupportedConfigError
 
 if TYPE_CHECKING:
     from autotune.config import TrialConfig
-    from autotune.workloads import Dataset, Workload
+    from autotune.workloads import ModelSpec
 
 _SGD_MOMENTUM = 0.9
 #: torch.optim.AdamW's default weight_decay; AdamW here must mean the same update.
@@ -184,58 +176,82 @@ def _import_mindspore() -> Any:
     return mindspore
 
 
-def _torch_like_init(widths: Sequence[int], seed: int) -> tuple[list[np.ndarray],
-                                                              list[np.ndarray]]:
-    """Weights and biases as ``torch.nn.Linear`` initialises them, ``(out, in)`` layout.
-
-    torch uses kaiming_uniform(a=sqrt(5)) for weights, whose bound is
-    ``sqrt(6 / ((1 + 5) * fan_in)) = 1 / sqrt(fan_in)``, and uniform(+-1/sqrt(fan_in)) for
-    biases. Same distribution, so the same training dynamics (the values differ: torch's
-    generator is not numpy's).
-    """
-    rng = np.random.default_rng(seed)
-    weights, biases = [], []
-    for fan_in, fan_out in itertools.pairwise(widths):
-        bound = 1.0 / math.sqrt(fan_in)
-        weights.append(rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32))
-        biases.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
-    return weights, biases
+#: The precisions that run through mixed precision, by MindSpore dtype name.
+_AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+#: What counts FLOPs, recorded with the count.
+_FLOPS_METHOD = ("mindspore.flops_collection on the model compiled as a graph ({}; MatMul, "
+                 "BatchMatMul, Conv2D and flash-attention FLOPs, 2 per multiply-add)")
 
 
-class MindSporeBackend(Backend):
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _unique(params: Any) -> list[Any]:
+    """``params`` with each Parameter once (a shared one appears under several cells)."""
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _leaves(out: Any) -> list[Any]:
+    """The tensors in a model's output (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _leaves(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in _leaves(item)]
+    return [out] if hasattr(out, "asnumpy") else []
+
+
+def _call_cell(ms: Any, fn: Callable[..., Any]) -> Any:
+    """A Cell whose ``construct(*args)`` is ``fn(*args)``: graph mode compiles a Cell under a
+    phase name that ``flops_collection`` can be asked about (an ``ms.jit`` function's
+    phase is not exposed)."""
+
+    class _Call(ms.nn.Cell):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def construct(self, *args: Any) -> Any:
+            return self.fn(*args)
+
+    return _Call()
+
+
+class MindSporeBackend(FrameworkBackend):
     """MindSpore 2.x on CPU (and GPU/Ascend where the install has them)."""
 
     name = "mindspore"
+    framework = "mindspore"
+    weights_suffix = ".npz"
 
     def __init__(self, ms: Any = None) -> None:
         """``ms`` is the framework module; tests hand in a fake one (the vendor boundary:
         ``ms.set_device``, ``ms.device_context``, ``ms.runtime``) to drive the GPU and
         Ascend paths of hardware this machine lacks, without importing MindSpore."""
+        super().__init__()
         if ms is None:
             ms = _import_mindspore()
         self.ms: Any = ms
-        self.config: TrialConfig | None = None
-        self.net: Any = None  # the network that runs (AMP-wrapped under fp16)
-        self.optimizer: Any = None
-        self._dense: list[Any] = []  # the Dense cells, input layer first
-        self._train_step: Callable[[Any, Any], Any] | None = None
+        self._net: Any = None  # the network that runs (AMP-wrapped under fp16/bf16)
         self._device_kind = "cpu"
         self._mode_name = ""
+        #: MindSpore dtype of the trial's fp16/bf16 (None: fp32)
         self._amp_dtype: Any = None
-        self._compute_dtype: str | None = None
-        self._widths: tuple[int, ...] = ()
-        self._x_train: np.ndarray | None = None
-        self._y_train: np.ndarray | None = None
-        self._x_test: np.ndarray | None = None
-        self._eval_chunks: list[Any] = []
-        self._y_test: np.ndarray | None = None
-        self._batches: list[tuple[Any, Any]] = []
-        self._infer_batches: list[Any] = []
+        #: dtype floating inputs are fed in (the inference precision; None: float32)
+        self._feed_dtype: Any = None
+        #: (Parameter, keep-mask tensor) re-applied after every optimizer step
+        self._masks: list[tuple[Any, Any]] = []
+        self._weight_decay = 0.0
+        self._lr = 0.0
         self._pending: Any = None  # output of the last infer step, not yet waited for
         self._closures: list[Any] = []  # step functions to empty at teardown
-        self._cursor = 0
-        self._epoch = 0
-        self.last_loss = math.nan
+        self._configured_for: TrialConfig | None = None  # the config configure() ran for
 
     # -- threads and device ----------------------------------------------------------------
 
@@ -243,7 +259,7 @@ class MindSporeBackend(Backend):
         """Size MindSpore's CPU kernel pool to ``n``.
 
         ``threads_num`` replaces ``set_context(runtime_num_threads)``; it may be set once per
-        process, before any kernel runs (hence here, before ``setup``). The runtime's
+        process, before any kernel runs (hence here, before the first trial). The runtime's
         dispatch threads (``ms.runtime.dispatch_threads_num``, default 5) are left alone:
         they queue work rather than compute; 1 measured the same as the default and 2 was
         three times slower (graph MLP train step, batch 64: 31-40 ms default or 1, 91-108 ms
@@ -317,8 +333,9 @@ class MindSporeBackend(Backend):
         of 'TensorPy' objects> returned a result with an exception set``. The init is
         attempted once per process; later calls work (everything this backend does was
         checked to, NumPy conversions included). A one-element product absorbs it, after
-        the device is set (an op initialises the device). Only that message is dropped;
-        anything else written meanwhile is passed on.
+        the device is set (an op initialises the device) and before the factory builds
+        the model. Only that message is dropped; anything else written meanwhile is
+        passed on.
         """
         ms = self.ms
         captured = io.StringIO()
@@ -333,14 +350,18 @@ class MindSporeBackend(Backend):
         if text and "compiled using NumPy 1.x" not in text:
             sys.stderr.write(text)
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- runtime ---------------------------------------------------------------------------
 
-    def setup(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+    def configure(self, config: TrialConfig) -> None:
+        """Device, execution mode, memory pool, seed and precision, before the factory
+        builds the model (the mode decides how everything built afterwards runs)."""
         ms = self.ms
         self.config = config
         if config.precision == "int8":
-            raise UnsupportedConfigError("MindSpore has no int8 path on this install")
-        if config.precision not in ("fp32", "fp16", "bf16"):
+            raise UnsupportedConfigError(
+                "MindSpore has no int8 inference path on this install (it needs the "
+                "separate MindSpore Golden Stick quantisation package)")
+        if config.precision not in ("fp32", *_AMP_DTYPES):
             raise UnsupportedConfigError(f"unknown precision {config.precision!r}")
         if config.execution not in ("eager", "graph"):
             raise UnsupportedConfigError(
@@ -350,158 +371,276 @@ class MindSporeBackend(Backend):
             # Checked here, not left to fail: a failed AMP kernel selection poisons the
             # PyNative process (later fp32 nets fail too, research/frameworks_on_cpu.md).
             raise UnsupportedConfigError("MindSpore has no bf16 CPU kernels (MatMul, ReLU)")
-        # The mode decides how everything built afterwards runs: set it first.
-        mode = ms.GRAPH_MODE if config.execution == "graph" else ms.PYNATIVE_MODE
-        ms.set_context(mode=mode)
+        graph = config.execution == "graph"
+        ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
+        self._mode_name = "GRAPH_MODE" if graph else "PYNATIVE_MODE"
         if config.budget.memory_mb is not None:
             self._size_memory_pool(config.budget.memory_mb)
         _check_address_space()
-        self._mode_name = "GRAPH_MODE" if config.execution == "graph" else "PYNATIVE_MODE"
         ms.set_seed(config.seed)
-        self._amp_dtype = {"fp16": ms.float16, "bf16": ms.bfloat16}.get(config.precision)
+        dtype_name = _AMP_DTYPES.get(config.precision)
+        self._amp_dtype = None if dtype_name is None else getattr(ms, dtype_name)
+        self._feed_dtype = None
         try:
             # The first op allocates MindSpore's memory pool: inside the OOM mapping.
             self._absorb_numpy_init_failure()
-            return self._build(config, workload, data)
-        except (RuntimeError, TypeError, ValueError) as e:
-            if _is_oom(e):
-                raise OutOfMemoryError(f"out of memory while building the model: {e}") from e
-            if _is_unsupported(e):
-                raise UnsupportedConfigError(f"MindSpore cannot run this: {e}") from e
-            raise
+        except Exception as e:
+            kind = self.classify_error(e)
+            if kind is None:
+                raise
+            raise kind(f"while starting MindSpore's runtime: {_first_line(e)}") from None
+        self._configured_for = config
 
-    def _build(self, config: TrialConfig, workload: Workload, data: Dataset) -> dict[str, Any]:
+    def setup(self, config: TrialConfig, spec: ModelSpec,
+              _legacy_data: Any = None) -> dict[str, Any]:
+        """:meth:`configure` (unless the worker did, for this config), then the base's
+        setup. ``_legacy_data`` is ignored (the vendor-fake tests of
+        tests/test_vendor_fakes.py still call ``setup(config, None, None)`` with ``_build``
+        replaced by a recorder)."""
+        if self._configured_for is not config:
+            self.configure(config)
+        return self._build(config, spec, _legacy_data)
+
+    def _build(self, config: TrialConfig, spec: ModelSpec,
+               _legacy_data: Any = None) -> dict[str, Any]:
+        return super().setup(config, spec)
+
+    def model_type_error(self, model: Any) -> str | None:
+        if isinstance(model, self.ms.nn.Cell):
+            return None
+        return (f"returned a {type(model).__module__}.{type(model).__name__} as the model; "
+                "the mindspore backend needs a mindspore.nn.Cell")
+
+    def place_model(self, model: Any) -> Any:
+        """MindSpore places by context (the device set in :meth:`configure`)."""
+        model.set_train(True)
+        return model
+
+    def to_device(self, array: np.ndarray) -> Any:
         ms = self.ms
-        self._x_train, self._y_train = data.x_train, data.y_train.astype(np.int32)
-        # Held-out split cut into evaluation chunks once; evaluation only runs them.
-        self._x_test = data.x_test
-        self._eval_chunks = [ms.Tensor(data.x_test[s:s + _EVAL_CHUNK])
-                             for s in range(0, len(data.x_test), _EVAL_CHUNK)]
-        self._y_test = data.y_test
-        info: dict[str, Any] = {}
-        if config.mode == "train":
-            weights, biases = _torch_like_init(workload.layer_widths, config.seed)
-            weights, biases, masks = self._prune(weights, biases, config)
-            self._make_net(weights, biases)
-            self.net.set_train(True)
-            self.optimizer = self._make_optimizer(config.optimizer, config.learning_rate)
-            self._train_step = self._make_train_step(
-                masks, weight_decay=_ADAMW_WEIGHT_DECAY if config.optimizer == "adamw" else 0.0,
-                lr=config.learning_rate, jit=config.execution == "graph")
-            self._new_epoch()
-        else:
-            info["base_model"] = self._train_base_model(config, workload)
-            weights, biases = self._weights()
-            weights, biases, _ = self._prune(weights, biases, config)
-            self._make_net(weights, biases, infer=True)
-            self._make_infer_batches(config.batch_size)
-        widths = self._widths
-        param_count = sum(int(np.prod(p.shape)) for p in self.net.get_parameters())
-        if param_count != dense_param_count(widths):  # the net is what the formula describes
-            raise RuntimeError(f"built {param_count} parameters, expected "
-                               f"{dense_param_count(widths)} for widths {widths}")
-        # Sparsity of the fp32 weights the net was built from (an fp16 conversion could
-        # flush tiny weights to zero; torch measures before conversion too).
-        sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
-        info.update(param_count=param_count, flops_per_sample=dense_flops(widths, config.mode),
-                    widths=list(widths), sparsity=float(sparsity),
-                    execution=config.execution, runtime="mindspore")
-        return info
+        if array.dtype.kind == "f" and array.dtype != np.float32:
+            array = array.astype(np.float32)
+        tensor = ms.Tensor(np.ascontiguousarray(array))
+        if array.dtype.kind == "f" and self._feed_dtype is not None:
+            tensor = tensor.astype(self._feed_dtype)
+        return tensor
 
-    def _prune(self, weights: list[np.ndarray], biases: list[np.ndarray],
-               config: TrialConfig) -> tuple[list[np.ndarray], list[np.ndarray],
-                                             list[np.ndarray]]:
-        """Weights, biases and keep-masks after the trial's pruning (masks: unstructured
-        pruning only, empty otherwise)."""
-        ratio = config.pruning_ratio
-        if ratio <= 0:
-            return weights, biases, []
-        if config.pruning_structure == "structured":
-            new_w, new_b = apply_structured(weights, biases, ratio)
-            return new_w, new_b, []
-        masks = unstructured_masks(weights, ratio)
-        return [w * m for w, m in zip(weights, masks, strict=True)], biases, masks
+    def classify_error(self, error: BaseException) -> type[TrialError] | None:
+        if not isinstance(error, (RuntimeError, TypeError, ValueError, MemoryError)):
+            return None
+        if _is_oom(error):
+            return OutOfMemoryError
+        if _is_unsupported(error):
+            return UnsupportedConfigError
+        return None
 
-    def _make_net(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], *,
-                  infer: bool = False) -> None:
-        """The dense stack (ReLU between layers, logits out) with these weights."""
+    # -- model facts -----------------------------------------------------------------------
+
+    def _trainable(self) -> list[Any]:
+        return _unique(self.model.trainable_params())
+
+    def _weights(self) -> list[Any]:
+        """Every trainable Parameter of 2+ dimensions (weight matrices, conv kernels,
+        embeddings), each shared one once, in the model's order. Non-trainable Parameters
+        (batch-norm moving statistics, frozen tables) are not pruned."""
+        return [p for p in self._trainable() if len(p.shape) >= 2]
+
+    def trainable_parameter_count(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self._trainable())
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        return [p.asnumpy().astype(np.float32) for p in self._weights()]
+
+    def weight_bytes(self) -> int | None:
+        """Bytes of every Parameter as stored now (after the inference conversion; batch
+        norm moving statistics included, as torch counts buffers)."""
+        return sum(int(np.prod(p.shape)) * int(p.itemsize)
+                   for p in _unique(self.model.get_parameters()))
+
+    def count_flops(self, inputs: tuple[Any, ...], targets: Any,
+                    mode: str) -> tuple[int | None, str]:
+        """Compile the forward (infer) or forward + backward (train) as a graph and ask the
+        graph compiler what it counted. In PyNative trials the count compiles in graph mode
+        and switches back; the model's state (batch-norm statistics) is restored."""
         ms = self.ms
+        method = _FLOPS_METHOD.format("forward + backward" if mode == "train" else "forward")
+        net = self._net if (mode == "train" and self._net is not None) else self.model
+        was_training = bool(net.training)
+        buffers = [(p, p.asnumpy().copy()) for p in _unique(net.get_parameters())
+                   if not p.requires_grad]
+        switch = ms.get_context("mode") != ms.GRAPH_MODE
+        try:
+            if switch:
+                ms.set_context(mode=ms.GRAPH_MODE)
+            if mode == "train":
+                forward = self._forward_fn(net, scale=None)
+                params = tuple(self._trainable())
+                cell = _call_cell(ms, ms.value_and_grad(forward, None, params))
+                net.set_train(True)
+                cell(*inputs, targets)
+            else:
+                cell = _call_cell(ms, net)
+                net.set_train(False)
+                cell(*inputs)
+            flops, _, _, _, dynamic = ms.flops_collection(cell.current_phase)
+        except Exception as e:
+            return None, (f"mindspore.flops_collection could not count this model: the graph "
+                          f"compiler failed: {type(e).__name__}: {_first_line(e)}")
+        finally:
+            if switch:
+                ms.set_context(mode=ms.PYNATIVE_MODE)
+            net.set_train(was_training)
+            for p, value in buffers:
+                p.set_data(ms.Tensor(value, dtype=p.dtype))
+        if dynamic:
+            return None, "mindspore.flops_collection counts static shapes only"
+        return int(flops), method
+
+    def compute_dtype(self) -> str:
+        """The dtype the first Dense/Conv cell computes in, measured on one zero sample
+        (AMP casts inside the cell, so its parameters' dtype would not say); without such
+        a cell, the trial's mixed-precision dtype."""
+        ms = self.ms
+        net = self._net if self._net is not None else self.model
+        if net is None:
+            return "float32"
+        mixed = self._amp_dtype is not None and net is not self.model
+        fallback = str(self._amp_dtype).lower() if mixed else "float32"
         nn = ms.nn
-        cells: list[Any] = []
-        self._dense = []
-        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            dense = nn.Dense(w.shape[1], w.shape[0], weight_init=ms.Tensor(w),
-                             bias_init=ms.Tensor(b))
-            self._dense.append(dense)
-            cells.append(dense)
-            if i < len(weights) - 1:
-                cells.append(nn.ReLU())
-        self._widths = (weights[0].shape[1], *(w.shape[0] for w in weights))
-        net = nn.SequentialCell(cells)
-        if infer:
-            net.set_train(False)
-        if self._amp_dtype is not None:
-            # "O2": every cell but the normalisation blacklist computes in the low dtype,
-            # the output is cast back to fp32 (the loss and argmax stay fp32). For this MLP
-            # it is the same as "O3"; "O1" would leave ReLU and the bias add to casts.
-            net = ms.amp.auto_mixed_precision(net, "O2", dtype=self._amp_dtype)
-            if infer:
-                # Inference: convert the weights once, as torch converts the model, so no
-                # weight casts run per batch. Training keeps fp32 master weights.
-                for p in net.get_parameters():
-                    p.set_data(p.astype(self._amp_dtype))
-            self._compute_dtype = str(self._amp_dtype).lower()  # Float16 -> float16
-        else:
-            self._compute_dtype = "float32"
-        self.net = net
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, nn.Dense):
+                probe = np.zeros((1, int(cell.in_channels)), dtype=np.float32)
+            elif isinstance(cell, nn.Conv2d):
+                side = 4 * max(int(k) for k in cell.kernel_size)
+                probe = np.zeros((1, int(cell.in_channels), side, side), dtype=np.float32)
+            else:
+                continue
+            was_training = bool(cell.training)
+            try:
+                cell.set_train(False)
+                return str(cell(ms.Tensor(probe)).dtype).lower()  # Float16 -> float16
+            except Exception:
+                return fallback
+            finally:
+                cell.set_train(was_training)
+        return fallback
 
-    def _weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The Dense weights and biases as float32 numpy arrays, ``(out, in)`` layout."""
-        return self.dense_weights(), [d.bias.asnumpy().astype(np.float32) for d in self._dense]
+    # -- pruning ---------------------------------------------------------------------------
 
-    def dense_weights(self) -> list[Any]:
-        """The Dense weights as they are now, float32 numpy ``(out, in)`` (MindSpore's Dense
-        keeps torch's layout), input layer first."""
-        return [d.weight.asnumpy().astype(np.float32) for d in self._dense]
+    def apply_weight_masks(self, masks: Sequence[np.ndarray], *, permanent: bool) -> None:
+        ms = self.ms
+        weights = self._weights()
+        for w, m in zip(weights, masks, strict=True):
+            w.set_data(ms.Tensor(w.asnumpy() * m.astype(w.asnumpy().dtype), dtype=w.dtype))
+        self._masks = ([] if permanent else
+                       [(w, ms.Tensor(m.astype(np.float32)))
+                        for w, m in zip(weights, masks, strict=True)])
 
-    def _make_optimizer(self, name: str, lr: float) -> Any:
+    def prune_structured_default(self, ratio: float) -> None:
+        raise UnsupportedConfigError(
+            "structured pruning of a MindSpore model needs the ModelSpec's "
+            "prune_structured(model, ratio): MindSpore has no dependency-graph channel "
+            "pruner (torch uses torch-pruning)")
+
+    # -- training --------------------------------------------------------------------------
+
+    def make_optimizer(self, name: str, learning_rate: float) -> Any:
         nn = self.ms.nn
-        params = self.net.trainable_params()
+        params = self._trainable()
+        self._lr = learning_rate
+        self._weight_decay = _ADAMW_WEIGHT_DECAY if name == "adamw" else 0.0
         if name == "sgd":
-            return nn.SGD(params, learning_rate=lr, momentum=_SGD_MOMENTUM)
+            return nn.SGD(params, learning_rate=learning_rate, momentum=_SGD_MOMENTUM)
         if name in ("adam", "adamw"):  # adamw: decoupled decay is added in the step
-            return nn.Adam(params, learning_rate=lr)
+            return nn.Adam(params, learning_rate=learning_rate)
         raise UnsupportedConfigError(f"unknown optimizer {name!r}")
 
-    def _make_train_step(self, masks: Sequence[np.ndarray], *, weight_decay: float, lr: float,
-                         jit: bool) -> Callable[[Any, Any], Any]:
-        """One optimizer step as a function of (x, y) returning the (unscaled) loss.
+    def _forward_fn(self, net: Any, *, scale: Any) -> Callable[..., Any]:
+        """``forward(*inputs, targets) -> loss`` of the spec on ``net`` (scaled by the fp16
+        loss scaler ``scale`` when given). Written for ``ms.jit``: closures over constants
+        and Cells, branches on Python values resolved here, not in the graph."""
+        ms = self.ms
+        ops = ms.ops
+        assert self.spec is not None
+        spec = self.spec
+        n_in = len(self.example_inputs)
+        single = self.single_input
+        user_forward: Any = spec.forward
+        user_loss: Any = spec.loss if callable(spec.loss) else None
+        f32, i32 = ms.float32, ms.int32
+        sce = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+        def first(out: Any) -> Any:  # a model returning (logits, ...) is scored on logits
+            if isinstance(out, (tuple, list)):
+                return out[0]
+            return out
+
+        def cross_entropy(out: Any, targets: Any) -> Any:
+            out = first(out)
+            logits = ops.reshape(out, (-1, out.shape[-1]))
+            return sce(ops.cast(logits, f32), ops.cast(ops.reshape(targets, (-1,)), i32))
+
+        def mse(out: Any, targets: Any) -> Any:
+            out = first(out)
+            return ops.mse_loss(ops.cast(out, f32), ops.cast(targets, f32))
+
+        def callable_loss(out: Any, targets: Any) -> Any:
+            return user_loss(first(out), targets)
+
+        loss_of = (callable_loss if user_loss is not None
+                   else mse if spec.loss == "mse" else cross_entropy)
+
+        def own_loss(*args: Any) -> Any:
+            xs = args[:n_in]
+            if single:
+                return user_forward(net, xs[0], args[n_in])
+            return user_forward(net, xs, args[n_in])
+
+        def model_loss(*args: Any) -> Any:
+            return loss_of(net(*args[:n_in]), args[n_in])
+
+        loss_fn = own_loss if user_forward is not None else model_loss
+        if scale is None:
+            self._closures += [first, cross_entropy, mse, callable_loss, own_loss, model_loss]
+            return loss_fn
+
+        def scaled(*args: Any) -> Any:
+            return scale.scale(loss_fn(*args))
+
+        self._closures += [first, cross_entropy, mse, callable_loss, own_loss, model_loss,
+                           scaled]
+        return scaled
+
+    def build_train_step(self, precision: str, execution: str) -> Callable[..., Any]:
+        """One optimizer step as ``step(inputs, targets) -> loss`` (the unscaled loss).
 
         A closure over the network, optimizer and masks: ``ms.jit`` resolves free variables
         (Cells and Parameters become graph inputs, masks constants) and needs the source of
-        a real file, which this is. Branches on Python values (``use_scaler``...) are
-        resolved at compile time; in eager mode the same function runs op by op.
+        a real file, which this is. In graph execution the step is ``ms.jit``-compiled on
+        its first call (the trial's first step); in eager it runs op by op. The base
+        recipe of inference trials (``execution='eager'``, the only step an infer trial
+        builds) is compiled whatever the trial's execution: it is not what the trial
+        measures, and it trains five times faster.
         """
         ms = self.ms
         ops = ms.ops
-        net, optimizer = self.net, self.optimizer
+        assert self.config is not None
+        dtype_name = _AMP_DTYPES.get(precision)
+        net = self.model
+        if dtype_name is not None:
+            net = ms.amp.auto_mixed_precision(self.model, "O2", dtype=getattr(ms, dtype_name))
+        self._net = net
+        net.set_train(True)
+        optimizer = self.optimizer
         params = tuple(optimizer.parameters)
-        loss_fn = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-        weights = tuple(d.weight for d in self._dense)
-        mask_tensors = tuple(ms.Tensor(m.astype(np.float32)) for m in masks)
-        use_masks = bool(masks)
-        decay = 1.0 - lr * weight_decay  # torch AdamW: w *= 1 - lr * wd, then Adam
-        use_decay = weight_decay > 0
-        use_scaler = self._amp_dtype is not None
+        use_scaler = precision == "fp16"
         scaler: Any = ms.amp.DynamicLossScaler(_LOSS_SCALE, 2, 2000) if use_scaler else None
-
-        def forward(x: Any, y: Any) -> Any:
-            loss = loss_fn(net(x), y)
-            if use_scaler:
-                return scaler.scale(loss)
-            return loss
-
-        grad_fn = ms.value_and_grad(forward, None, params)
+        grad_fn = ms.value_and_grad(self._forward_fn(net, scale=scaler), None, params)
+        mask_weights = tuple(w for w, _ in self._masks)
+        mask_tensors = tuple(m for _, m in self._masks)
+        use_masks = bool(self._masks)
+        decay = 1.0 - self._lr * self._weight_decay  # torch AdamW: w *= 1 - lr * wd, then Adam
+        use_decay = self._weight_decay > 0
 
         def update(grads: Any) -> Any:
             done = True
@@ -512,13 +651,14 @@ class MindSporeBackend(Backend):
             done = optimizer(grads)
             if use_masks:
                 # indexing, not zip(strict=...): ms.jit's parser rejects the keyword
-                for i in range(len(weights)):
-                    w = weights[i]
-                    done = ops.depend(done, ops.assign(w, ops.depend(w, done) * mask_tensors[i]))
+                for i in range(len(mask_weights)):
+                    w = mask_weights[i]
+                    done = ops.depend(done, ops.assign(
+                        w, ops.depend(w, done) * ops.cast(mask_tensors[i], w.dtype)))
             return done
 
-        def train_step(x: Any, y: Any) -> Any:
-            loss, grads = grad_fn(x, y)
+        def train_step(*args: Any) -> Any:
+            loss, grads = grad_fn(*args)
             if use_scaler:
                 loss = scaler.unscale(loss)
                 finite = ms.amp.all_finite(grads)
@@ -528,167 +668,95 @@ class MindSporeBackend(Backend):
                 return loss
             return ops.depend(loss, update(grads))
 
-        self._closures += [forward, update, train_step]
-        return ms.jit(train_step) if jit else train_step
+        self._closures += [update, train_step]
+        jit = execution == "graph" or self.config.mode == "infer"
+        run = ms.jit(train_step) if jit else train_step
 
-    def _release_closures(self) -> None:
-        """Empty the step functions' closures, which hold the network and optimizer.
+        def step(inputs: tuple[Any, ...], targets: Any) -> Any:
+            return run(*inputs, targets)
 
-        ``ms.jit`` and ``ms.value_and_grad`` keep the functions they were given (in caches
-        that ``ms.ms_memory_recycle`` does not clear), so dropping our references alone
-        frees nothing: measured, every setup/teardown cycle of the 3x1000 MLP kept its
-        ~28 MB of parameters and optimizer state. Nothing calls these functions afterwards.
-        """
-        for fn in self._closures:
-            for cell in fn.__closure__ or ():
-                cell.cell_contents = None
-        self._closures = []
+        return step
 
-    def _train_base_model(self, config: TrialConfig, workload: Workload) -> str:
-        """Train fp32 with the fixed recipe, so every inference trial measures the same model.
-
-        Cached as numpy weights per (workload, widths, epochs, seed, MindSpore version): the
-        same for every trial of a study, and training costs seconds. The step is compiled
-        with ``ms.jit`` whatever the trial's execution (it is not what the trial measures,
-        and jit works in both modes). Returns ``"cached"`` or ``"trained"``.
-        """
-        from autotune._cache import cache_dir, write_atomically
-
-        ms = self.ms
-        widths = workload.layer_widths
-        key = (f"ms-{workload.name}-{'x'.join(map(str, widths))}"
-               f"-e{config.budget.train_epochs}-s{config.seed}-{ms.__version__}")
-        path = cache_dir() / f"{key}.npz"
-        if path.exists():
-            with np.load(path) as f:
-                n = len(widths) - 1
-                weights = [f[f"w{i}"] for i in range(n)]
-                biases = [f[f"b{i}"] for i in range(n)]
-            self._make_net_fp32(weights, biases)
-            return "cached"
-        weights, biases = _torch_like_init(widths, config.seed)
-        self._make_net_fp32(weights, biases)
-        self.net.set_train(True)
-        self.optimizer = self._make_optimizer(_RECIPE_OPTIMIZER, _RECIPE_LR)
-        step = self._make_train_step([], weight_decay=0.0, lr=_RECIPE_LR, jit=True)
-        assert self._x_train is not None and self._y_train is not None
-        rng = np.random.default_rng(config.seed)
-        n = len(self._x_train)
-        for _ in range(config.budget.train_epochs):
-            order = rng.permutation(n)
-            for start in range(0, n, _RECIPE_BATCH):
-                idx = order[start:start + _RECIPE_BATCH]
-                step(ms.Tensor(self._x_train[idx]), ms.Tensor(self._y_train[idx]))
-        self.optimizer = None
-        self._release_closures()
-        self.net.set_train(False)
-        trained_w, trained_b = self._weights()
-        arrays: dict[str, Any] = {f"w{i}": w for i, w in enumerate(trained_w)}
-        arrays.update({f"b{i}": b for i, b in enumerate(trained_b)})
-
-        def save(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        write_atomically(path, save)
-        return "trained"
-
-    def _make_net_fp32(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> None:
-        """The base model is always fp32 (the recipe), whatever the trial's precision."""
-        amp, self._amp_dtype = self._amp_dtype, None
-        try:
-            self._make_net(weights, biases)
-        finally:
-            self._amp_dtype = amp
-
-    def _make_infer_batches(self, batch_size: int) -> None:
-        """A few distinct input batches drawn from the held-out split (tiled if too small)."""
-        ms = self.ms
-        assert self._x_test is not None
-        x = self._x_test
-        reps = math.ceil(batch_size * 4 / len(x))
-        pool = np.tile(x, (reps, 1)) if reps > 1 else x
-        # fp32 inputs: the AMP wrapper casts them to the compute dtype inside the graph.
-        self._infer_batches = [ms.Tensor(np.ascontiguousarray(
-            pool[i * batch_size:(i + 1) * batch_size])) for i in range(4)]
-
-    # -- stepping --------------------------------------------------------------------------
-
-    def _new_epoch(self) -> None:
-        """Shuffle once per epoch and cut the batches as tensors, so a step only picks one;
-        called from between_steps (untimed).
-
-        Same order semantics as torch: a seeded permutation per epoch, tiled when the batch
-        is larger than the split, the last partial batch filled from the epoch's start.
-        """
-        ms = self.ms
-        assert self.config is not None
-        assert self._x_train is not None and self._y_train is not None
-        rng = np.random.default_rng(self.config.seed + self._epoch)
-        order = rng.permutation(len(self._x_train))
-        bs = self.config.batch_size
-        reps = math.ceil(bs / len(order))
-        if reps > 1:  # batch larger than the training split: wrap around
-            order = np.tile(order, reps)
-        x_all, y_all = self._x_train[order], self._y_train[order]
-        self._batches = []
-        for i in range(self.steps_per_epoch):
-            x, y = x_all[i * bs:(i + 1) * bs], y_all[i * bs:(i + 1) * bs]
-            if len(x) < bs:  # last partial batch: wrap to keep every step the same size
-                x = np.concatenate([x, x_all[:bs - len(x)]])
-                y = np.concatenate([y, y_all[:bs - len(y)]])
-            self._batches.append((ms.Tensor(np.ascontiguousarray(x)),
-                                  ms.Tensor(np.ascontiguousarray(y))))
-        self._cursor = 0
-        self._epoch += 1
-
-    def between_steps(self) -> None:
-        assert self.config is not None
-        if self.config.mode == "train" and self._cursor >= len(self._batches):
-            self._new_epoch()
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one pass over the training split (last batch may wrap)."""
-        assert self.config is not None and self._x_train is not None
-        return epoch_steps(len(self._x_train), self.config.batch_size)
-
-    def step(self) -> int:
-        assert self.config is not None
-        try:
-            if self.config.mode == "train":
-                return self._step_train()
-            return self._step_infer()
-        except (RuntimeError, TypeError, ValueError) as e:
-            if _is_oom(e):
-                raise OutOfMemoryError(f"out of memory in a step: {e}") from e
-            if _is_unsupported(e):
-                raise UnsupportedConfigError(f"MindSpore cannot run this: {e}") from e
-            raise
-
-    def _step_train(self) -> int:
-        assert self.config is not None and self._train_step is not None
-        if self._cursor >= len(self._batches):  # only if between_steps was not called
-            self._new_epoch()
-        x, y = self._batches[self._cursor]
-        self._cursor += 1
-        loss = self._train_step(x, y)
+    def to_float(self, loss: Any) -> float:
         # Reading the loss waits for the step (its optimizer update included), like torch's
         # float(loss); it is needed every step to catch divergence.
-        self.last_loss = float(loss.asnumpy())
-        if not math.isfinite(self.last_loss):
-            raise NonFiniteLossError(
-                f"loss became {self.last_loss} at epoch {self._epoch} "
-                f"(learning_rate={self.config.learning_rate}, optimizer={self.config.optimizer})"
-            )
-        return self.config.batch_size
+        return float(np.asarray(loss.asnumpy(), dtype=np.float64).reshape(-1)[0])
 
-    def _step_infer(self) -> int:
-        assert self.config is not None
-        batch = self._infer_batches[self._cursor % len(self._infer_batches)]
-        self._cursor += 1
-        self._pending = self.net(batch)
-        return self.config.batch_size
+    # -- inference -------------------------------------------------------------------------
+
+    def convert_for_inference(self, precision: str) -> str:
+        ms = self.ms
+        model = self.model
+        model.set_train(False)
+        net = model
+        dtype_name = _AMP_DTYPES.get(precision)
+        if dtype_name is not None:
+            dtype = getattr(ms, dtype_name)
+            # "O2": every cell but the normalisation blacklist computes in the low dtype,
+            # the output is cast back to fp32.
+            net = ms.amp.auto_mixed_precision(model, "O2", dtype=dtype)
+            black = tuple(ms.amp.get_black_list())
+            full = {id(p) for _, cell in model.cells_and_names() if isinstance(cell, black)
+                    for p in cell.get_parameters()}
+            # Convert the weights once, as torch converts the model, so no weight casts
+            # run per batch; the norms keep fp32 parameters (they compute in fp32).
+            # (set_dtype: set_data casts the new value back to the Parameter's own dtype)
+            for p in _unique(model.get_parameters()):
+                if id(p) not in full and p.dtype == ms.float32:
+                    p.set_dtype(dtype)
+            self._feed_dtype = dtype
+        net.set_train(False)
+        self._net = net
+        return "mindspore"
+
+    def build_infer_step(self, execution: str) -> Callable[..., Any]:
+        """``step(inputs)``: the network called on the batch. In ``GRAPH_MODE`` the Cell
+        compiles on its first call (the trial's first step); in PyNative it runs op by op
+        and returns before its kernels have run (see :meth:`synchronize`)."""
+        net = self._net
+
+        def step(inputs: tuple[Any, ...]) -> Any:
+            self._pending = net(*inputs)
+            return self._pending
+
+        return step
+
+    @contextlib.contextmanager
+    def _quality(self) -> Iterator[None]:
+        model = self.model
+        was_training = bool(model.training)
+        model.set_train(False)
+        try:
+            yield
+        finally:
+            model.set_train(was_training)
+
+    def quality_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Evaluation mode (batch norm on its moving statistics, no dropout)."""
+        return self._quality()
+
+    # -- the base-model cache --------------------------------------------------------------
+
+    def save_weights(self, path: Path) -> None:
+        """Every Parameter (moving statistics included) in the model's order, as numpy."""
+        params = _unique(self.model.get_parameters())
+        arrays = {f"p{i}": p.asnumpy() for i, p in enumerate(params)}
+        with open(path, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    def load_weights(self, path: Path) -> None:
+        ms = self.ms
+        params = _unique(self.model.get_parameters())
+        with np.load(path) as f:
+            arrays = [f[f"p{i}"] for i in range(len(f.files))]
+        shapes = [tuple(p.shape) for p in params]
+        if [a.shape for a in arrays] != shapes:
+            raise ValueError(f"cached base model {path.name} does not fit the model "
+                             f"({len(arrays)} arrays for {len(params)} parameters)")
+        for p, a in zip(params, arrays, strict=True):
+            p.set_data(ms.Tensor(a, dtype=p.dtype))
+
+    # -- device ----------------------------------------------------------------------------
 
     def synchronize(self) -> None:
         """Wait for the work of the last step.
@@ -698,45 +766,15 @@ class MindSporeBackend(Backend):
         profiler's clock must wait for the last output. ``asnumpy`` on a CPU tensor shares
         its storage (no copy) and blocks until it is computed. On GPU/Ascend the kernels run
         on device streams: ``ms.runtime.synchronize`` waits for them (it only logs an
-        error on CPU, where it is not supported).
+        error on CPU, where it is not supported). A training step has been waited for
+        already: its loss is read every step.
         """
         if self._device_kind != "cpu":
             self.ms.runtime.synchronize()
         elif self._pending is not None:
-            self._pending.asnumpy()
+            for leaf in _leaves(self._pending):
+                leaf.asnumpy()
         self._pending = None
-
-    def evaluate(self) -> float:
-        assert self.config is not None and self._y_test is not None
-        training = self.config.mode == "train"
-        if training:
-            self.net.set_train(False)
-        correct = 0
-        try:
-            for i, chunk in enumerate(self._eval_chunks):
-                logits = self.net(chunk).asnumpy()
-                labels = self._y_test[i * _EVAL_CHUNK:(i + 1) * _EVAL_CHUNK]
-                correct += int((logits.argmax(axis=1) == labels).sum())
-        except (RuntimeError, TypeError, ValueError) as e:
-            if _is_oom(e):
-                raise OutOfMemoryError(f"out of memory in evaluation: {e}") from e
-            raise
-        finally:
-            if training:
-                self.net.set_train(True)
-        return correct / len(self._y_test)
-
-    def compute_dtype(self) -> str:
-        """The dtype the Dense matmuls run in: the first Dense layer's output dtype, measured
-        on one sample (AMP casts inside the cell, so the parameters' dtype would not say)."""
-        assert self.config is not None
-        ms = self.ms
-        if self._compute_dtype is None or not self._dense:
-            return "float32"
-        dense = self._dense[0]
-        # fp32 in: an AMP cell casts it itself; a plain fp32 cell stays fp32.
-        out = dense(ms.Tensor(np.zeros((1, self._widths[0]), dtype=np.float32)))
-        return str(out.dtype).lower()
 
     def peak_memory_bytes(self) -> int | None:
         """Device peak on GPU/Ascend; ``None`` on CPU, where MindSpore reports 0."""
@@ -751,13 +789,27 @@ class MindSporeBackend(Backend):
             out["device_target"] = str(ms.get_context("device_target"))
         return out
 
+    def _release_closures(self) -> None:
+        """Empty the step functions' closures, which hold the network and optimizer.
+
+        ``ms.jit`` and ``ms.value_and_grad`` keep the functions they were given (in caches
+        that ``ms.ms_memory_recycle`` does not clear), so dropping our references alone
+        frees nothing: measured, every setup/teardown cycle of the 3x1000 MLP kept its
+        ~28 MB of parameters and optimizer state. Nothing calls these functions afterwards.
+        """
+        for fn in self._closures:
+            for cell in fn.__closure__ or ():
+                with contextlib.suppress(ValueError):  # an empty cell stays empty
+                    cell.cell_contents = None
+        self._closures = []
+
     def teardown(self) -> None:
         self._release_closures()
-        self.net = self.optimizer = self._train_step = self._pending = None
-        self._dense = []
-        self._batches = []
-        self._infer_batches = []
-        self._eval_chunks = []
+        self._net = self._pending = self._amp_dtype = self._feed_dtype = None
+        self._masks = []
+        self._configured_for = None
+        self.last_loss = math.nan  # the next trial's infer mode reports no stale loss
+        super().teardown()
         # Compiled graphs and the memory cached for them (MindSpore's documented call for
         # "several models trained in one process").
         self.ms.ms_memory_recycle()

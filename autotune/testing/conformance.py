@@ -20,12 +20,11 @@ that each precision really changes the compute dtype; that running out of memory
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from typing import Any, ClassVar
-
-import itertools
 
 #: Resident memory may grow this much across repeated setup/teardown cycles (allocator
 #: caches, lazily imported modules), beyond which a backend is leaking models.

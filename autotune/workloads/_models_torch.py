@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,8 @@ class SmallResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(torch.relu(self.bn(self.stem(x))))
-        return self.head(x.mean(dim=(2, 3)))
+        out: torch.Tensor = self.head(x.mean(dim=(2, 3)))
+        return out
 
 
 def build_cnn(arch: CNNArch, seed: int) -> nn.Module:
@@ -95,14 +97,16 @@ def prune_structured(model: nn.Module, arch: MLPArch | CNNArch, ratio: float) ->
                 m.bias.copy_(torch.from_numpy(b))
             return smaller.to(device).train(model.training)
         assert isinstance(model, SmallResNet)
+        blocks: list[Any] = list(model.blocks)
         keeps = [channel_keep(block.conv1.weight.detach().cpu().numpy(), ratio)
-                 for block in model.blocks]  # type: ignore[union-attr]
+                 for block in blocks]
         new_arch = dataclasses.replace(arch, inner=tuple(len(k) for k in keeps))
         smaller_cnn = SmallResNet(new_arch)
         smaller_cnn.stem.load_state_dict(model.stem.state_dict())
         smaller_cnn.bn.load_state_dict(model.bn.state_dict())
         smaller_cnn.head.load_state_dict(model.head.state_dict())
-        for old, new, keep in zip(model.blocks, smaller_cnn.blocks, keeps, strict=True):
+        new_blocks: list[Any] = list(smaller_cnn.blocks)
+        for old, new, keep in zip(blocks, new_blocks, keeps, strict=True):
             idx = torch.from_numpy(keep).to(device)
             new.conv1.weight.copy_(old.conv1.weight[idx])
             for name in ("weight", "bias", "running_mean", "running_var"):

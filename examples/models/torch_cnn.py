@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from shapes_data import make_shapes  # a sibling module: the file's folder is importable
 from torch import nn
 
 import autotune
-from shapes_data import make_shapes  # a sibling module: the file's folder is importable
 
 
 class ShapesCNN(nn.Module):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from helpers import CLASSES, DIM  # a sibling module: the factory's folder is importable
 from torch import nn
 
 import autotune
-from helpers import DIM, CLASSES  # a sibling module: the factory's folder is importable
 
 
 def _batch(batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
