@@ -292,7 +292,8 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
         raise where.fail("description", "must be text")
     return SearchSpace(
         workload=ref.factory, workload_kwargs=dict(ref.kwargs), mode=mode,
-        objectives=objectives, constraints=constraints, params=params, budget=budget, description=description,
+        objectives=objectives, constraints=constraints, params=params, budget=budget,
+        description=description,
     )
 
 
