@@ -1,7 +1,9 @@
 """Device discovery: which backends are installed and which devices each one sees.
 
 Each backend is probed in a process of its own (frameworks never share a process), in
-parallel. A backend that is not installed is reported with the command that installs it.
+parallel, by its spec's ``probe`` (:class:`autotune.backends.BackendSpec`); a third-party
+backend whose spec has no probe sees the CPU only (listed without a process). A backend that
+is not installed is reported with the command that installs it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.backends import BACKENDS
+from autotune.backends import BACKENDS, BackendLookupError, get_spec
 
 PROBE_TIMEOUT_S = 120
 
@@ -58,9 +60,18 @@ class _Probe:
                                                             "autotune.backends._probe"])
 
     def __call__(self, backend: str) -> BackendDevices:
-        entry = BACKENDS[backend]
+        try:
+            entry = get_spec(backend)
+        except BackendLookupError as e:
+            return BackendDevices(backend, False, "", error=str(e))
         if not entry.is_installed():
             return BackendDevices(backend, False, entry.install_hint)
+        if entry.probe is None:  # no probe of its own: the CPU, as every backend sees it
+            from autotune.backends._probe import cpu_device
+
+            return BackendDevices(backend, True, entry.install_hint,
+                                  version=_version(entry.distribution),
+                                  devices=(Device(**cpu_device()),))
         try:
             proc = subprocess.run([*self.argv_prefix, backend], capture_output=True,
                                   text=True, timeout=PROBE_TIMEOUT_S)
@@ -79,8 +90,19 @@ class _Probe:
                               notes=tuple(data.get("notes", ())))
 
 
+def _version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (an import name), if its metadata says."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution.split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
 def discover(backends: Iterable[str] | None = None) -> list[BackendDevices]:
-    """Probe each backend (default: all registered) in its own process, in parallel,
+    """Probe each backend (default: all registered; a third-party ``package.module:Class``
+    when named) in its own process, in parallel,
     except on a TPU host: a TPU is opened by one process at a time, so probes running side
     by side would race for it and which backend lists it would be chance."""
     from autotune.backends._probe import tpu_hardware_present
@@ -107,7 +129,10 @@ def check_installed(space: Any) -> None:
     spec = space.param("backend")
     names = list(spec.choices) if spec is not None else [KNOB_DEFAULTS["backend"]]
     for name in names:
-        entry = BACKENDS[name]
+        try:
+            entry = get_spec(name)
+        except BackendLookupError as e:
+            raise StudyError(f"backend {name!r} named in the space: {e}") from None
         if not entry.is_installed():
             raise StudyError(f"backend {name!r} named in the space is not installed; "
                              f"install it with: {entry.install_hint}")

@@ -256,8 +256,9 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
     """Validate a mapping (as loaded from YAML) into a :class:`SearchSpace`.
 
     ``base_dir`` resolves relative factory paths (default: the working directory).
-    ``check_files=False`` reads a *stored* space: its factory file is not looked up, so a
-    study stays readable (list, show, export, dashboard) where the file is absent.
+    ``check_files=False`` reads a *stored* space: its factory file is not looked up (nor a
+    third-party ``package.module:Class`` backend imported), so a study stays readable
+    (list, show, export, dashboard) where the file is absent.
     """
     from autotune.workloads import parse_workload
 
@@ -285,7 +286,7 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
         return {} if value is None else value
 
     constraints = _parse_constraints(section("constraints"), where)
-    params = _parse_params(section("params"), mode, where)
+    params = _parse_params(section("params"), mode, where, check_files)
     budget = _parse_budget(section("budget"), where)
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -338,11 +339,13 @@ def _is_number(v: Any) -> bool:
 
 
 def _knob_checks() -> dict[str, tuple[Any, str]]:
-    from autotune.backends import BACKENDS
+    from autotune.backends import BACKENDS, is_third_party_name
 
     return {
-        "backend": (lambda v: isinstance(v, str) and v in BACKENDS,
-                    f"one of {', '.join(BACKENDS)}"),
+        "backend": (lambda v: isinstance(v, str) and (v in BACKENDS
+                                                      or is_third_party_name(v)),
+                    f"one of {', '.join(BACKENDS)}, or a third-party "
+                    "'package.module:Class'"),
         "device": (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)),
                    "cpu, cuda:N, tpu:N or npu:N"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
@@ -360,7 +363,8 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
     }
 
 
-def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
+def _parse_params(raw: Any, mode: str, where: _Where,
+                  check_files: bool = True) -> tuple[ParamSpec, ...]:
     if not isinstance(raw, Mapping):
         raise where.fail("params", f"must be a mapping of knob names, got {raw!r}")
     checks = _knob_checks()
@@ -381,8 +385,23 @@ def _parse_params(raw: Any, mode: str, where: _Where) -> tuple[ParamSpec, ...]:
         for v in spec.values_for_check():
             if not ok(v):
                 raise where.fail(key, f"got {v!r}; allowed: {allowed}")
+        if name == "backend" and check_files:
+            _check_third_party_backends(spec, key, where)
         specs.append(spec)
     return tuple(specs)
+
+
+def _check_third_party_backends(spec: ParamSpec, key: str, where: _Where) -> None:
+    """A third-party ``package.module:Class`` backend must import and have (or get) a
+    spec; a stored space (``check_files=False``) is read without importing it."""
+    from autotune.backends import BACKENDS, BackendLookupError, get_spec
+
+    for v in spec.values_for_check():
+        if v not in BACKENDS:
+            try:
+                get_spec(v)
+            except BackendLookupError as e:
+                raise where.fail(key, str(e)) from None
 
 
 _INTEGER_KNOBS = frozenset({"batch_size", "threads"})

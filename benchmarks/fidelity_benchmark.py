@@ -3,9 +3,9 @@
 For each configuration one child process is started and pinned to ``threads`` cores exactly as
 a trial's worker pins itself (``autotune.launch._worker._pin_threads``: affinity and
 OMP/MKL/OpenBLAS variables set before torch is imported). In it the backend is built exactly
-as a trial builds it (``load_backend`` -> ``set_threads`` -> ``get_workload().load_data()`` ->
-``backend.setup``), then for R rounds, back to back on the SAME backend object and alternating
-which goes first:
+as a trial builds it (``load_backend`` -> ``set_threads`` -> ``configure`` -> the
+workload factory -> ``backend.setup``), then for R rounds, back to back on the SAME
+backend object and alternating which goes first:
 
   (a) autotune: ``autotune.profiling.loop.run_profile`` (warm-up, adaptive window), turned
       into a :class:`autotune.profiling.measurement.Measurement` -> samples/s at the median
@@ -250,7 +250,7 @@ def run_child(case: Case, opts: Options) -> dict[str, Any]:
     from autotune.backends import capabilities, load_backend, resolve_execution
     from autotune.config import TrialConfig
     from autotune.space import parse_space
-    from autotune.workloads import get_workload
+    from autotune.testing.inprocess import set_up
 
     space = parse_space({"workload": case.workload, "mode": case.mode,
                          "objectives": {"throughput_sps": "maximize"},
@@ -269,10 +269,8 @@ def run_child(case: Case, opts: Options) -> dict[str, Any]:
     backend = load_backend(config.backend)
     import_s = time.perf_counter() - t0
     threads = backend.set_threads(threads)
-    workload = get_workload(config.workload)
-    data = workload.load_data()
     t0 = time.perf_counter()
-    backend.setup(config, workload, data)
+    set_up(backend, config)
     setup_s = time.perf_counter() - t0
 
     rounds = []

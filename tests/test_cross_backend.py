@@ -27,9 +27,15 @@ BACKENDS = ("torch", "tensorflow", "mindspore")
 ACCURACY_TOLERANCE = 0.05
 
 
-def _train(backend: str) -> dict[str, object]:
-    space = parse_space({"workload": "digits_mlp", "mode": "train",
-                         "objectives": {"accuracy": "maximize"},
+#: TensorFlow's graph profiler also counts element-wise ops (bias adds, ReLUs, batch norm,
+#: pooling): 1.1 % above the matmul/conv count of torch and MindSpore for the cnn's forward
+#: pass and 0.07 % for the MLP's, measured; its training count adds the optimizer update.
+TF_FORWARD_FLOPS_TOLERANCE = 0.02
+
+
+def _run(backend: str, workload: str, mode: str) -> dict[str, object]:
+    space = parse_space({"workload": workload, "mode": mode,
+                         "objectives": {"throughput_sps": "maximize"},
                          "budget": {"trial_seconds": 120, "train_epochs": 3,
                                     "window_max_s": 1, "warmup_max_s": 1}})
     config = TrialConfig.from_params(space, {"backend": backend, "batch_size": 64,
@@ -41,15 +47,26 @@ def _train(backend: str) -> dict[str, object]:
     return outcome.result
 
 
-def test_same_workload_same_size_and_comparable_accuracy() -> None:
-    results = {b: _train(b) for b in BACKENDS}
-    params = {b: r["model"]["param_count"] for b, r in results.items()}  # type: ignore[index]
-    flops = {b: r["model"]["flops_per_sample"] for b, r in results.items()}  # type: ignore[index]
+@pytest.mark.parametrize(("workload", "tolerance"), [("digits_mlp", ACCURACY_TOLERANCE),
+                                                     ("cnn", 0.08)])
+def test_same_workload_same_size_flops_and_comparable_accuracy(workload: str,
+                                                               tolerance: float) -> None:
+    """Parameters and FLOPs are counted on each framework's own model (torch's
+    FlopCounterMode, TensorFlow's graph profiler, MindSpore's flops_collection)."""
+    train = {b: _run(b, workload, "train") for b in BACKENDS}
+    infer = {b: _run(b, workload, "infer") for b in BACKENDS}
+    params = {b: r["model"]["param_count"] for b, r in train.items()}  # type: ignore[index]
     assert len(set(params.values())) == 1, params
-    assert len(set(flops.values())) == 1, flops
-    acc = {b: float(r["accuracy"]) for b, r in results.items()}  # type: ignore[arg-type]
+    forward = {b: r["model"]["flops_per_sample"] for b, r in infer.items()}  # type: ignore[index]
+    assert forward["torch"] == forward["mindspore"], forward
+    assert forward["tensorflow"] == pytest.approx(forward["torch"],
+                                                  rel=TF_FORWARD_FLOPS_TOLERANCE), forward
+    training = {b: r["model"]["flops_per_sample"] for b, r in train.items()}  # type: ignore[index]
+    assert training["torch"] == training["mindspore"], training
+    assert training["torch"] > 2 * forward["torch"]  # forward + backward
+    acc = {b: float(r["accuracy"]) for b, r in train.items()}  # type: ignore[arg-type]
     assert min(acc.values()) > 0.85, acc
-    assert max(acc.values()) - min(acc.values()) <= ACCURACY_TOLERANCE, acc
+    assert max(acc.values()) - min(acc.values()) <= tolerance, acc
 
 
 def test_one_study_over_three_backends(tmp_path: Path,

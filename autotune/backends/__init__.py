@@ -1,146 +1,146 @@
-"""Backend registry: names map to dotted paths, imported only when a worker needs them.
+"""Backend registry: names map to framework-free specs; backends are imported only when a
+worker needs them.
 
-The study driver consults :func:`capabilities` (no framework import) to reject unsupported
-combinations without starting a worker; the worker calls :func:`load_backend`.
+Each backend declares a :class:`BackendSpec` (name, install facts, device kinds, best
+execution mode, capabilities, launch-config spelling, probe). The study driver reads it
+(:func:`capabilities`, :func:`resolve_execution`, :func:`unsupported_device_reason`: no
+framework import) to reject unsupported combinations without starting a worker; the worker
+calls :func:`load_backend`.
+
+A backend is a registered name (:data:`BACKENDS`) or a third-party ``"package.module:Class"``
+(:func:`get_spec`): its module is imported (it must not import its framework at top level,
+the same rule as the built-in backends) and the class's ``backend_spec`` is read.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from autotune.backends import _spec_mindspore, _spec_tensorflow, _spec_torch
 from autotune.backends._base import Backend, Capabilities, cpu_capabilities
+from autotune.backends._spec import BackendLookupError, BackendSpec, default_spec
 
-__all__ = ["BACKENDS", "BEST_EXECUTION", "Backend", "BackendEntry", "Capabilities",
-           "capabilities", "load_backend", "resolve_execution", "unsupported_device_reason"]
+__all__ = ["BACKENDS", "BEST_EXECUTION", "Backend", "BackendEntry", "BackendLookupError",
+           "BackendSpec", "Capabilities", "backend_class", "capabilities", "cpu_capabilities",
+           "get_spec", "is_third_party_name", "load_backend", "resolve_execution",
+           "unsupported_device_reason"]
 
+#: The former name of :class:`BackendSpec` (what the registry held before specs).
+BackendEntry = BackendSpec
 
-@dataclass(frozen=True)
-class BackendEntry:
-    """Where a backend lives and how to install it."""
-
-    name: str
-    target: str  # "module:Class"
-    distribution: str  # the import name whose presence means "installed"
-    extra: str  # pip extra of this project
-
-    @property
-    def install_hint(self) -> str:
-        """The exact command that installs the backend's framework."""
-        return f"pip install 'autotune[{self.extra}]'"
-
-    def is_installed(self) -> bool:
-        """Whether the framework can be imported (checked without importing it)."""
-        return importlib.util.find_spec(self.distribution) is not None
-
-
-BACKENDS: Mapping[str, BackendEntry] = {
-    "torch": BackendEntry("torch", "autotune.backends._torch:TorchBackend", "torch", "torch"),
-    "tensorflow": BackendEntry("tensorflow", "autotune.backends._tensorflow:TensorFlowBackend",
-                               "tensorflow", "tensorflow"),
-    "mindspore": BackendEntry("mindspore", "autotune.backends._mindspore:MindSporeBackend",
-                              "mindspore", "mindspore"),
+BACKENDS: Mapping[str, BackendSpec] = {
+    spec.name: spec for spec in (_spec_torch.SPEC, _spec_tensorflow.SPEC, _spec_mindspore.SPEC)
 }
 
-#: What ``execution: auto`` means per backend: the mode an expert would use on CPU
-#: (research/frameworks_on_cpu.md: torch.compile does not pay for MLPs at these sizes;
-#: TensorFlow eager is 4-5x slower than tf.function; MindSpore PyNative 5x slower than graph).
-BEST_EXECUTION: Mapping[str, str] = {"torch": "eager", "tensorflow": "graph",
-                                     "mindspore": "graph"}
+#: What ``execution: auto`` means per registered backend (each spec's ``best_execution``):
+#: the mode an expert would use on CPU (research/frameworks_on_cpu.md).
+BEST_EXECUTION: Mapping[str, str] = {n: s.best_execution for n, s in BACKENDS.items()}
 
-#: Device kinds each backend runs trials on. Discovery may list more (torch sees Ascend NPUs
-#: through torch_npu and TPUs through torch_xla): those are refused with a reason below.
-_DEVICE_KINDS: Mapping[str, tuple[str, ...]] = {
-    "torch": ("cpu", "cuda"),
-    "tensorflow": ("cpu", "cuda", "tpu"),
-    "mindspore": ("cpu", "cuda", "npu"),
-}
+_THIRD_PARTY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
-#: Why a device that discovery lists cannot run a backend's trials.
-_UNSUPPORTED_KINDS: Mapping[tuple[str, str], str] = {
-    ("torch", "npu"): (
-        "the torch backend runs trials on cpu and cuda only: `autotune devices` lists "
-        "torch_npu's Ascend NPUs, but placement, synchronisation and memory statistics "
-        "through torch.npu are not implemented (use backend mindspore on npu)"),
-    ("torch", "tpu"): (
-        "the torch backend runs trials on cpu and cuda only: `autotune devices` lists "
-        "torch_xla's TPUs, but the backend has no XLA device path (lazy tensors, "
-        "mark_step) (use backend tensorflow on tpu)"),
-    ("tensorflow", "npu"): "TensorFlow has no Ascend NPU support (use backend mindspore)",
-    ("mindspore", "tpu"): "MindSpore has no TPU support (use backend tensorflow)",
-}
+
+def is_third_party_name(name: str) -> bool:
+    """Whether ``name`` has the form ``package.module:Class`` (checked without importing)."""
+    return bool(_THIRD_PARTY.match(name))
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend class ``name`` (registered or ``"package.module:Class"``) names.
+
+    Imports its module (never the framework of a registered backend: their modules import
+    it in the constructor). Raises :class:`BackendLookupError` with a one-line reason.
+    """
+    target = BACKENDS[name].target if name in BACKENDS else name
+    if name not in BACKENDS and not is_third_party_name(name):
+        if ":" in name:
+            raise BackendLookupError(f"backend {name!r}: expected 'package.module:Class'")
+        raise BackendLookupError(f"unknown backend {name!r}; registered: "
+                                 f"{', '.join(BACKENDS)}, or a third-party "
+                                 "'package.module:Class'")
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # a module that raises anything while importing
+        detail = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+        raise BackendLookupError(f"backend {name!r}: cannot import module {module_name!r} "
+                                 f"({detail})") from e
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise BackendLookupError(f"backend {name!r}: module {module_name!r} has no "
+                                 f"attribute {cls_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendLookupError(f"backend {name!r}: {cls_name} is not a subclass of "
+                                 "autotune.backends.Backend")
+    return cls
+
+
+def get_spec(name: str) -> BackendSpec:
+    """The spec of backend ``name``: a registered name, or ``"package.module:Class"``.
+
+    A third-party class declares its spec as the class attribute ``backend_spec`` (a
+    :class:`BackendSpec`; a class attribute ``spec`` holding one is accepted too). A class
+    without one gets a minimal default spec (:func:`autotune.backends._spec.default_spec`):
+    device kinds ``("cpu",)``, executions ``{"eager"}`` (best: eager), precision fp32
+    only, modes train and infer, no launch spelling, the CPU as its only device.
+
+    Raises :class:`BackendLookupError` (one line) for an unknown name, a module that cannot
+    be imported, a missing class or one that is not a Backend.
+    """
+    spec = BACKENDS.get(name)
+    if spec is not None:
+        return spec
+    cls = backend_class(name)
+    for attribute in ("backend_spec", "spec"):
+        declared = getattr(cls, attribute, None)
+        if isinstance(declared, BackendSpec):
+            return declared
+        if attribute == "backend_spec" and declared is not None:
+            raise BackendLookupError(f"backend {name!r}: {cls.__name__}.backend_spec is a "
+                                     f"{type(declared).__name__}, not a BackendSpec")
+    return default_spec(name, cls)
+
+
+def _refusal(reason: str) -> Capabilities:
+    return Capabilities(precisions=frozenset(), modes=frozenset(), reasons={"*": reason})
+
+
+def _lookup_failure(backend: str, device: str, error: BackendLookupError) -> str:
+    if is_third_party_name(backend):
+        return str(error)
+    return f"backend {backend!r} does not run on {device.split(':')[0]!r} devices"
 
 
 def unsupported_device_reason(backend: str, device: str) -> str | None:
     """Why ``backend`` cannot run trials on ``device`` (``None`` when it can)."""
-    kind = device.split(":")[0]
-    if backend in _DEVICE_KINDS and kind in _DEVICE_KINDS[backend]:
-        return None
-    return _UNSUPPORTED_KINDS.get(
-        (backend, kind), f"backend {backend!r} does not run on {kind!r} devices")
+    try:
+        spec = get_spec(backend)
+    except BackendLookupError as e:
+        return _lookup_failure(backend, device, e)
+    return spec.unsupported_device_reason(device)
 
 
 def resolve_execution(backend: str, execution: str) -> str:
-    """``auto`` -> the backend's best mode; anything else unchanged."""
-    return BEST_EXECUTION.get(backend, "eager") if execution == "auto" else execution
+    """``auto`` -> the backend's best mode (eager for an unknown one); anything else
+    unchanged."""
+    if execution != "auto":
+        return execution
+    try:
+        return get_spec(backend).best_execution
+    except BackendLookupError:
+        return "eager"
 
 
 def capabilities(backend: str, device: str) -> Capabilities:
-    """What ``backend`` can run on ``device``, decided without importing the framework.
-
-    CPU precisions follow the CPU's native instructions (:func:`cpu_capabilities`); the
-    per-framework limits come from research/frameworks_on_cpu.md.
-    """
-    kind = device.split(":")[0]
-    unsupported = unsupported_device_reason(backend, device)
-    if unsupported is not None:
-        return Capabilities(precisions=frozenset(), modes=frozenset(),
-                            reasons={"*": unsupported})
-    both = frozenset({"train", "infer"})
-    if kind == "cpu":
-        cpu = cpu_capabilities()
-        precisions, reasons = set(cpu.precisions), dict(cpu.reasons)
-    else:
-        precisions, reasons = {"fp32", "bf16", "fp16"}, {}
-    if backend == "torch":
-        if kind == "cpu":
-            # int8: dynamic quantisation of Linear layers, a CPU inference path
-            precisions.add("int8")
-        else:
-            reasons["int8"] = "torch dynamic int8 quantisation runs on CPU only"
-        reasons["execution:xla"] = "torch has no xla execution mode here; use eager or graph"
-        return Capabilities(precisions, both, {"infer"}, reasons,
-                            executions={"eager", "graph"})
-    if backend == "tensorflow":
-        excluded: dict[tuple[str, str], str] = {}
-        if kind == "cpu":
-            precisions.add("int8")  # TFLite dynamic-range quantisation
-            # TF's fp16 CPU kernels take ~1.2 s per MLP step without XLA (research).
-            for ex in ("eager", "graph"):
-                excluded[("fp16", ex)] = "TensorFlow fp16 on CPU is usable only with xla"
-            # int8 runs on TFLite whatever the execution knob says: one measured variant
-            for ex in ("eager", "xla"):
-                excluded[("int8", ex)] = ("TensorFlow int8 runs on TFLite; execution has no "
-                                          "effect (use graph or auto)")
-        else:
-            reasons["int8"] = "TensorFlow int8 (TFLite) runs on CPU only here"
-        if kind == "tpu":
-            precisions.discard("fp16")
-            reasons["fp16"] = ("TPUs have no float16 arithmetic; their 16-bit type is "
-                               "bfloat16 (use bf16)")
-        return Capabilities(precisions, both, {"infer"}, reasons,
-                            executions={"eager", "graph", "xla"}, excluded=excluded)
-    # mindspore
-    if kind == "cpu":
-        precisions.discard("bf16")
-        reasons["bf16"] = "MindSpore has no bf16 CPU kernels (MatMul, ReLU)"
-    reasons["int8"] = "MindSpore has no int8 inference path on this install"
-    reasons["execution:xla"] = "mindspore has no xla execution mode; use eager or graph"
-    precisions.discard("int8")
-    return Capabilities(precisions, both, frozenset(), reasons,
-                        executions={"eager", "graph"})
+    """What ``backend`` can run on ``device``, decided without importing the framework:
+    the backend's spec (:meth:`BackendSpec.capabilities`); a backend that cannot be found
+    runs nothing, with the reason."""
+    try:
+        spec = get_spec(backend)
+    except BackendLookupError as e:
+        return _refusal(_lookup_failure(backend, device, e))
+    return spec.capabilities(device)
 
 
 def load_backend(name: str) -> Backend:
@@ -149,18 +149,12 @@ def load_backend(name: str) -> Backend:
     ``name`` is a registered backend or ``"package.module:Class"`` (a third-party backend,
     e.g. one being checked with :mod:`autotune.testing.conformance`).
     """
-    if name not in BACKENDS and ":" in name:
-        module_name, _, cls_name = name.partition(":")
-        custom: Backend = getattr(importlib.import_module(module_name), cls_name)()
-        return custom
-    entry = BACKENDS[name]
-    if not entry.is_installed():
+    spec = get_spec(name)
+    if not spec.is_installed():
         from autotune.exceptions import UnsupportedConfigError
 
         raise UnsupportedConfigError(
-            f"backend {name!r} is not installed; install it with: {entry.install_hint}"
+            f"backend {name!r} is not installed; install it with: {spec.install_hint}"
         )
-    module_name, _, cls_name = entry.target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: Backend = cls()
+    backend: Backend = backend_class(name)()
     return backend

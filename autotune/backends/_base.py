@@ -7,9 +7,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from autotune.backends._spec import BackendSpec
     from autotune.config import TrialConfig
     from autotune.workloads import ModelSpec
 
@@ -134,6 +135,10 @@ class Backend(ABC):
     """
 
     name: str = ""
+    #: what the backend declares without importing its framework (device kinds,
+    #: capabilities, launch spelling, probe; :class:`~autotune.backends.BackendSpec`);
+    #: ``None``: :func:`autotune.backends.get_spec` gives a third-party class the default
+    backend_spec: ClassVar[BackendSpec | None] = None
     #: the name workload factories are called with (``build(framework, ...)``)
     framework: str = ""
     #: how errors name the workload (set by the worker: the factory and its kwargs)

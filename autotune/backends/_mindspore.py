@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autotune.backends import _spec_mindspore
 from autotune.backends._framework import FrameworkBackend
 from autotune.exceptions import OutOfMemoryError, TrialError, UnsupportedConfigError
 
@@ -228,6 +229,7 @@ class MindSporeBackend(FrameworkBackend):
 
     name = "mindspore"
     framework = "mindspore"
+    backend_spec = _spec_mindspore.SPEC
     weights_suffix = ".npz"
 
     def __init__(self, ms: Any = None) -> None:

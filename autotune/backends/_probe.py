@@ -264,24 +264,27 @@ def probe_mindspore(ms: Any, run: Runner = run_tool) -> dict[str, Any]:
 
 
 def probe(backend: str) -> dict[str, Any]:
-    """Import ``backend``'s framework here and list what it sees."""
+    """Import ``backend``'s framework here and list what it sees, with the probe its spec
+    names (``"module:function"``, called with the framework module); a spec without one:
+    the CPU only."""
+    from autotune.backends import BackendLookupError, get_spec
+
+    try:
+        spec = get_spec(backend)
+    except BackendLookupError as e:
+        raise SystemExit(str(e)) from None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_v", "3")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if backend == "torch":
-            import torch
-
-            return probe_torch(torch)
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return probe_tensorflow(tf)
-        if backend == "mindspore":
-            import mindspore as ms
-
-            return probe_mindspore(ms)
-    raise SystemExit(f"unknown backend {backend!r}")
+        framework = importlib.import_module(spec.distribution)
+        if spec.probe is None:
+            return {"version": getattr(framework, "__version__", None),
+                    "devices": [cpu_device()], "notes": []}
+        module_name, _, function = spec.probe.partition(":")
+        result: dict[str, Any] = getattr(importlib.import_module(module_name),
+                                         function)(framework)
+        return result
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autotune.backends import _spec_tensorflow
 from autotune.backends._framework import FLOP_COUNT_BATCH, FrameworkBackend
 from autotune.exceptions import (
     OutOfMemoryError,
@@ -153,6 +154,7 @@ class TensorFlowBackend(FrameworkBackend):
 
     name = "tensorflow"
     framework = "tensorflow"
+    backend_spec = _spec_tensorflow.SPEC
     weights_suffix = ".npz"
     recipe_execution = "graph"  # the base recipe: untimed, and eager is 4-5x slower
 

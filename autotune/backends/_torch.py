@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autotune.backends import _spec_torch
 from autotune.backends._framework import FrameworkBackend
 from autotune.exceptions import OutOfMemoryError, TrialError, UnsupportedConfigError
 
@@ -44,6 +45,7 @@ class TorchBackend(FrameworkBackend):
 
     name = "torch"
     framework = "torch"
+    backend_spec = _spec_torch.SPEC
     weights_suffix = ".pt"
 
     def __init__(self, torch: Any = None) -> None:

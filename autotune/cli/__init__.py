@@ -23,6 +23,7 @@ from autotune.cli._exitcodes import (
 )
 from autotune.cli._measure import _cmd_measure
 from autotune.cli._parser import build_parser
+from autotune.cli._peak import _cmd_peak
 from autotune.cli._prelaunch import _cmd_gate, _cmd_recommend, _cmd_verify
 from autotune.cli._render import _fmt, _make_console, _print_error
 from autotune.cli._study import (
@@ -42,7 +43,7 @@ __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NOT_HELD"
 
 #: Command (``devices``, ``measure``) or action (``study run``, ``verify`` ...) -> handler.
 _COMMANDS: dict[str, Callable[[Any, Any], int]] = {
-    "devices": _cmd_devices, "measure": _cmd_measure, "create": _cmd_create,
+    "devices": _cmd_devices, "peak": _cmd_peak, "measure": _cmd_measure, "create": _cmd_create,
     "run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete,
     "verify": _cmd_verify, "export": _cmd_export, "import": _cmd_import,
     "report": _cmd_report, "recommend": _cmd_recommend, "gate": _cmd_gate,
@@ -96,7 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _quiet_libraries()
     from autotune.exceptions import AutotuneError
 
-    action = args.command if args.command in ("devices", "measure") else args.action
+    action = args.command if args.command in ("devices", "peak", "measure") else args.action
     from autotune.space import one_line
 
     _terminate_as_interrupt()

@@ -18,6 +18,7 @@ examples:
   autotune study list
   autotune study delete quick --yes
   autotune devices                     # backends, devices, install commands
+  autotune peak                        # this machine's measured GEMM peak (cached)
   autotune measure --workload mlp --mode infer --batch-size 64 --threads 1 --json
   autotune measure --from-trial quick:7  # re-run a stored trial exactly, compare
   autotune recommend quick --where "latency_p95_ms<=20"  # what to ship, launch config
@@ -84,7 +85,7 @@ def _duration(text: str) -> float:
 
 #: ``autotune measure`` knob flags: (flag, type, help).
 _MEASURE_KNOBS: tuple[tuple[str, type, str], ...] = (
-    ("backend", str, "torch | tensorflow | mindspore"),
+    ("backend", str, "torch | tensorflow | mindspore | package.module:Class"),
     ("device", str, "cpu | cuda:N | tpu:N | npu:N"),
     ("batch-size", int, "samples per step"),
     ("precision", str, "fp32 | bf16 | fp16 | int8"),
@@ -95,6 +96,20 @@ _MEASURE_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("execution", str, "auto | eager | graph | xla"),
     ("threads", int, "intra-op threads (pinned)"),
 )
+
+
+def _backend_name(text: str) -> str:
+    """A registered backend, or a third-party ``package.module:Class`` whose class imports
+    and has (or gets) a spec."""
+    from autotune.backends import BACKENDS, BackendLookupError, get_spec
+
+    if text in BACKENDS:
+        return text
+    try:
+        get_spec(text)
+    except BackendLookupError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _trial_ref(text: str) -> tuple[str, int]:
@@ -137,8 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "memory and driver/runtime versions. A backend that is not installed is "
                     "listed with the command that installs it. `device: auto` in a space "
                     "file means every device listed here for the space's backends.")
-    p.add_argument("--backend", action="append", choices=("torch", "tensorflow", "mindspore"),
-                   help="probe only this backend (repeatable)")
+    p.add_argument("--backend", action="append", type=_backend_name,
+                   metavar="{torch,tensorflow,mindspore,package.module:Class}",
+                   help="probe only this backend (repeatable): a registered one or a "
+                        "third-party backend class")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
+
+    p = commands.add_parser(
+        "peak", help="measure this machine's GEMM peak per precision and thread count",
+        description="Measure, once per machine fingerprint (cached), the device's GEMM "
+                    "peak in FLOP/s per precision and thread count, and its copy "
+                    "bandwidth: square matmuls in a fresh process pinned to that many "
+                    "cores, the median of timed blocks. bf16/fp16 are measured only where "
+                    "the CPU computes them natively. Every trial's pct_of_peak divides its "
+                    "achieved FLOP/s (FLOPs counted on the model x throughput) by this "
+                    "figure; a study measures a missing entry before its first trial.")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="cpu (default) or cuda:N")
+    p.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp16", "int8"),
+                   help="measure only this precision (repeatable; default: all)")
+    p.add_argument("--threads", action="append", type=_positive_int, metavar="N",
+                   help="thread count (repeatable; default: 1, 2, 4 ... up to the cores "
+                        "this process may use)")
+    p.add_argument("--refresh", action="store_true",
+                   help="measure again even where a cached figure exists")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")

@@ -34,11 +34,25 @@ def _metric_columns(study: Any) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+#: Model facts and the roofline view shown beside the metrics: (column, summary key, scale).
+_FACT_COLUMNS = (("params", "param_count", 1.0), ("GFLOP/s", "achieved_flops_per_s", 1e-9),
+                 ("% peak", "pct_of_peak", 1.0))
+
+
+def _facts(metrics: dict[str, Any]) -> list[str]:
+    """The fact cells of one trial (``-`` where not measured)."""
+    cells = []
+    for _, key, scale in _FACT_COLUMNS:
+        value = metrics.get(key)
+        cells.append(_fmt(value * scale if isinstance(value, float) else value))
+    return cells
+
+
 def _print_front(console: Any, study: Any, front: list[Any]) -> None:
     from rich.table import Table
 
     knobs = _knob_columns(study)
-    metrics = _metric_columns(study)
+    metrics = [m for m in _metric_columns(study) if m != "pct_of_peak"]
     table = Table(title=f"Pareto front of {study.name!r}: {len(front)} configuration(s)",
                   title_justify="left")
     table.add_column("trial", justify="right")
@@ -51,6 +65,8 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
         arrow = {"maximize": " ↑", "minimize": " ↓"}.get(dict(study.space.objectives).get(m, ""),
                                                          "")
         table.add_column(m + arrow, justify="right")
+    for column, _, _ in _FACT_COLUMNS:
+        table.add_column(column, justify="right")
     for p in front:
         cells = [str(p.trial_number), *([p.stability] if checked else []),
                  *(_fmt(p.config.get(k)) for k in knobs)]
@@ -60,7 +76,7 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
                     "estimated" and text != "-":
                 text += " est"
             cells.append(text)
-        table.add_row(*cells)
+        table.add_row(*cells, *_facts(p.metrics))
     console.print(table)
     if any(p.metrics.get("energy_source") == "estimated" for p in front):
         console.print("est: energy estimated from process CPU time (no energy counter "
@@ -75,6 +91,10 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
     if drifting:
         console.print(f"drifting: trial(s) {', '.join(drifting)} measured "
                       "differently when re-checked; not picked as leaders", style="yellow")
+    if any(p.metrics.get("pct_of_peak") is not None for p in front):
+        console.print("% peak: achieved FLOP/s (FLOPs counted on the model x throughput) "
+                      "over this machine's measured GEMM peak at the trial's precision and "
+                      "threads (autotune peak)", style="dim")
 
 
 def _print_trials(console: Any, study: Any, trials: list[Any]) -> None:
@@ -107,8 +127,12 @@ def _trial_line(result: Any) -> str:
     if result.state == "ok":
         m = result.metrics
         flag = "" if result.feasible else " (violates a constraint)"
+        name = m.get("quality_name") or "accuracy"
+        quality = m.get("accuracy") if name == "accuracy" else m.get("quality")
+        peak = m.get("pct_of_peak")
+        roofline = f", {peak:.0f} % of peak" if isinstance(peak, float) else ""
         return (f"trial {result.number}: {_fmt(m.get('throughput_sps'))} samples/s, "
-                f"p50 {_fmt(m.get('latency_p50_ms'))} ms, accuracy {_fmt(m.get('accuracy'))}"
+                f"p50 {_fmt(m.get('latency_p50_ms'))} ms, {name} {_fmt(quality)}{roofline}"
                 f"{flag} | {params}")
     return f"trial {result.number}: {result.state} ({result.failure_kind}) {result.reason} | " \
            f"{params}"

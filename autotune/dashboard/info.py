@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autotune.study import Study, TrialResult
+    from autotune.study import FrontPoint, Study, TrialResult
 
 #: Objectives whose figure depends on where the energy reading came from.
 _ENERGY_METRICS = ("power_w", "energy_per_sample_j")
@@ -336,9 +336,21 @@ def header_info(study: Study) -> HeaderInfo:
     knobs = [k for k in (front[0].config if front else {})
              if len({repr(p.config.get(k)) for p in front}) > 1 or
              k in ("backend", "device")]
-    columns = ["trial", *knobs, *study.space.objective_names, "energy source", "stability"]
+    facts = [name for name in ("params", "GFLOP/s", "% of peak")
+             if name not in study.space.objective_names]
+    columns = ["trial", *knobs, *study.space.objective_names, *facts, "energy source",
+               "stability"]
+
+    def fact(p: FrontPoint, key: str, scale: float = 1.0) -> str:
+        value = p.metrics.get(key)
+        return _fmt(value * scale if isinstance(value, (int, float)) and scale != 1.0
+                    else value)
+
     rows = [{"trial": str(p.trial_number), **{k: _fmt(p.config.get(k)) for k in knobs},
              **{k: _fmt(v) for k, v in p.values.items()},
+             "params": fact(p, "param_count"),
+             "GFLOP/s": fact(p, "achieved_flops_per_s", 1e-9),
+             "% of peak": fact(p, "pct_of_peak"),
              "energy source": p.energy_source or "-", "stability": p.stability}
             for p in front]
     return HeaderInfo(fields=fields, front_rows=rows, front_columns=columns)

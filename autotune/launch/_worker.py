@@ -211,7 +211,9 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         t0 = time.perf_counter()
         model_info = backend.setup(config, spec)
         timings["setup_s"] = time.perf_counter() - t0
-        model_info.update(factory=ref.label(), factory_hash=config.factory_hash)
+        model_info.update(factory=ref.label(), factory_hash=config.factory_hash,
+                          peak=_peak_record(config.device, config.precision,
+                                            state.pinned_threads))
         result = run_profile(backend, config, meter_for_device(config.device), deadline,
                              ContentionMonitor())
         device_peak = backend.peak_memory_bytes()
@@ -232,6 +234,25 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         device_peak_memory_bytes=device_peak,
     )
     return result
+
+
+def _peak_record(device: str, precision: str, threads: int) -> dict[str, Any]:
+    """The machine's measured peak for this trial, read from the cache (the driver measures
+    a missing entry before it launches the trial, outside the trial's budget)."""
+    from autotune.profiling.peak import load_peak_table
+
+    if precision == "int8" and device == "cpu":
+        # torch._int_mm is a reference kernel on CPU, orders of magnitude below the
+        # fbgemm/XNNPACK int8 kernels the runtimes use: no honest int8 peak to divide by.
+        return {"flops_per_s": None, "reason": "no int8 GEMM peak on CPU: torch._int_mm is "
+                "not the kernel quantised runtimes use, so its figure is no peak"}
+    entry = load_peak_table().get(device, precision, threads)
+    if entry is None:
+        return {"flops_per_s": None, "reason": f"no measured {precision} peak for {device} "
+                f"at {threads} thread(s): run autotune peak"}
+    return {"flops_per_s": entry.flops_per_s, "reason": entry.reason, "method": entry.method,
+            "precision": precision, "threads": threads,
+            "bandwidth_bytes_per_s": entry.bandwidth_bytes_per_s}
 
 
 def _guarded(run: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import math
 import os
 import subprocess
@@ -40,7 +41,8 @@ from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["PRECISIONS", "PeakEntry", "PeakTable", "default_threads", "load_peak_table",
+__all__ = ["PRECISIONS", "PeakEntry", "PeakTable", "default_threads", "ensure_peak",
+           "load_peak_table",
            "measure_peak", "pct_of_peak", "peak_cache_path", "peak_for", "precision_reason"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -370,6 +372,29 @@ def peak_for(device: str, precision: str, threads: int, *,
     if entry is not None or not measure_if_missing:
         return entry
     return measure_peak(device, (precision,), [threads]).get(device, precision, threads)
+
+
+def ensure_peak(device: str, precision: str, threads: int | None) -> None:
+    """Measure the peak a trial of (device, precision, threads) is compared with, once per
+    machine, before the trial is launched (so it never eats a trial's budget).
+
+    ``threads=None`` is every core this process may use (what an unpinned worker uses).
+    CPU and CUDA only; int8 on CPU has no honest peak (see the worker) and is skipped. A
+    failure to measure is not an error: the trial then records why it has no peak.
+    """
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda") or (precision == "int8" and kind == "cpu"):
+        return
+    n = threads if threads is not None else len(_allowed_cpus())
+    if load_peak_table().get(device, precision, n) is not None:
+        return
+    logging.getLogger(__name__).info(
+        "measuring this machine's %s GEMM peak at %d thread(s) on %s (once per machine)",
+        precision, n, device)
+    try:
+        peak_for(device, precision, n)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        logging.getLogger(__name__).warning("peak not measured: %s", e)
 
 
 def pct_of_peak(flops_per_sample: float | None, throughput_sps: float,

@@ -20,6 +20,7 @@ import numpy as np
 
 from autotune.backends._base import Backend
 from autotune.backends._pruning import apply_structured, unstructured_masks
+from autotune.backends._spec import BackendSpec
 from autotune.exceptions import (
     ModelFactoryError,
     NonFiniteLossError,
@@ -64,6 +65,11 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     framework = "numpy"
+    backend_spec = BackendSpec(
+        name="numpy", target="autotune.testing.fake_backend:NumpyBackend",
+        distribution="numpy", extra="numpy", device_kinds=("cpu",),
+        precisions=frozenset({"fp32", "fp16"}),
+        unsupported_kinds={"cuda": "the numpy backend runs on cpu only"})
 
     def __init__(self) -> None:
         self.config: TrialConfig | None = None

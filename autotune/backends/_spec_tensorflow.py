@@ -1,0 +1,103 @@
+"""The TensorFlow backend's spec: device kinds, capabilities, launch spelling (no
+TensorFlow import).
+
+Capability limits come from research/frameworks_on_cpu.md; the spelling mirrors
+:mod:`autotune.backends._tensorflow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autotune.backends._base import Capabilities
+from autotune.backends._spec import TRAIN_INFER, BackendSpec, native_precisions
+from autotune.backends._spelling import env_threads, optimizer, pruning
+
+EXECUTIONS = frozenset({"eager", "graph", "xla"})
+
+
+def capabilities(kind: str) -> Capabilities:
+    """TensorFlow on a cpu, cuda or tpu device."""
+    precisions, reasons = native_precisions(kind)
+    excluded: dict[tuple[str, str], str] = {}
+    if kind == "cpu":
+        precisions.add("int8")  # TFLite dynamic-range quantisation
+        # TF's fp16 CPU kernels take ~1.2 s per MLP step without XLA (research).
+        for ex in ("eager", "graph"):
+            excluded[("fp16", ex)] = "TensorFlow fp16 on CPU is usable only with xla"
+        # int8 runs on TFLite whatever the execution knob says: one measured variant
+        for ex in ("eager", "xla"):
+            excluded[("int8", ex)] = ("TensorFlow int8 runs on TFLite; execution has no "
+                                      "effect (use graph or auto)")
+    else:
+        reasons["int8"] = "TensorFlow int8 (TFLite) runs on CPU only here"
+    if kind == "tpu":
+        precisions.discard("fp16")
+        reasons["fp16"] = ("TPUs have no float16 arithmetic; their 16-bit type is "
+                           "bfloat16 (use bf16)")
+    return Capabilities(precisions, TRAIN_INFER, {"infer"}, reasons,
+                        executions=EXECUTIONS, excluded=excluded)
+
+
+_TF_DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:{}", "tpu": "/TPU:{}"}
+
+
+def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any]:
+    """The knobs as TensorFlow spells them (Keras dtype policies, tf.function, TFLite)."""
+    precision = config.get("precision", "fp32")
+    device = str(config.get("device", "cpu"))
+    kind, _, index = device.partition(":")
+    execution = config.get("execution")
+    out: dict[str, Any] = {"device": _TF_DEVICES.get(kind, device).format(index or 0)}
+    if precision == "int8":
+        # autotune/backends/_tensorflow.py: dynamic-range int8 through TFLite, whatever the
+        # execution knob says.
+        out["dtype"] = "int8"
+        out["dtype_policy"] = None
+        out["quantization"] = {
+            "converter": "tf.lite.TFLiteConverter.from_keras_model(model)",
+            "optimizations": ["tf.lite.Optimize.DEFAULT"],
+            "runtime": "TFLite interpreter (dynamic-range int8)",
+            "num_threads": n,
+        }
+        out["execution"] = "tflite"
+    else:
+        if mode == "train":  # mixed policies: float32 variables, 16-bit matmuls
+            policy = {"fp32": "float32", "bf16": "mixed_bfloat16",
+                      "fp16": "mixed_float16"}[precision]
+        else:  # inference: layers (weights too) built in the low dtype
+            policy = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+        out["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+        out["dtype_policy"] = policy
+        out["set_policy"] = f"tf.keras.mixed_precision.set_global_policy({policy!r})"
+        out["quantization"] = None
+        out["execution"] = {"eager": "eager", "graph": "tf.function",
+                            "xla": "tf.function(jit_compile=True)"}.get(str(execution),
+                                                                        str(execution))
+    opt = optimizer(
+        config, mode, {"sgd": "tf.keras.optimizers.SGD", "adam": "tf.keras.optimizers.Adam",
+                       "adamw": "tf.keras.optimizers.AdamW"},
+        {"sgd": {"momentum": 0.9}, "adam": {"epsilon": 1e-8},
+         "adamw": {"epsilon": 1e-8, "weight_decay": 0.01}}, "learning_rate")
+    if opt is not None and precision == "fp16":
+        opt["wrapper"] = "tf.keras.optimizers.LossScaleOptimizer"
+    out["optimizer"] = opt
+    out["threads"] = {"tf.config.threading.set_intra_op_parallelism_threads": n,
+                      "tf.config.threading.set_inter_op_parallelism_threads": 1,
+                      **env_threads(n)}
+    out["pruning"] = pruning(
+        config, mode, f"autotune.backends._pruning.unstructured_masks(kernels, "
+                      f"{config.get('pruning_ratio')})")
+    return out
+
+
+#: TensorFlow eager is 4-5x slower than tf.function (research/frameworks_on_cpu.md).
+SPEC = BackendSpec(
+    name="tensorflow", target="autotune.backends._tensorflow:TensorFlowBackend",
+    distribution="tensorflow", extra="tensorflow",
+    device_kinds=("cpu", "cuda", "tpu"), best_execution="graph", executions=EXECUTIONS,
+    precisions=frozenset({"fp32", "bf16", "fp16", "int8"}), int8_modes=frozenset({"infer"}),
+    unsupported_kinds={"npu": "TensorFlow has no Ascend NPU support (use backend mindspore)"},
+    capability_rule=capabilities, launch=launch,
+    probe="autotune.backends._probe:probe_tensorflow")
