@@ -55,7 +55,8 @@ _CONDITION_RE = re.compile(r"^\s*(?P<metric>[^<>=!\s]+)\s*(?P<op>>=|<=|>|<)\s*(?
 #: recommendation (from ``Measurement.summary()``).
 _CONFIDENCE_KEYS = ("throughput_ci_sps", "spread", "noise", "contended",
                     "foreign_cpu_fraction", "energy_source", "steps_measured", "threads",
-                    "memory_source", "latency_unit")
+                    "memory_source", "latency_unit", "param_count", "flops_per_sample",
+                    "achieved_flops_per_s", "peak_flops_per_s")
 
 
 # -- parsing ----------------------------------------------------------------------------------

@@ -10,13 +10,16 @@ synchronised before every clock read around a step, the peak-memory statistics a
 when the trial is placed and read after it, the trial lands on the requested device index,
 and a device index that does not exist is refused naming the devices that do.
 
-Model building is replaced by a recorder (``_build``), and steps by a counter: both are
-framework work the CPU tests already cover for real. No framework is imported here, except
+Each trial runs the worker's lifecycle, ``configure`` (device, peak reset, seed) then
+``setup``; the model build inside ``setup`` (the base's ``_setup``) is replaced by a
+recorder, and steps by a counter: both are framework work the CPU tests already cover for
+real. No framework is imported here, except
 torch in the pruning check at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -50,15 +53,30 @@ def _config(backend: str, device: str, mode: str = "infer", **knobs: Any) -> Tri
                 "execution": "graph", **knobs}, seed=7)
 
 
+#: the factory's model spec: no framework model exists here (the build is recorded instead)
+SPEC: Any = SimpleNamespace(model=None)
+
+
 def _record_build(log: VendorLog, backend: Any, monkeypatch: pytest.MonkeyPatch,
                   where: str) -> None:
-    """Replace the model build by a recorder of where the backend placed the trial."""
+    """Replace the model build (the base's ``_setup``: placement, batches, pruning, facts)
+    by a recorder of where the backend placed the trial; the backend's ``setup`` around it
+    runs for real."""
 
-    def build(config: TrialConfig, workload: Any, data: Any) -> dict[str, Any]:
+    def build(config: TrialConfig, spec: Any) -> dict[str, Any]:
         log.calls.append(("build", str(getattr(backend, where))))
         return {}
 
-    monkeypatch.setattr(backend, "_build", build)
+    monkeypatch.setattr(backend, "model_type_error", lambda model: None)
+    monkeypatch.setattr(backend, "_setup", build)
+
+
+def _set_up(backend: Any, config: TrialConfig) -> dict[str, Any]:
+    """As the worker runs a trial: ``configure`` (device, peak reset, seed, device scope)
+    before the factory (nothing to run here), then ``setup`` (the recorded build)."""
+    backend.configure(config)
+    info: dict[str, Any] = backend.setup(config, SPEC)
+    return info
 
 
 def _profile(log: VendorLog, backend: Any, config: TrialConfig,
@@ -94,17 +112,28 @@ def _assert_synchronised_steps(log: VendorLog, sync: str) -> None:
 # -- torch on CUDA ---------------------------------------------------------------------------
 
 
+def _fake_torch(log: VendorLog, n_gpus: int = 2) -> Any:
+    """``fake_torch`` with the dtype ``configure`` names (the fed-input dtype; no tensor
+    is made here, so a name stands for it)."""
+    torch = fake_torch(log, n_gpus=n_gpus)
+    if not hasattr(torch, "float32"):
+        torch.float32 = "float32"
+    return torch
+
+
 def test_torch_cuda_trial_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Placement on cuda:1, peak reset before the build, sync around every timed step,
-    peak read after the trial, cache emptied at teardown: all on cuda:1."""
+    """Placement on cuda:1 and peak reset in configure (before the factory and the build),
+    sync around every timed step, peak read after the trial, cache emptied at teardown:
+    all on cuda:1."""
     log = VendorLog()
-    backend = TorchBackend(torch=fake_torch(log, n_gpus=2))
+    backend = TorchBackend(torch=_fake_torch(log, n_gpus=2))
     _record_build(log, backend, monkeypatch, "device")
     config = _config("torch", "cuda:1")
 
-    backend.setup(config, None, None)  # type: ignore[arg-type]
-    assert log.calls[:3] == [("cuda.reset_peak_memory_stats", backend.device),
-                             ("manual_seed", 7), ("build", "cuda:1")]
+    backend.configure(config)
+    assert log.calls == [("cuda.reset_peak_memory_stats", backend.device), ("manual_seed", 7)]
+    backend.setup(config, SPEC)
+    assert log.calls[2:] == [("build", "cuda:1")]  # setup builds; it places nothing again
     _profile(log, backend, config, monkeypatch)
     assert backend.peak_memory_bytes() == 3 * 2**30
     backend.teardown()
@@ -122,10 +151,10 @@ def test_torch_cuda_trial_order(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_torch_each_trial_resets_its_own_peak(monkeypatch: pytest.MonkeyPatch) -> None:
     """A warm worker runs trials back to back: every setup resets the peak again."""
     log = VendorLog()
-    backend = TorchBackend(torch=fake_torch(log, n_gpus=1))
+    backend = TorchBackend(torch=_fake_torch(log, n_gpus=1))
     _record_build(log, backend, monkeypatch, "device")
     for _ in range(2):
-        backend.setup(_config("torch", "cuda:0"), None, None)  # type: ignore[arg-type]
+        _set_up(backend, _config("torch", "cuda:0"))
         backend.peak_memory_bytes()
         backend.teardown()
     assert [n for n in log.names() if n.startswith("cuda.")] == [
@@ -142,23 +171,23 @@ def test_torch_each_trial_resets_its_own_peak(monkeypatch: pytest.MonkeyPatch) -
 def test_torch_refuses_a_device_it_cannot_use(monkeypatch: pytest.MonkeyPatch, n_gpus: int,
                                               device: str, message: str) -> None:
     log = VendorLog()
-    backend = TorchBackend(torch=fake_torch(log, n_gpus=n_gpus))
+    backend = TorchBackend(torch=_fake_torch(log, n_gpus=n_gpus))
     _record_build(log, backend, monkeypatch, "device")
     with pytest.raises(UnsupportedConfigError, match=message):
-        backend.setup(_config("torch", device), None, None)  # type: ignore[arg-type]
+        _set_up(backend, _config("torch", device))
     assert log.calls == []  # nothing reset, nothing built
 
 
 def test_torch_cpu_never_touches_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     log = VendorLog()
-    torch = fake_torch(log)
+    torch = _fake_torch(log)
     for name in ("synchronize", "max_memory_allocated", "reset_peak_memory_stats",
                  "empty_cache"):
         setattr(torch.cuda, name, log.never(f"cuda.{name}"))
     backend = TorchBackend(torch=torch)
     _record_build(log, backend, monkeypatch, "device")
     config = _config("torch", "cpu")
-    backend.setup(config, None, None)  # type: ignore[arg-type]
+    _set_up(backend, config)
     _profile(log, backend, config, monkeypatch)
     assert backend.peak_memory_bytes() is None  # the worker's peak RSS is used instead
     backend.teardown()
@@ -185,20 +214,35 @@ def no_tf_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.usefixtures("no_tf_runtime")
 def test_tensorflow_gpu_trial_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak reset, seed and the device scope in configure (the factory builds inside the
+    scope); setup builds inside that same scope, which stays open until teardown."""
     log = VendorLog()
     tf, keras = fake_tensorflow(log, gpus=2)
+    enter_scope = tf.device
+
+    @contextlib.contextmanager
+    def device(name: str) -> Iterator[None]:  # also logs when the scope is left
+        with enter_scope(name):
+            yield
+        log.calls.append(("device exit", name))
+
+    tf.device = device
     backend = TensorFlowBackend(tf=tf, keras=keras)
     _record_build(log, backend, monkeypatch, "_device")
     config = _config("tensorflow", "cuda:1")
 
-    backend.setup(config, None, None)  # type: ignore[arg-type]
-    assert log.calls[:4] == [("config.experimental.reset_memory_stats", "GPU:1"),
-                             ("keras.utils.set_random_seed", 7), ("device", "/GPU:1"),
-                             ("build", "/GPU:1")]
+    backend.configure(config)
+    assert log.calls == [("config.experimental.reset_memory_stats", "GPU:1"),
+                         ("keras.utils.set_random_seed", 7), ("device", "/GPU:1")]
+    backend.setup(config, SPEC)
+    assert log.calls[3:] == [("build", "/GPU:1")]  # in the open scope, not a second one
     _profile(log, backend, config, monkeypatch)
     assert backend.peak_memory_bytes() == 2 * 2**30
     assert log.calls[-1] == ("config.experimental.get_memory_info", "GPU:1")
     _assert_synchronised_steps(log, "test.experimental.sync_devices")
+    assert "device exit" not in log.names()
+    backend.teardown()
+    assert log.names().count("device exit") == 1 and ("device exit", "/GPU:1") in log.calls
 
 
 @pytest.mark.usefixtures("no_tf_runtime")
@@ -209,7 +253,7 @@ def test_tensorflow_missing_gpu_index_names_the_gpus(monkeypatch: pytest.MonkeyP
     _record_build(log, backend, monkeypatch, "_device")
     with pytest.raises(UnsupportedConfigError,
                        match=r"cuda:2: TensorFlow sees 2 GPU\(s\): cuda:0, cuda:1"):
-        backend.setup(_config("tensorflow", "cuda:2"), None, None)  # type: ignore[arg-type]
+        _set_up(backend, _config("tensorflow", "cuda:2"))
     assert log.calls == []
 
 
@@ -224,7 +268,7 @@ def test_tensorflow_tpu_is_initialised_before_its_devices_are_listed(
     _record_build(log, backend, monkeypatch, "_device")
     config = _config("tensorflow", "tpu:1", precision="bf16")
 
-    backend.setup(config, None, None)  # type: ignore[arg-type]
+    _set_up(backend, config)
     tpu1 = "/job:localhost/replica:0/task:0/device:TPU:1"
     assert log.calls[:7] == [
         ("TPUClusterResolver", "local"),
@@ -244,7 +288,7 @@ def test_tensorflow_tpu_is_initialised_before_its_devices_are_listed(
     # The next trial in this worker reuses the TPU system: initialising again would wipe
     # the TPU's memory.
     del log.calls[:]
-    backend.setup(_config("tensorflow", "tpu:0"), None, None)  # type: ignore[arg-type]
+    _set_up(backend, _config("tensorflow", "tpu:0"))
     assert "tpu.experimental.initialize_tpu_system" not in log.names()
     assert log.calls[0] == ("config.list_logical_devices", "TPU")
 
@@ -270,7 +314,7 @@ def test_tensorflow_tpu_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(UnsupportedConfigError,
                        match=r"^tpu:0: no TPU system could be initialised here \(TPU "
                              r"'local'\): RuntimeError: TPUs not found in the cluster\.$"):
-        backend.setup(_config("tensorflow", "tpu:0"), None, None)  # type: ignore[arg-type]
+        _set_up(backend, _config("tensorflow", "tpu:0"))
     assert "build" not in log.names()
 
     tf, keras = fake_tensorflow(VendorLog(), gpus=0, tpu_cores=2)
@@ -279,11 +323,10 @@ def test_tensorflow_tpu_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(UnsupportedConfigError,
                        match=r"tpu:2: the initialised TPU system has 2 TPU core\(s\): "
                              r"tpu:0, tpu:1"):
-        backend.setup(_config("tensorflow", "tpu:2"), None, None)  # type: ignore[arg-type]
+        backend.configure(_config("tensorflow", "tpu:2"))
     # TPUs compute in bfloat16, not float16
     with pytest.raises(UnsupportedConfigError, match="TPUs have no float16"):
-        backend.setup(_config("tensorflow", "tpu:0", precision="fp16", execution="xla"),
-                      None, None)  # type: ignore[arg-type]
+        backend.configure(_config("tensorflow", "tpu:0", precision="fp16", execution="xla"))
 
 
 @pytest.mark.usefixtures("no_tf_runtime")
@@ -296,7 +339,7 @@ def test_tensorflow_cpu_never_touches_device_apis(monkeypatch: pytest.MonkeyPatc
     backend = TensorFlowBackend(tf=tf, keras=keras)
     _record_build(log, backend, monkeypatch, "_device")
     config = _config("tensorflow", "cpu")
-    backend.setup(config, None, None)  # type: ignore[arg-type]
+    _set_up(backend, config)
     _profile(log, backend, config, monkeypatch)
     assert backend.peak_memory_bytes() is None
 
@@ -324,7 +367,7 @@ def test_mindspore_device_trial_order(monkeypatch: pytest.MonkeyPatch, device: s
     _record_build(log, backend, monkeypatch, "_device_kind")
     config = _config("mindspore", device)
 
-    backend.setup(config, None, None)  # type: ignore[arg-type]
+    _set_up(backend, config)
     names = log.names()
     assert log.calls[0] == ("set_device", target, 1)
     assert names[1] == "runtime.reset_peak_memory_stats"
@@ -351,7 +394,7 @@ def test_mindspore_refuses_a_device_it_cannot_use(monkeypatch: pytest.MonkeyPatc
     backend = MindSporeBackend(ms=fake_mindspore(log, gpus=gpus, npus=npus))
     _record_build(log, backend, monkeypatch, "_device_kind")
     with pytest.raises(UnsupportedConfigError, match=message):
-        backend.setup(_config("mindspore", device), None, None)  # type: ignore[arg-type]
+        _set_up(backend, _config("mindspore", device))
     assert log.calls == []  # set_device never called with an id that does not exist
     backend.teardown()  # the failed trial's teardown touches no device
     assert "runtime.empty_cache" not in log.names()
@@ -367,7 +410,7 @@ def test_mindspore_cpu_waits_on_the_output_not_the_runtime(
     ms.runtime.max_memory_allocated = log.never("runtime.max_memory_allocated")
     backend = MindSporeBackend(ms=ms)
     _record_build(log, backend, monkeypatch, "_device_kind")
-    backend.setup(_config("mindspore", "cpu"), None, None)  # type: ignore[arg-type]
+    _set_up(backend, _config("mindspore", "cpu"))
     assert log.calls[0] == ("set_device", "CPU")
     backend._pending = SimpleNamespace(asnumpy=log.record("output.asnumpy"))
     backend.synchronize()

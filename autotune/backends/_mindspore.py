@@ -393,18 +393,12 @@ class MindSporeBackend(FrameworkBackend):
             raise kind(f"while starting MindSpore's runtime: {_first_line(e)}") from None
         self._configured_for = config
 
-    def setup(self, config: TrialConfig, spec: ModelSpec,
-              _legacy_data: Any = None) -> dict[str, Any]:
-        """:meth:`configure` (unless the worker did, for this config), then the base's
-        setup. ``_legacy_data`` is ignored (the vendor-fake tests of
-        tests/test_vendor_fakes.py still call ``setup(config, None, None)`` with ``_build``
-        replaced by a recorder)."""
-        if self._configured_for is not config:
-            self.configure(config)
-        return self._build(config, spec, _legacy_data)
-
-    def _build(self, config: TrialConfig, spec: ModelSpec,
-               _legacy_data: Any = None) -> dict[str, Any]:
+    def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:
+        """The base's setup, in the device and execution mode :meth:`configure` (run by the
+        worker before the factory) set."""
+        if self._configured_for is None:
+            raise RuntimeError("MindSporeBackend.setup before configure: the worker calls "
+                               "configure(config) before the factory, then setup")
         return super().setup(config, spec)
 
     def model_type_error(self, model: Any) -> str | None:

@@ -273,11 +273,9 @@ class TensorFlowBackend(FrameworkBackend):
         take it); in infer mode the model is built and trained in float32 and converted at
         the end of setup.
         """
-        from autotune.backends import resolve_execution
-
         self._exit_device_scope()  # a previous trial that never reached teardown
         source = config
-        execution = resolve_execution(self.name, config.execution)
+        execution = self._resolve_execution(config.execution)
         if execution != config.execution:
             config = replace(config, execution=execution)
         if execution not in ("eager", "graph", "xla"):
@@ -313,29 +311,26 @@ class TensorFlowBackend(FrameworkBackend):
         self._device_scope.__enter__()
         self._configured_from = source
 
-    def setup(self, config: TrialConfig, spec: ModelSpec,
-              _legacy_data: Any = None) -> dict[str, Any]:
-        """:meth:`configure` (unless the worker did, for this config) then the base's setup
-        on the trial's device. ``_legacy_data`` is ignored (the vendor-fake tests still call
-        ``setup(config, None, None)`` with ``_build`` replaced by a recorder)."""
-        if self._configured_from is not config:
-            self.configure(config)
-        assert self.config is not None
+    def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:
+        """The base's setup on the trial's device, inside the scope :meth:`configure` (run
+        by the worker before the factory) entered; ``config``'s execution is resolved as
+        there."""
+        if self._configured_from is None:
+            raise RuntimeError("TensorFlowBackend.setup before configure: the worker calls "
+                               "configure(config) before the factory, then setup")
+        execution = self._resolve_execution(config.execution)
+        if execution != config.execution:
+            config = replace(config, execution=execution)
         try:
-            return self._build(self.config, spec, _legacy_data)
+            info = super().setup(config, spec)
+            if self._tflite is not None:
+                info["execution"] = "tflite"
+                info["tflite_interpreter"] = self._tflite.runtime
+            elif config.budget.memory_mb is not None and self._accelerator is None:
+                self._check_activations_fit(config)
         except Exception as e:
             _raise_if_oom(self.tf, e, "while building the model")
             raise
-
-    def _build(self, config: TrialConfig, spec: ModelSpec,
-               _legacy_data: Any = None) -> dict[str, Any]:
-        info = super().setup(config, spec)
-        if self._tflite is not None:
-            info["execution"] = "tflite"
-            info["tflite_interpreter"] = self._tflite.runtime
-        elif config.budget.memory_mb is not None and self._accelerator is None:
-            self._check_activations_fit(config)
-        info["compute_dtype"] = self.compute_dtype()
         return info
 
     def _check_activations_fit(self, config: TrialConfig) -> None:
@@ -376,6 +371,12 @@ class TensorFlowBackend(FrameworkBackend):
             self._policy_set = False
         self.keras.backend.clear_session()
         _forget_custom_gradients(self._gradients_before)
+
+    def _resolve_execution(self, execution: str) -> str:
+        """``auto`` -> this backend's best execution mode (configure and setup agree)."""
+        from autotune.backends import resolve_execution
+
+        return resolve_execution(self.name, execution)
 
     def _exit_device_scope(self) -> None:
         scope, self._device_scope = self._device_scope, None

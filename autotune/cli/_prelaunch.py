@@ -164,6 +164,13 @@ def _print_recommendation(console: Any, rec: Any, data: dict[str, Any]) -> None:
         f"{contention}, energy {c.get('energy_source') or '-'}, stability "
         f"{c.get('stability')}, {_fmt(c.get('steps_measured'))} steps measured, "
         f"{_fmt(c.get('threads'))} thread(s)")
+    if c.get("param_count") is not None:
+        achieved = c.get("achieved_flops_per_s")
+        peak = rec.metrics.get("pct_of_peak")
+        say(f"model: {_fmt(c['param_count'])} parameters, "
+            f"{_fmt(c.get('flops_per_sample'))} FLOPs per sample"
+            + (f", {_fmt(achieved / 1e9)} GFLOP/s achieved" if achieved else "")
+            + (f" = {_fmt(peak)} % of this machine's measured peak" if peak else ""))
     if rec.excluded_drifting:
         say(f"not recommended (drifting): trial(s) "
             f"{', '.join(map(str, rec.excluded_drifting))}")
