@@ -28,7 +28,6 @@ as free text. ``Recommendation.gate_config()`` writes one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -311,8 +310,7 @@ def gate(study: Study, config: Mapping[str, Any] | str | Path, *,
     Returns a :class:`GateResult`. Raises :class:`GateError` for an invalid configuration
     or tolerance, one for another workload or mode, and metrics that do not match it.
     """
-    from autotune.backends import resolve_execution
-    from autotune.config import TrialConfig
+    from autotune._run import trial_config as make_config
 
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or \
             not math.isfinite(tolerance) or tolerance < 0:
@@ -320,10 +318,8 @@ def gate(study: Study, config: Mapping[str, Any] | str | Path, *,
     knobs = load_gate_config(config, study)
     extra = [parse_condition(c, GateError) for c in constraints]
     applied = list(dict.fromkeys([*study.space.constraints, *extra]))
-    trial_config = TrialConfig.from_params(study.space, knobs, seed=study.seed or 0)
-    trial_config = dataclasses.replace(
-        trial_config, budget=study._effective_budget(),
-        execution=resolve_execution(trial_config.backend, trial_config.execution))
+    trial_config = make_config(study.space, knobs, seed=study.seed or 0,
+                               budget=study._effective_budget())
     shown = _shown_knobs(trial_config)
     base: dict[str, Any] = {
         "study": study.name, "workload": study.space.workload, "mode": study.space.mode,
@@ -424,19 +420,13 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _measure(config: TrialConfig, launcher: Launcher | None) -> dict[str, Any] | tuple[str, str]:
     """Measure ``config`` as a trial would; ``(failure_kind, reason)`` when it cannot run."""
-    from autotune._measure import _run
-    from autotune.profiling.measurement import Measurement
+    from autotune._run import launcher_for, run_config
 
-    active: Launcher = launcher if launcher is not None else ProcessLauncher()
-    try:
-        outcome = _run(config, active)
-    finally:
-        if launcher is None:  # a launcher passed in belongs to the caller
-            active.close()
-    if outcome.status != "ok":
-        return outcome.failure_kind or outcome.status, outcome.reason
-    return Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
-                                   mode=config.mode).summary()
+    with launcher_for(launcher, ProcessLauncher) as active:  # one passed in stays open
+        run = run_config(config, active)
+    if not run.ok:
+        return run.failure_kind or run.state, run.reason
+    return run.summary()
 
 
 def _read_metrics(measured: Mapping[str, Any], config: TrialConfig) -> dict[str, Any]:

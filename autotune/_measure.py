@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
-from autotune.backends import capabilities, resolve_execution
+from autotune._run import RunResult, launcher_for, run_config, trial_config
 from autotune.config import TrialConfig
 from autotune.exceptions import (
     AutotuneError,
@@ -27,7 +27,7 @@ from autotune.exceptions import (
     TrialError,
     UnsupportedConfigError,
 )
-from autotune.launch import Launcher, ProcessLauncher, WorkerOutcome
+from autotune.launch import Launcher, ProcessLauncher
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.measurement import Measurement
 from autotune.space import check_measurable, parse_space
@@ -61,38 +61,24 @@ def measure(workload: str, mode: str, *, budget: dict[str, Any] | None = None,
                          "params": knobs, "budget": budget or {}},
                         source="measure")
     check_measurable(space.budget, "measure")
-    config = TrialConfig.from_params(space, {}, seed=seed)
-    config = dataclasses.replace(
-        config, execution=resolve_execution(config.backend, config.execution))
-    return _measurement_of(config, _run(config, ProcessLauncher()))
+    config = trial_config(space, {}, seed=seed)
+    with launcher_for(None, ProcessLauncher) as launcher:
+        return _measurement_of(run_config(config, launcher))
 
 
-def _run(config: TrialConfig, launcher: Launcher) -> WorkerOutcome:
-    """What a study does with one config: a combination the backend cannot run on the
-    device is infeasible at once, without starting a worker."""
-    reason = capabilities(config.backend, config.device).check(
-        config.mode, config.precision, config.execution)
-    if reason is not None:
-        return WorkerOutcome("infeasible", failure_kind="unsupported",
-                             reason=f"{config.backend} on {config.device}: {reason}")
-    return launcher.run(config)
-
-
-def _measurement_of(config: TrialConfig, outcome: WorkerOutcome, *, context: str = "",
-                    stored: str = "") -> Measurement:
-    """The outcome's measurement, or the typed error a failed outcome stands for.
+def _measurement_of(run: RunResult, *, context: str = "", stored: str = "") -> Measurement:
+    """The run's measurement, or the typed error a failed run stands for.
 
     ``context`` prefixes the message; ``stored`` (how the stored trial ended) follows it.
     """
-    if outcome.status == "ok":
-        return Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
-                                       mode=config.mode)
+    if run.measurement is not None:
+        return run.measurement
     suffix = f" ({stored})" if stored else ""
-    if outcome.status == "infeasible":
-        raise _INFEASIBLE.get(outcome.failure_kind or "", TrialError)(
-            f"{context}{outcome.reason}{suffix}")
-    raise AutotuneError(f"{context}measurement failed ({outcome.failure_kind}): "
-                        f"{outcome.reason}{suffix}")
+    if run.state == "infeasible":
+        raise _INFEASIBLE.get(run.failure_kind or "", TrialError)(
+            f"{context}{run.reason}{suffix}")
+    raise AutotuneError(f"{context}measurement failed ({run.failure_kind}): "
+                        f"{run.reason}{suffix}")
 
 
 # -- re-running a stored trial ---------------------------------------------------------------
@@ -333,14 +319,10 @@ def measure_trial(study: str, number: int, *, storage: str | None = None,
     """
     stored = stored_trial(study, number, storage=storage)
     fingerprint = machine_fingerprint()
-    active: Launcher = launcher if launcher is not None else ProcessLauncher()
-    try:
-        outcome = _run(stored.config, active)
-    finally:
-        if launcher is None:
-            active.close()
+    with launcher_for(launcher, ProcessLauncher) as active:
+        run = run_config(stored.config, active)
     measurement = _measurement_of(
-        stored.config, outcome, context=f"re-run of trial {number} of {stored.study!r}: ",
+        run, context=f"re-run of trial {number} of {stored.study!r}: ",
         stored="stored: " + stored.describe())
     return Remeasurement(stored=stored, measurement=measurement, machine=fingerprint,
                          differences=tuple(differences(stored, measurement, fingerprint)))

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
+from autotune._run import launcher_for, run_config
 from autotune.config import Budget, TrialConfig
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.launch import Launcher, ProcessLauncher
-from autotune.profiling.measurement import Measurement
 from autotune.space import minimum_trial_seconds
 from autotune.storage._models import RecheckRow
 
@@ -354,18 +354,13 @@ def verify(study: Study, top: int = 3, *, scale: float = 3.0,
     chosen = front[:top]
     candidates = [_candidate(study, p, i + 1, metric) for i, p in enumerate(chosen)]
 
-    own = launcher is None
-    active: Launcher = ProcessLauncher() if launcher is None else launcher
-    try:
+    with launcher_for(launcher, ProcessLauncher) as active:
         for r in range(1, rounds + 1):
             for c in candidates:  # interleaved: every config once per round
                 run = _run(c, active, r, metric, scale)
                 c.runs.append(run)
                 if on_run is not None:
                     on_run(run)
-    finally:
-        if own:
-            active.close()
 
     after = len(study.trials())
     points = [_verified(c, metric, scale) for c in candidates]
@@ -400,12 +395,11 @@ def _run(c: _Candidate, launcher: Launcher, round_: int, metric: str,
     if c.config is None:
         return VerifyRun(number, round_, "fail", failure_kind="unavailable", reason=c.problem)
     config = dataclasses.replace(c.config, budget=confirmation_budget(c.config.budget, scale))
-    outcome = launcher.run(config)
-    if outcome.status != "ok":
-        return VerifyRun(number, round_, outcome.status, failure_kind=outcome.failure_kind,
-                         reason=outcome.reason, wall_s=outcome.wall_s)
-    summary = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
-                                      mode=config.mode).summary()
+    result = run_config(config, launcher)
+    if result.measurement is None:
+        return VerifyRun(number, round_, result.state, failure_kind=result.failure_kind,
+                         reason=result.reason, wall_s=result.wall_s)
+    summary = result.summary()
     ci = summary.get("throughput_ci_sps")
     value = summary.get(metric)
     return VerifyRun(
@@ -414,7 +408,7 @@ def _run(c: _Candidate, launcher: Launcher, round_: int, metric: str,
         value=None if value is None else float(value), noise=summary.get("noise"),
         spread=summary.get("spread"), contended=bool(summary.get("contended")),
         steps_measured=summary.get("steps_measured"),
-        window_s=outcome.result.get("window_s"), wall_s=outcome.wall_s,
+        window_s=result.measurement.window_s, wall_s=result.wall_s,
         reason="" if value is not None else f"{metric} not measured: "
         f"{summary.get('missing', {}).get(metric, 'no value')}",
         summary={k: v for k, v in summary.items() if k != "missing"})

@@ -1,76 +1,45 @@
-"""Create, load, run and inspect studies: the ask -> launch -> record -> tell loop."""
+"""Create, load, run and inspect studies (the public facade).
+
+The trial runner (the ask -> run -> record -> tell loop, the recorder and the drift
+rechecks) is :mod:`autotune._trial_runner`; one configuration runs through
+:func:`autotune._run.run_config`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import math
 import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from autotune import drift
-from autotune.backends import capabilities, resolve_execution
-from autotune.config import TrialConfig
+from autotune import _trial_runner, drift
+from autotune._trial_runner import FAILURE_CONSTRAINT, TrialResult
+from autotune.config import Budget, TrialConfig
 from autotune.exceptions import (
     SpaceMismatchError,
     StudyError,
     StudyExistsError,
     StudyNotFoundError,
 )
-from autotune.launch import Launcher, WarmLauncher, WorkerOutcome
-from autotune.objectives import worst_value
-from autotune.pareto import FrontSnapshot, hypervolume, pareto_front, reference_point
-from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
-from autotune.profiling.measurement import Measurement
-from autotune.profiling.power import rated_device_power_w
-from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
+from autotune.launch import Launcher, WarmLauncher
+from autotune.pareto import FrontSnapshot, pareto_front
 from autotune.space import SearchSpace, check_measurable, load_space, one_line, parse_space
 from autotune.storage import AutotuneStorage
-from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow, StudyRow
+from autotune.storage._models import StudyRow
 
 _logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2", "random")
-#: Constraint key that marks a trial whose configuration could not be measured.
-FAILURE_CONSTRAINT = "measurable"
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
-_RETRY_ATTR = "autotune_retry_of"
 #: Objectives whose values depend on where the energy figure came from.
 ENERGY_METRICS = ("power_w", "energy_per_sample_j")
-
-
-def _trial_count(ostudy: Any) -> int:
-    """How many trials the Optuna study holds now."""
-    return len(ostudy.get_trials(deepcopy=False))
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """One trial as autotune sees it.
-
-    ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
-    unsupported, diverged: recorded complete with worst-case values), ``fail`` (crash,
-    timeout, killed worker), ``running``, or ``waiting`` (a crashed trial's single retry,
-    queued; it runs first in the next run if this one ended before it).
-    """
-
-    number: int
-    state: str
-    params: dict[str, Any]
-    metrics: dict[str, Any] = field(default_factory=dict)
-    values: list[float] | None = None
-    feasible: bool = False
-    failure_kind: str | None = None
-    reason: str = ""
-    wall_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -251,49 +220,14 @@ class Study:
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
         run_seed = None if self.seed is None else self.seed + done_before
         ostudy = self._optuna_study(make_sampler(sampler or self.sampler, run_seed))
-        fingerprint = machine_fingerprint()
-        machine_id = self.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
-        recorder = _Recorder(self, ostudy, machine_id, fingerprint)
-        own_launcher = launcher is None
         active: Launcher = launcher if launcher is not None else WarmLauncher()
         try:
-            return self._loop(ostudy, recorder, active, n_trials, timeout, start, callbacks,
-                              recheck_every)
+            return _trial_runner.run_trials(
+                self, ostudy, active, n_trials=n_trials, timeout=timeout, start=start,
+                callbacks=callbacks, recheck_every=recheck_every)
         finally:
-            if own_launcher:
+            if launcher is None:  # a launcher passed in belongs to the caller
                 active.close()
-
-    def _loop(self, ostudy: Any, recorder: _Recorder, launcher: Launcher,
-              n_trials: int | None, timeout: float | None, start: float,
-              callbacks: list[Callable[[TrialResult], None]] | None,
-              recheck_every: int) -> list[TrialResult]:
-        budget = self._effective_budget()
-        distributions = self.space.distributions()
-        results: list[TrialResult] = []
-        while n_trials is None or len(results) < n_trials:
-            if timeout is not None and time.monotonic() - start >= timeout:
-                break
-            trial = ostudy.ask(distributions)
-            # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
-            # must not stay RUNNING forever: it is told FAIL and the error goes on.
-            try:
-                config = TrialConfig.from_params(self.space, trial.params,
-                                                 seed=self.seed or 0)
-                config = dataclasses.replace(
-                    config, budget=budget,
-                    execution=resolve_execution(config.backend, config.execution))
-                outcome = self._run_one(config, launcher)
-                result = recorder.record(trial, config, outcome)
-            except BaseException as e:
-                _tell_fail_quietly(ostudy, trial, e)
-                raise
-            results.append(result)
-            for callback in callbacks or ():
-                callback(result)
-            if recheck_every and len(results) % recheck_every == 0:
-                self.recheck_front(launcher, after_trials=_trial_count(ostudy),
-                                   deadline=None if timeout is None else start + timeout)
-        return results
 
     def recheck_front(self, launcher: Launcher, *, after_trials: int = 0,
                       points: int = drift.RECHECK_POINTS,
@@ -302,43 +236,8 @@ class Study:
         first, best on the first objective first; drifting ones are not measured again)
         and store how they compare. None is started after ``deadline`` (a
         ``time.monotonic()`` value)."""
-        front = self.pareto_front()
-        drifting = frozenset(p.trial_number for p in front if p.stability == "drifting")
-        if drifting:  # check what would lead without them
-            front = self.pareto_front(exclude=drifting)
-        first, direction = self.space.objectives[0]
-        front.sort(key=lambda p: p.values[first], reverse=direction == "maximize")
-        counts: dict[int, int] = {}
-        for row in self.storage.rechecks(self._row.id):
-            counts[row.trial_number] = counts.get(row.trial_number, 0) + 1
-        verdicts = []
-        for number in drift.pick_for_recheck([p.trial_number for p in front], counts, points):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            stored = self.storage.measurement(self._row.id, number)
-            if stored is None:
-                continue
-            config = TrialConfig.from_dict(json.loads(stored.config_json))
-            # unsupported here (backend not installed, CPU without the precision): no worker
-            outcome = self._run_one(config, launcher)
-            if outcome.status == "ok":
-                new = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
-                                              mode=config.mode).summary()
-                verdict = drift.compare(json.loads(stored.metrics_json), new)
-            else:
-                new = {}
-                verdict = drift.Verdict("inconclusive", None,
-                                        f"re-measurement failed ({outcome.failure_kind}): "
-                                        f"{outcome.reason}")
-            if verdict.verdict == "drifting":
-                _logger.warning("trial %d is drifting: %s", number, verdict.reason)
-            self.storage.add_recheck(RecheckRow(
-                study_id=self._row.id, trial_number=number, after_trials=after_trials,
-                state=outcome.status, verdict=verdict.verdict, ratio=verdict.ratio,
-                metrics_json=json.dumps({k: v for k, v in new.items() if k != "missing"}),
-                reason=verdict.reason))
-            verdicts.append(verdict)
-        return verdicts
+        return _trial_runner.recheck_front(self, launcher, after_trials=after_trials,
+                                           points=points, deadline=deadline)
 
     def stability(self) -> dict[int, str]:
         """Each re-checked trial's standing (``stable``, ``drifting``, ``inconclusive``)."""
@@ -347,32 +246,10 @@ class Study:
             verdicts.setdefault(row.trial_number, []).append(row.verdict)
         return {n: drift.stability(v) for n, v in verdicts.items()}
 
-    def _effective_budget(self) -> Any:
+    def _effective_budget(self) -> Budget:
         """The space's budget, with enough window steps for every latency percentile the
         objectives and constraints use (p90 needs 64 samples, p95 132, p99 662)."""
-        budget = self.space.budget
-        needed = [PERCENTILE_MIN_SAMPLES[int(m[len("latency_p"):-len("_ms")])]
-                  for m in [*self.space.objective_names,
-                            *(c.metric for c in self.space.constraints)]
-                  if m.startswith("latency_p")]
-        steps = max([budget.window_min_steps, *needed])
-        return dataclasses.replace(budget, window_min_steps=steps)
-
-    @staticmethod
-    def _run_one(config: TrialConfig, launcher: Launcher) -> WorkerOutcome:
-        from autotune.backends import BACKENDS
-
-        entry = BACKENDS.get(config.backend)
-        if entry is not None and not entry.is_installed():  # no worker for an import error
-            return WorkerOutcome("infeasible", failure_kind="unsupported",
-                                 reason=f"backend {config.backend!r} is not installed here; "
-                                        f"install it with: {entry.install_hint}")
-        reason = capabilities(config.backend, config.device).check(
-            config.mode, config.precision, config.execution)
-        if reason is not None:  # known in advance: no worker is started
-            return WorkerOutcome("infeasible", failure_kind="unsupported",
-                                 reason=f"{config.backend} on {config.device}: {reason}")
-        return launcher.run(config)
+        return _trial_runner.effective_budget(self.space)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -507,121 +384,6 @@ class Study:
         }
 
 
-class _Recorder:
-    """Turns a worker outcome into Optuna's tell() and autotune's rows."""
-
-    def __init__(self, study: Study, ostudy: Any, machine_id: int,
-                 fingerprint: dict[str, Any]) -> None:
-        self.study = study
-        self.ostudy = ostudy
-        self.machine_id = machine_id
-        budget = study.space.budget
-        device = study.space.param("device")
-        devices = [str(d) for d in device.choices] if device is not None and \
-            device.choices else ["cpu"]
-        self._worst = {
-            "trial_seconds": budget.trial_seconds,
-            # the most any device of the space can draw: a GPU's reading must not be
-            # "worse" than the reference, or its trials would add no hypervolume
-            "rated_power_w": max(rated_device_power_w(d) for d in devices),
-            "memory_total_mb": float(fingerprint["memory_total_mb"]),
-        }
-
-    def worst(self, metric: str) -> float:
-        direction = dict(self.study.space.objectives).get(metric)
-        return worst_value(metric, direction=direction, **self._worst)
-
-    def record(self, trial: Any, config: TrialConfig, outcome: WorkerOutcome) -> TrialResult:
-        import optuna
-
-        space = self.study.space
-        state, kind, reason = outcome.status, outcome.failure_kind, outcome.reason
-        summary: dict[str, Any] = {}
-        raw: dict[str, Any] = {}
-        if state == "ok":
-            m = Measurement.from_worker(outcome.result, samples_per_step=config.batch_size,
-                                        mode=config.mode)
-            summary, raw = m.summary(), m.to_dict()
-            missing = [o for o in space.objective_names if summary.get(o) is None]
-            if missing:
-                state, kind = "infeasible", "missing_metric"
-                reason = "; ".join(f"{o}: {m.missing_reasons().get(o, 'not measured')}"
-                                   for o in missing)
-        values: list[float] | None = None
-        feasible = False
-        # autotune's row first: a trial Optuna calls finished always has its measurement.
-        self.study.storage.add_measurement(MeasurementRow(
-            study_id=self.study._row.id, trial_number=trial.number, machine_id=self.machine_id,
-            state=state, failure_kind=kind, reason=reason, traceback=outcome.traceback,
-            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
-            raw_json=json.dumps(raw), wall_s=outcome.wall_s,
-        ))
-        trial.set_user_attr("wall_s", round(outcome.wall_s, 3))
-        trial.set_user_attr("fixed_knobs", space.fixed_params())
-        if state in ("ok", "infeasible"):
-            def value(metric: str) -> float:
-                v = summary.get(metric) if state == "ok" else None
-                return float(v) if v is not None else self.worst(metric)
-
-            values = [value(o) for o in space.objective_names]
-            violations = {str(c): c.violation(value(c.metric)) for c in space.constraints}
-            violations[FAILURE_CONSTRAINT] = 0.0 if state == "ok" else 1.0
-            for key, v in violations.items():
-                trial.set_constraint(key, v)
-            feasible = all(v <= 0 for v in violations.values())
-            headline = {k: v for k, v in summary.items()
-                        if k not in ("missing", "energy_model")}
-            trial.set_user_attr("metrics", headline)
-            for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
-                if k in summary:
-                    trial.set_user_attr(k, summary[k])
-            if kind:
-                trial.set_user_attr("failure_kind", kind)
-                trial.set_user_attr("reason", reason[:2000])
-            self.ostudy.tell(trial, values)
-        else:
-            trial.set_user_attr("failure_kind", kind)
-            trial.set_user_attr("reason", reason[:2000])
-            self.ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
-            _logger.warning("trial %d failed (%s): %s; params %s", trial.number, kind, reason,
-                            trial.params)
-            # A crash may be transient (retried once). A timeout or a SIGKILL (the OOM
-            # killer) would strike again: retrying would only spend the budget twice.
-            if kind == "crash" and _RETRY_ATTR not in trial.user_attrs:
-                self.ostudy.enqueue_trial(trial.params, user_attrs={_RETRY_ATTR: trial.number})
-        if values is not None:
-            self._update_front(trial.number)
-        return TrialResult(number=trial.number, state=state, params=dict(trial.params),
-                           metrics=summary, values=values, feasible=feasible,
-                           failure_kind=kind, reason=reason, wall_s=outcome.wall_s)
-
-    def _update_front(self, trial_number: int) -> None:
-        """Store the front after a completed trial, with a snapshot for its history.
-
-        The hypervolume is of the whole front, from the physical worst cases of
-        :func:`reference_point` (the values infeasible trials get, so they add nothing).
-        With an energy objective the front may hold points of several energy sources
-        (compared only within their source); the volume then spans all of them, which
-        still only grows as trials complete, and the snapshot lists the sources so a
-        reader knows the energy figures it combines are not comparable.
-        """
-        front = self.study.pareto_front()
-        names = self.study.space.objective_names
-        points = [(p.trial_number, [p.values[o] for o in names]) for p in front]
-        reference = reference_point(names, **self._worst)
-        volume = hypervolume([v for _, v in points], self.study.space.directions, reference)
-        snapshot = FrontSnapshotRow(
-            study_id=self.study._row.id, trial_number=trial_number,
-            front_json=json.dumps([n for n, _ in points]),
-            # infinite: a front value is infinitely good; the volume is undefined (None)
-            hypervolume=volume if math.isfinite(volume) else None,
-            reference_json=json.dumps(dict(zip(names, reference, strict=True))),
-            energy_sources_json=json.dumps(
-                sorted({p.energy_source for p in front if p.energy_source})),
-        )
-        self.study.storage.replace_front(self.study._row.id, points, snapshot=snapshot)
-
-
 def _utc_iso(local: datetime) -> str:
     """A naive local time (as Optuna stores them) as naive-UTC ISO text."""
     return local.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
@@ -649,19 +411,6 @@ def missing_backends_warning(study: str, backends: list[str]) -> str:
             f"{'is' if one else 'are'} not installed here: "
             f"{'its' if one else 'their'} trials are recorded as unsupported; install "
             f"{'it' if one else 'them'} with: {install_command(backends)}")
-
-
-def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
-    """Mark ``trial`` FAIL after an error between ask and tell; never mask that error."""
-    import optuna
-
-    try:
-        trial.set_user_attr("failure_kind", "interrupted" if isinstance(
-            error, KeyboardInterrupt) else "storage")
-        trial.set_user_attr("reason", f"{type(error).__name__}: {error}"[:2000])
-        ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
-    except Exception:  # the storage may be what failed; the original error matters more
-        _logger.debug("could not mark trial %d failed", trial.number, exc_info=True)
 
 
 # -- module-level API ------------------------------------------------------------------------
@@ -802,5 +551,5 @@ def _version() -> str:
         return "0+unknown"
 
 
-__all__ = ["FrontPoint", "Study", "TrialResult", "create_study", "delete_study",
-           "list_studies", "load_study", "make_sampler"]
+__all__ = ["FAILURE_CONSTRAINT", "FrontPoint", "Study", "TrialResult", "create_study",
+           "delete_study", "list_studies", "load_study", "make_sampler"]

@@ -12,7 +12,8 @@ import autotune
 from autotune import drift
 from autotune.config import TrialConfig
 from autotune.launch import WorkerOutcome
-from tests.fakes import FakeLauncher
+from autotune.testing import FakeLauncher, dispose
+from autotune.testing.storages import sqlite_url
 
 SPACE = {
     "workload": "mlp", "mode": "train",
@@ -24,13 +25,7 @@ SPACE = {
 
 def _study(tmp_path: Path, data: dict[str, Any] = SPACE) -> autotune.Study:
     return autotune.create_study("d", autotune.parse_space(data),
-                                 storage=f"sqlite:///{tmp_path / 'd.db'}", seed=3)
-
-
-def _close(study: autotune.Study) -> None:
-    study.storage.engine.dispose()
-    if "optuna" in vars(study.storage):
-        study.storage.optuna.engine.dispose()
+                                 storage=sqlite_url(tmp_path / 'd.db'), seed=3)
 
 
 # -- the verdict ------------------------------------------------------------------------------
@@ -121,7 +116,7 @@ def test_study_rechecks_front_points_and_stores_stable_verdicts(tmp_path: Path) 
             assert config.batch_size == trial.params["batch_size"]
             assert config.optimizer == trial.params["optimizer"]
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_drifting_point_is_flagged_and_not_crowned(tmp_path: Path) -> None:
@@ -148,7 +143,7 @@ def test_drifting_point_is_flagged_and_not_crowned(tmp_path: Path) -> None:
         assert study.storage.rechecks(study.id)[-1].trial_number != point.trial_number
         assert len(launcher.calls) == before + 1
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_contended_original_makes_a_recheck_inconclusive() -> None:
@@ -167,7 +162,7 @@ def test_rechecks_start_no_measurement_after_the_deadline(tmp_path: Path) -> Non
         assert study.recheck_front(launcher, deadline=time.monotonic() - 1) == []
         assert len(launcher.calls) == calls
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_failed_recheck_is_inconclusive_not_a_crash(tmp_path: Path) -> None:
@@ -186,7 +181,7 @@ def test_failed_recheck_is_inconclusive_not_a_crash(tmp_path: Path) -> None:
         assert rows and all(r.verdict == "inconclusive" and r.state == "fail" for r in rows)
         assert "timeout" in rows[0].reason
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_recheck_every_zero_never_rechecks(tmp_path: Path) -> None:
@@ -199,7 +194,7 @@ def test_recheck_every_zero_never_rechecks(tmp_path: Path) -> None:
         with pytest.raises(autotune.StudyError, match="recheck_every"):
             study.optimize(n_trials=1, launcher=launcher, recheck_every=-1)
     finally:
-        _close(study)
+        dispose(study)
 
 
 # -- energy provenance on the front ---------------------------------------------------------
@@ -234,7 +229,7 @@ def test_front_never_compares_measured_with_estimated_energy(tmp_path: Path) -> 
         for p in front:
             assert p.energy_source == p.metrics["energy_source"]
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_front_without_energy_objective_ignores_sources(tmp_path: Path) -> None:
@@ -243,4 +238,4 @@ def test_front_without_energy_objective_ignores_sources(tmp_path: Path) -> None:
         study.optimize(n_trials=8, launcher=TwoMetersLauncher(), recheck_every=0)
         assert len(study.pareto_front()) == 1  # one objective: one best point
     finally:
-        _close(study)
+        dispose(study)

@@ -2,7 +2,7 @@
 
 The source study has ok, infeasible (oom) and failed (crash) trials, a crash's queued retry
 (WAITING), drift rechecks and the front's history. Trials run through
-:class:`tests.fakes.FakeLauncher` (synthetic outcomes, no worker processes).
+:class:`autotune.testing.FakeLauncher` (synthetic outcomes, no worker processes).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from autotune.cli import main
 from autotune.exceptions import StudyError, StudyExistsError
 from autotune.storage import AutotuneStorage
 from autotune.study import Study
+from autotune.testing import FakeLauncher, StorageSupplier, on_calls, optuna_storage
+from autotune.testing.storages import sqlite_url
 from autotune.transfer import (
     FORMAT_VERSION,
     ExportFormatError,
@@ -33,7 +34,6 @@ from autotune.transfer import (
     export_study,
     import_study,
 )
-from tests.fakes import FakeLauncher, on_calls
 
 SPACE_DATA: dict[str, Any] = {
     "workload": "mlp",
@@ -53,10 +53,6 @@ N_TRIALS = 8
 OOM_CALL, CRASH_CALLS = 2, (4, 7)  # call 5 runs the retry of 4; 7's retry stays queued
 # what two exports of the same study may differ in (see autotune.transfer)
 VOLATILE = ("exported_at",)
-
-
-def _url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 def _table_dump(db: Path) -> list[str]:
@@ -82,7 +78,7 @@ class Source:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
     db = tmp_path_factory.mktemp("source") / "studies.db"
-    url = _url(db)
+    url = sqlite_url(db)
     with autotune.create_study("main", autotune.parse_space(SPACE_DATA), storage=url,
                                seed=0) as study:
         study.optimize(n_trials=N_TRIALS, recheck_every=0, launcher=FakeLauncher(
@@ -95,7 +91,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
 @pytest.fixture
 def target(tmp_path: Path) -> tuple[Path, str]:
     db = tmp_path / "target" / "studies.db"
-    return db, _url(db)
+    return db, sqlite_url(db)
 
 
 # -- the export ---------------------------------------------------------------------------------
@@ -174,12 +170,9 @@ def _write(directory: Path, text: str) -> Path:
 
 def _optuna_trials(url: str) -> tuple[list[Any], list[Any]]:
     """(all trials, best trials) of study "main" as stock Optuna reads them."""
-    storage = optuna.storages.RDBStorage(url)
-    try:
+    with optuna_storage(url) as storage:
         ostudy = optuna.load_study(study_name="main", storage=storage)
         return ostudy.get_trials(), ostudy.best_trials
-    finally:
-        storage.engine.dispose()
 
 
 def test_imported_study_runs_on(source: Source, target: tuple[Path, str]) -> None:
@@ -198,7 +191,7 @@ def test_import_under_another_name_into_the_same_storage(source: Source,
                                                           tmp_path: Path) -> None:
     db = tmp_path / "copy.db"
     db.write_bytes(source.db.read_bytes())
-    url = _url(db)
+    url = sqlite_url(db)
     with import_study(source.text, storage=url, name="main-copy") as copy:
         assert copy.name == "main-copy"
     data = export_dict("main-copy", storage=url)
@@ -213,19 +206,16 @@ def test_import_under_another_name_into_the_same_storage(source: Source,
 
 
 def test_running_trial_is_imported_as_failed(tmp_path: Path) -> None:
-    url = _url(tmp_path / "a.db")
+    url = sqlite_url(tmp_path / "a.db")
     with autotune.create_study("live", autotune.parse_space(SPACE_DATA), storage=url,
                                seed=1) as study:
         study.optimize(n_trials=2, recheck_every=0, launcher=FakeLauncher())
-        storage = optuna.storages.RDBStorage(url)
-        try:  # a trial asked for and never told: its process died, or still runs
+        with optuna_storage(url) as storage:  # asked, never told: its process died
             optuna.load_study(study_name="live", storage=storage).ask()
-        finally:
-            storage.engine.dispose()
     text = export_study("live", storage=url)
     assert [t["state"] for t in json.loads(text)["trials"]] == ["COMPLETE", "COMPLETE",
                                                                 "RUNNING"]
-    with import_study(text, storage=_url(tmp_path / "b.db")) as copy:
+    with import_study(text, storage=sqlite_url(tmp_path / "b.db")) as copy:
         trials = copy.trials()
         assert [t.state for t in trials] == ["ok", "ok", "fail"]
         assert trials[2].number == 2 and trials[2].failure_kind == "interrupted"
@@ -320,7 +310,7 @@ def test_bad_file_writes_nothing(source: Source, tmp_path: Path, make: Any,
     path = _write(tmp_path, make(source.text))
     fresh = tmp_path / "fresh" / "new.db"  # a target that does not exist stays so
     with pytest.raises(error) as caught:
-        import_study(path, storage=_url(fresh))
+        import_study(path, storage=sqlite_url(fresh))
     assert needle in str(caught.value) and str(path) in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not fresh.exists() and not fresh.parent.exists()
@@ -338,7 +328,7 @@ def test_existing_name_writes_nothing(source: Source) -> None:
 
 
 def test_foreign_optuna_study_name_is_refused(source: Source, tmp_path: Path) -> None:
-    url = _url(tmp_path / "optuna.db")
+    url = sqlite_url(tmp_path / "optuna.db")
     optuna.create_study(study_name="main", storage=url)
     before = _table_dump(tmp_path / "optuna.db")
     with pytest.raises(StudyExistsError, match="not made by autotune"):
@@ -357,11 +347,8 @@ def test_failure_while_writing_leaves_no_study(source: Source, target: tuple[Pat
     with pytest.raises(RuntimeError, match="simulated"):
         import_study(source.text, storage=url)
     assert autotune.list_studies(storage=url) == []
-    storage = optuna.storages.RDBStorage(url)
-    try:
+    with optuna_storage(url) as storage:
         assert optuna.get_all_study_names(storage) == []
-    finally:
-        storage.engine.dispose()
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM trials").fetchone() == (0,)
     monkeypatch.undo()  # and the name is free for a retry
@@ -400,7 +387,7 @@ def test_cli_round_trip(source: Source, tmp_path: Path, capsys: pytest.CaptureFi
     code, out, err = _cli(capsys, "study", "export", "main", "--storage", source.url,
                           "--output", exported)
     assert code == 0 and str(exported) in out, err
-    target = _url(tmp_path / "target.db")
+    target = sqlite_url(tmp_path / "target.db")
     code, out, err = _cli(capsys, "study", "import", exported, "--storage", target, "--json")
     assert code == 0, err
     summary = json.loads(out)
@@ -453,31 +440,10 @@ def test_cli_errors_are_one_line(source: Source, tmp_path: Path,
 
 # -- PostgreSQL as the target ----------------------------------------------------------------------
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-
-    def connect() -> Any:
-        return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
-                               autocommit=True, connect_timeout=3)
-
-    try:
-        with contextlib.closing(connect()):
-            pass
-    except psycopg.OperationalError as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        pytest.skip(f"PostgreSQL server on {PG_HOST}:{PG_PORT} is unreachable ({detail})")
-    name = f"autotune_transfer_{uuid.uuid4().hex[:8]}"
-    with contextlib.closing(connect()) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with contextlib.closing(connect()) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with StorageSupplier("postgresql", prefix="autotune_transfer") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -19,7 +19,8 @@ from autotune.objectives import worst_value
 from autotune.pareto import hypervolume, pareto_front, reference_point
 from autotune.profiling.power import rated_cpu_power_w
 from autotune.study import Study, TrialResult
-from tests.fakes import FakeLauncher, on_calls
+from autotune.testing import FakeLauncher, StorageSupplier, dispose, on_calls
+from autotune.testing.storages import sqlite_url
 
 MIN2 = ["minimize", "minimize"]
 MIN3 = ["minimize"] * 3
@@ -203,26 +204,23 @@ class Run:
     seen: list[tuple[int, list[int], float | None]]
 
 
-def _dispose(study: Study) -> None:
-    study.storage.close()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('hv') / 'hv.db'}"
-    study = autotune.create_study("hv", autotune.parse_space(SPACE), storage=url, seed=1)
-    seen: list[tuple[int, list[int], float | None]] = []
+    with StorageSupplier("sqlite", tmp_path_factory.mktemp("hv")) as url:
+        study = autotune.create_study("hv", autotune.parse_space(SPACE), storage=url, seed=1)
+        seen: list[tuple[int, list[int], float | None]] = []
 
-    def callback(result: TrialResult) -> None:
-        if result.values is not None:
-            seen.append((result.number, sorted(p.trial_number for p in study.pareto_front()),
-                         study.hypervolume()))
+        def callback(result: TrialResult) -> None:
+            if result.values is not None:
+                seen.append((result.number,
+                             sorted(p.trial_number for p in study.pareto_front()),
+                             study.hypervolume()))
 
-    launcher = FakeLauncher(infeasible=on_calls(*OOM_CALLS), fail=on_calls(CRASH_CALL))
-    results = study.optimize(n_trials=N_TRIALS, launcher=launcher, callbacks=[callback],
-                             recheck_every=0)
-    yield Run(study, url, results, seen)
-    _dispose(study)
+        launcher = FakeLauncher(infeasible=on_calls(*OOM_CALLS), fail=on_calls(CRASH_CALL))
+        results = study.optimize(n_trials=N_TRIALS, launcher=launcher, callbacks=[callback],
+                                 recheck_every=0)
+        yield Run(study, url, results, seen)
+        dispose(study)
 
 
 def test_run_has_feasible_infeasible_violating_and_failed_trials(run: Run) -> None:
@@ -310,7 +308,7 @@ def test_cli_history_table_and_json(run: Run, capsys: pytest.CaptureFixture[str]
 
 def test_only_infeasible_trials_give_an_empty_front_of_zero_volume(tmp_path: Path) -> None:
     study = autotune.create_study("none", autotune.parse_space(SPACE),
-                                  storage=f"sqlite:///{tmp_path / 'n.db'}", seed=2)
+                                  storage=sqlite_url(tmp_path / "n.db"), seed=2)
     try:
         assert study.hypervolume() is None and study.front_history() == []
         study.optimize(n_trials=3, launcher=FakeLauncher(infeasible=lambda c: True),
@@ -319,14 +317,14 @@ def test_only_infeasible_trials_give_an_empty_front_of_zero_volume(tmp_path: Pat
         assert [(h.front, h.hypervolume) for h in history] == [([], 0.0)] * 3
         assert study.hypervolume() == 0.0
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 def test_energy_objective_reference_and_sources(tmp_path: Path) -> None:
     space = {**SPACE, "objectives": {"throughput_sps": "maximize",
                                      "energy_per_sample_j": "minimize"}}
     study = autotune.create_study("energy", autotune.parse_space(space),
-                                  storage=f"sqlite:///{tmp_path / 'e.db'}", seed=3)
+                                  storage=sqlite_url(tmp_path / "e.db"), seed=3)
     try:
         study.optimize(n_trials=4, launcher=FakeLauncher(), recheck_every=0)
         last = study.front_history()[-1]
@@ -336,11 +334,11 @@ def test_energy_objective_reference_and_sources(tmp_path: Path) -> None:
         assert last.energy_sources == ["estimated"]
         assert last.hypervolume is not None and last.hypervolume > 0
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 def test_delete_study_removes_its_history(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'd.db'}"
+    url = sqlite_url(tmp_path / "d.db")
     doomed = autotune.create_study("doomed", autotune.parse_space(SPACE), storage=url)
     kept = autotune.create_study("kept", autotune.parse_space(SPACE), storage=url)
     try:
@@ -352,5 +350,5 @@ def test_delete_study_removes_its_history(tmp_path: Path) -> None:
         assert doomed.storage.front_snapshots(doomed_id) == []
         assert kept.front_history() == kept_history and len(kept_history) == 2
     finally:
-        _dispose(doomed)
-        _dispose(kept)
+        dispose(doomed)
+        dispose(kept)

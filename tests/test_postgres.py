@@ -1,9 +1,10 @@
 """The study round trip against the real PostgreSQL server on 127.0.0.1:5432.
 
 Each module run creates a fresh database with a unique name and drops it afterwards.
-Trials run through :class:`tests.fakes.FakeLauncher` (synthetic outcomes, no workers).
-When the server is unreachable these tests are skipped, unless ``AUTOTUNE_REQUIRE_POSTGRES=1``
-(CI sets it): then they fail, so a server that is down cannot pass for a green run.
+Trials run through :class:`autotune.testing.FakeLauncher` (synthetic outcomes, no workers);
+the database comes from :class:`autotune.testing.StorageSupplier`. When the server is
+unreachable these tests are skipped, unless ``AUTOTUNE_REQUIRE_POSTGRES=1`` (CI sets it):
+then they fail, so a server that is down cannot pass for a green run.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import socket
-import sys
-import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -26,14 +24,11 @@ import pytest
 import autotune
 from autotune import cli
 from autotune.storage import SCHEMA_VERSION
-from autotune.study import Study
-from tests.fakes import FakeLauncher, on_calls
+from autotune.testing import FakeLauncher, StorageSupplier, dispose, on_calls, optuna_storage
+from autotune.testing.storages import HOST, PORT, REQUIRE_ENV, USER, connect_or_skip
 
 pytestmark = pytest.mark.postgres
 
-HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
-#: Set to 1 (CI does) to fail, not skip, when the server is unreachable.
-REQUIRE_ENV = "AUTOTUNE_REQUIRE_POSTGRES"
 SPACE_DATA: dict[str, Any] = {
     "workload": "mlp",
     "mode": "train",
@@ -46,24 +41,6 @@ SPACE_DATA: dict[str, Any] = {
     },
     "budget": {"trial_seconds": 20},
 }
-
-
-def _admin_connect() -> Any:
-    return psycopg.connect(host=HOST, port=PORT, user=USER, dbname="postgres",
-                           autocommit=True, connect_timeout=3)
-
-
-def _connect_or_skip() -> None:
-    """Skip the test when the server is unreachable, or fail it when REQUIRE_ENV is 1."""
-    try:
-        with contextlib.closing(_admin_connect()):
-            pass
-    except psycopg.OperationalError as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        message = f"PostgreSQL server on {HOST}:{PORT} is unreachable ({detail})"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{message}; {REQUIRE_ENV}=1 requires it", pytrace=False)
-        pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to fail instead")
 
 
 @contextlib.contextmanager
@@ -81,24 +58,10 @@ def _leaky() -> Iterator[None]:
             gc.collect()
 
 
-def _dispose(*studies: Study) -> None:
-    for s in studies:
-        s.storage.engine.dispose()
-        if "optuna" in vars(s.storage):
-            s.storage.optuna.engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    _connect_or_skip()
-    name = f"autotune_test_{uuid.uuid4().hex[:8]}"
-    with contextlib.closing(_admin_connect()) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{USER}@{HOST}:{PORT}/{name}"
-    finally:
-        with contextlib.closing(_admin_connect()) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with StorageSupplier("postgresql") as url:
+        yield url
 
 
 @pytest.mark.parametrize(("require", "outcome"), [("1", pytest.fail.Exception),
@@ -109,10 +72,9 @@ def test_unreachable_server_fails_when_required(monkeypatch: pytest.MonkeyPatch,
     with contextlib.closing(socket.socket()) as sock:  # a port nothing listens on
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
-    monkeypatch.setattr(sys.modules[__name__], "PORT", port)
     monkeypatch.setenv(REQUIRE_ENV, require)
     with pytest.raises(outcome, match=f"{HOST}:{port} is unreachable"):
-        _connect_or_skip()
+        connect_or_skip(port=port)
 
 
 def _query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -167,15 +129,12 @@ def test_round_trip(pg_url: str) -> None:
             study_id)) == numbers
 
         # stock Optuna reads it
-        storage = optuna.storages.RDBStorage(pg_url)
-        try:
+        with optuna_storage(pg_url) as storage:
             ostudy = optuna.load_study(study_name="pg-main", storage=storage)
             assert {t.number for t in ostudy.best_trials} == set(numbers)
             assert ostudy.trials[1].user_attrs["failure_kind"] == "oom"
             assert ostudy.trials[1].constraints["measurable"] > 0
             assert "throughput_sps" in ostudy.trials[0].user_attrs
-        finally:
-            storage.engine.dispose()
 
         # a fresh load round-trips the space and the front
         loaded = autotune.load_study("pg-main", storage=pg_url)
@@ -184,19 +143,19 @@ def test_round_trip(pg_url: str) -> None:
             assert loaded.space.fingerprint() == space.fingerprint()
             assert loaded.pareto_front() == front
         finally:
-            _dispose(loaded)
+            dispose(loaded)
 
         listed = autotune.list_studies(storage=pg_url)
         try:
             assert [s.name for s in listed] == ["pg-main"]
             assert listed[0].summary()["front_size"] == len(front)
         finally:
-            _dispose(*listed)
+            dispose(*listed)
 
         with pytest.raises(autotune.StudyExistsError):
             autotune.create_study("pg-main", space, storage=pg_url)
     finally:
-        _dispose(study)
+        dispose(study)
 
     with _leaky():
         autotune.delete_study("pg-main", storage=pg_url)
@@ -216,7 +175,7 @@ def test_cli_study_list(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None
     try:
         study.optimize(n_trials=2, launcher=FakeLauncher())
     finally:
-        _dispose(study)
+        dispose(study)
     capsys.readouterr()
     try:
         with _leaky():
@@ -236,7 +195,7 @@ def test_public_functions_close_their_connections(pg_url: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         study = autotune.create_study("pg-leak", space, storage=pg_url)
-        _dispose(study)  # the caller closes what it holds...
+        dispose(study)  # the caller closes what it holds...
         del study
         # ...but these open storages of their own and never close them
         autotune.list_studies(storage=pg_url)

@@ -1,7 +1,8 @@
 """Studies stored in SQLite: Optuna's tables plus the autotune_* tables, kept consistent.
 
-Trials run through :class:`tests.fakes.FakeLauncher` (synthetic outcomes at the process
-boundary), so these tests exercise the study/storage logic in milliseconds per trial.
+Trials run through :class:`autotune.testing.FakeLauncher` (synthetic outcomes at the process
+boundary), so these tests exercise the study/storage logic in milliseconds per trial;
+storages come from :mod:`autotune.testing.storages`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from autotune.profiling.fingerprint import machine_fingerprint
 from autotune.profiling.measurement import Measurement
 from autotune.storage import SCHEMA_VERSION, AutotuneStorage
 from autotune.study import FAILURE_CONSTRAINT, Study, TrialResult
-from tests.fakes import FakeLauncher, on_calls
+from autotune.testing import (
+    STORAGE_MODES,
+    FakeLauncher,
+    StorageSupplier,
+    dispose,
+    on_calls,
+    optuna_storage,
+)
+from autotune.testing.storages import sqlite_url
 
 SPACE_DATA: dict[str, Any] = {
     "workload": "mlp",
@@ -54,17 +63,6 @@ def _space() -> autotune.SearchSpace:
     return autotune.parse_space(SPACE_DATA)
 
 
-def _url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def _dispose(*studies: Study) -> None:
-    for s in studies:
-        s.storage.engine.dispose()
-        if "optuna" in vars(s.storage):  # created lazily (cached_property)
-            s.storage.optuna.engine.dispose()
-
-
 def _query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute(sql, args).fetchall()
@@ -75,9 +73,11 @@ def _table_dump(db: Path) -> list[str]:
         return list(conn.iterdump())
 
 
-def _optuna_study(url: str, name: str) -> Any:
-    storage = optuna.storages.RDBStorage(url)
-    return storage, optuna.load_study(study_name=name, storage=storage)
+@contextlib.contextmanager
+def _optuna_study(url: str, name: str) -> Iterator[Any]:
+    """Stock Optuna's view of study ``name``."""
+    with optuna_storage(url) as storage:
+        yield optuna.load_study(study_name=name, storage=storage)
 
 
 @dataclass
@@ -95,20 +95,21 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    db = tmp_path_factory.mktemp("storage") / "studies.db"
-    url = _url(db)
-    study = autotune.create_study("main", _space(), storage=url, seed=0)
-    launcher = FakeLauncher(infeasible=on_calls(OOM_CALL), fail=on_calls(CRASH_CALL))
-    fronts: list[tuple[int, list[int], list[int]]] = []
+    supplier = StorageSupplier("sqlite", tmp_path_factory.mktemp("storage"))
+    with supplier as url:
+        assert supplier.path is not None
+        study = autotune.create_study("main", _space(), storage=url, seed=0)
+        launcher = FakeLauncher(infeasible=on_calls(OOM_CALL), fail=on_calls(CRASH_CALL))
+        fronts: list[tuple[int, list[int], list[int]]] = []
 
-    def callback(result: TrialResult) -> None:
-        stored = study.storage.front_trial_numbers(study._row.id)
-        fronts.append((result.number, stored,
-                       sorted(p.trial_number for p in study.pareto_front())))
+        def callback(result: TrialResult) -> None:
+            stored = study.storage.front_trial_numbers(study._row.id)
+            fronts.append((result.number, stored,
+                           sorted(p.trial_number for p in study.pareto_front())))
 
-    results = study.optimize(n_trials=N_TRIALS, launcher=launcher, callbacks=[callback])
-    yield Run(db, url, study, launcher, results, fronts)
-    _dispose(study)
+        results = study.optimize(n_trials=N_TRIALS, launcher=launcher, callbacks=[callback])
+        yield Run(supplier.path, url, study, launcher, results, fronts)
+        dispose(study)
 
 
 # -- the run itself ------------------------------------------------------------------------------
@@ -242,8 +243,7 @@ def test_front_updated_after_each_trial(run: Run) -> None:
 
 
 def test_infeasible_trial_is_complete_with_violated_constraint(run: Run) -> None:
-    storage, ostudy = _optuna_study(run.url, "main")
-    try:
+    with _optuna_study(run.url, "main") as ostudy:
         t = ostudy.trials[OOM_CALL]
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert t.constraints[FAILURE_CONSTRAINT] > 0
@@ -254,8 +254,6 @@ def test_infeasible_trial_is_complete_with_violated_constraint(run: Run) -> None
         assert all(math.isfinite(v) for v in t.values)
         for ok in (x for x in ostudy.trials if x.number not in (OOM_CALL, CRASH_CALL)):
             assert ok.constraints[FAILURE_CONSTRAINT] == 0
-    finally:
-        storage.engine.dispose()
     result = run.study.trials()[OOM_CALL]
     assert (result.state, result.feasible, result.failure_kind) == ("infeasible", False, "oom")
     assert OOM_CALL not in [p.trial_number for p in run.study.pareto_front()]
@@ -263,8 +261,7 @@ def test_infeasible_trial_is_complete_with_violated_constraint(run: Run) -> None
 
 
 def test_crash_is_fail_and_retried_once(run: Run) -> None:
-    storage, ostudy = _optuna_study(run.url, "main")
-    try:
+    with _optuna_study(run.url, "main") as ostudy:
         crashed = ostudy.trials[CRASH_CALL]
         assert crashed.state == optuna.trial.TrialState.FAIL
         assert crashed.user_attrs["failure_kind"] == "crash"
@@ -276,8 +273,6 @@ def test_crash_is_fail_and_retried_once(run: Run) -> None:
         assert retry.number == CRASH_CALL + 1  # the enqueued trial runs next
         assert retry.params == crashed.params
         assert retry.state == optuna.trial.TrialState.COMPLETE
-    finally:
-        storage.engine.dispose()
     assert run.launcher.calls[CRASH_CALL + 1].knobs() == run.launcher.calls[CRASH_CALL].knobs()
     result = run.study.trials()[CRASH_CALL]
     assert (result.state, result.failure_kind, result.values) == ("fail", "crash", None)
@@ -285,25 +280,22 @@ def test_crash_is_fail_and_retried_once(run: Run) -> None:
 
 
 def test_crash_of_a_retry_is_not_retried_again(tmp_path: Path) -> None:
-    url = _url(tmp_path / "db.sqlite")
+    url = sqlite_url(tmp_path / "db.sqlite")
     study = autotune.create_study("always-crashes", _space(), storage=url, seed=1)
     try:
         results = study.optimize(n_trials=2, launcher=FakeLauncher(fail=lambda cfg: True))
         assert [r.state for r in results] == ["fail", "fail"]
-        storage, ostudy = _optuna_study(url, "always-crashes")
-        try:
+        with _optuna_study(url, "always-crashes") as ostudy:
             trials = ostudy.trials
             assert trials[1].user_attrs.get("autotune_retry_of") == 0
             # the retry crashed too: nothing more was enqueued for it
             assert not [t for t in trials if t.user_attrs.get("autotune_retry_of") == 1]
-        finally:
-            storage.engine.dispose()
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 def test_timeout_is_fail_and_not_retried(tmp_path: Path) -> None:
-    url = _url(tmp_path / "db.sqlite")
+    url = sqlite_url(tmp_path / "db.sqlite")
     study = autotune.create_study("times-out", _space(), storage=url, seed=2)
     try:
         launcher = FakeLauncher(fail=on_calls(0), fail_kind="timeout")
@@ -314,16 +306,16 @@ def test_timeout_is_fail_and_not_retried(tmp_path: Path) -> None:
         assert launcher.calls[1].knobs() != launcher.calls[0].knobs()  # a new sample
         assert [t.state for t in study.trials()] == ["fail", "ok"]
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 # -- (d) stock Optuna reads the study --------------------------------------------------------
 
 
 def test_stock_optuna_reads_the_study(run: Run) -> None:
-    storage, ostudy = _optuna_study(run.url, "main")
-    try:
+    with optuna_storage(run.url) as storage:
         assert optuna.get_all_study_names(storage) == ["main"]
+    with _optuna_study(run.url, "main") as ostudy:
         assert ostudy.directions == [optuna.study.StudyDirection.MAXIMIZE,
                                      optuna.study.StudyDirection.MINIMIZE]
         assert ostudy.metric_names == ["throughput_sps", "latency_p50_ms"]
@@ -343,8 +335,6 @@ def test_stock_optuna_reads_the_study(run: Run) -> None:
         best = {t.number for t in ostudy.best_trials}
         assert best == {p.trial_number for p in run.study.pareto_front()}
         assert best
-    finally:
-        storage.engine.dispose()
 
 
 # -- (e) load_study round trip ---------------------------------------------------------------
@@ -373,7 +363,7 @@ def test_load_study_round_trips(run: Run) -> None:
         with pytest.raises(autotune.SpaceMismatchError):
             loaded.check_space(other)
     finally:
-        _dispose(loaded)
+        dispose(loaded)
 
 
 def test_load_missing_study_names_the_storage(run: Run) -> None:
@@ -385,8 +375,8 @@ def test_load_missing_study_names_the_storage(run: Run) -> None:
 def test_load_from_missing_file_does_not_create_it(tmp_path: Path) -> None:
     db = tmp_path / "absent.db"
     with pytest.raises(autotune.StudyNotFoundError):
-        autotune.load_study("x", storage=_url(db))
-    assert autotune.list_studies(storage=_url(db)) == []
+        autotune.load_study("x", storage=sqlite_url(db))
+    assert autotune.list_studies(storage=sqlite_url(db)) == []
     assert not db.exists()
 
 
@@ -403,7 +393,7 @@ def _rows_of(db: Path, study_id: int) -> dict[str, int]:
 
 def test_delete_study_removes_only_that_study(tmp_path: Path) -> None:
     db = tmp_path / "two.db"
-    url = _url(db)
+    url = sqlite_url(db)
     doomed = autotune.create_study("doomed", _space(), storage=url, seed=3)
     kept = autotune.create_study("kept", _space(), storage=url, seed=4)
     try:
@@ -434,7 +424,7 @@ def test_delete_study_removes_only_that_study(tmp_path: Path) -> None:
             assert reloaded.pareto_front() == kept_front
             assert len(reloaded.trials()) == 3
         finally:
-            _dispose(reloaded)
+            dispose(reloaded)
         assert [s.name for s in autotune.list_studies(storage=url)] == ["kept"]
         # the name is free again
         again = autotune.create_study("doomed", _space(), storage=url)
@@ -442,9 +432,9 @@ def test_delete_study_removes_only_that_study(tmp_path: Path) -> None:
             assert again.trials() == []
             assert again.storage.front_trial_numbers(again._row.id) == []
         finally:
-            _dispose(again)
+            dispose(again)
     finally:
-        _dispose(doomed, kept)
+        dispose(doomed, kept)
 
 
 # -- (g) schema version ------------------------------------------------------------------------
@@ -456,10 +446,10 @@ def _digest(path: Path) -> str:
 
 def test_newer_schema_is_refused_without_writing(tmp_path: Path) -> None:
     db = tmp_path / "future.db"
-    url = _url(db)
+    url = sqlite_url(db)
     study = autotune.create_study("s", _space(), storage=url)
     study.optimize(n_trials=1, launcher=FakeLauncher())
-    _dispose(study)
+    dispose(study)
     newer = SCHEMA_VERSION + 1
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE autotune_schema SET version = ?", (newer,))
@@ -477,16 +467,14 @@ def test_newer_schema_is_refused_without_writing(tmp_path: Path) -> None:
         with pytest.raises(autotune.StorageError, match=pattern):
             store.check_readable()
     finally:
-        store.engine.dispose()
-        if "optuna" in vars(store):
-            store.optuna.engine.dispose()
+        dispose(store)
     # a Study object made before the upgrade refuses to run trials
     with pytest.raises(autotune.StorageError, match=pattern):
         study.optimize(n_trials=1, launcher=FakeLauncher())
     # creating another study there is refused before anything is written
     with pytest.raises(autotune.StorageError, match=pattern):
         autotune.create_study("another", _space(), storage=url)
-    _dispose(study)
+    dispose(study)
 
     assert _table_dump(db) == dump
     assert _digest(db) == digest
@@ -495,8 +483,8 @@ def test_newer_schema_is_refused_without_writing(tmp_path: Path) -> None:
 
 def test_create_exist_ok_refuses_newer_schema(tmp_path: Path) -> None:
     db = tmp_path / "future.db"
-    url = _url(db)
-    _dispose(autotune.create_study("s", _space(), storage=url))
+    url = sqlite_url(db)
+    dispose(autotune.create_study("s", _space(), storage=url))
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE autotune_schema SET version = ?", (SCHEMA_VERSION + 1,))
     study = None
@@ -505,27 +493,27 @@ def test_create_exist_ok_refuses_newer_schema(tmp_path: Path) -> None:
             study = autotune.create_study("s", _space(), storage=url, exist_ok=True)
     finally:
         if study is not None:
-            _dispose(study)
+            dispose(study)
 
 
 def test_same_schema_version_is_accepted(tmp_path: Path) -> None:
-    url = _url(tmp_path / "db.sqlite")
+    url = sqlite_url(tmp_path / "db.sqlite")
     study = autotune.create_study("s", _space(), storage=url)
-    _dispose(study)
+    dispose(study)
     loaded = autotune.load_study("s", storage=url)
     try:
         loaded.storage.prepare_for_writing()
         assert _query(tmp_path / "db.sqlite", "SELECT version FROM autotune_schema") == \
             [(SCHEMA_VERSION,)]
     finally:
-        _dispose(loaded)
+        dispose(loaded)
 
 
 # -- (h) timeout -------------------------------------------------------------------------------
 
 
 def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
-    study = autotune.create_study("timed", _space(), storage=_url(tmp_path / "t.db"), seed=5)
+    study = autotune.create_study("timed", _space(), storage=sqlite_url(tmp_path / "t.db"), seed=5)
     try:
         launcher = FakeLauncher(sleep_s=0.15)
         timeout = 0.5
@@ -542,11 +530,11 @@ def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
         assert elapsed < timeout + launcher.sleep_s + 2.0
         assert len(study.trials()) == len(results)
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 def test_n_trials_and_timeout_whichever_first(tmp_path: Path) -> None:
-    study = autotune.create_study("both", _space(), storage=_url(tmp_path / "t.db"), seed=6)
+    study = autotune.create_study("both", _space(), storage=sqlite_url(tmp_path / "t.db"), seed=6)
     try:
         results = study.optimize(n_trials=2, timeout=60, launcher=FakeLauncher())
         assert len(results) == 2
@@ -555,7 +543,7 @@ def test_n_trials_and_timeout_whichever_first(tmp_path: Path) -> None:
         with pytest.raises(autotune.StudyError, match="n_trials"):
             study.optimize(n_trials=0, launcher=FakeLauncher())
     finally:
-        _dispose(study)
+        dispose(study)
 
 
 # -- (i) create twice --------------------------------------------------------------------------
@@ -563,7 +551,7 @@ def test_n_trials_and_timeout_whichever_first(tmp_path: Path) -> None:
 
 def test_create_twice_raises_and_keeps_the_first(tmp_path: Path) -> None:
     db = tmp_path / "dup.db"
-    url = _url(db)
+    url = sqlite_url(db)
     first = autotune.create_study("dup", _space(), storage=url, seed=7)
     try:
         first.optimize(n_trials=2, launcher=FakeLauncher())
@@ -580,28 +568,53 @@ def test_create_twice_raises_and_keeps_the_first(tmp_path: Path) -> None:
             assert (loaded.sampler, loaded.seed) == ("tpe", 7)
             assert len(loaded.trials()) == 2
         finally:
-            _dispose(loaded)
+            dispose(loaded)
         # exist_ok returns the existing study for the same space, refuses another space
         same = autotune.create_study("dup", _space(), storage=url, exist_ok=True)
         try:
             assert same._row.id == first._row.id
             assert len(same.trials()) == 2
         finally:
-            _dispose(same)
+            dispose(same)
         with pytest.raises(autotune.SpaceMismatchError):
             autotune.create_study("dup", other_space, storage=url, exist_ok=True)
         assert _table_dump(db) == before
     finally:
-        _dispose(first)
+        dispose(first)
 
 
 def test_foreign_optuna_study_name_is_refused(tmp_path: Path) -> None:
-    url = _url(tmp_path / "foreign.db")
-    storage = optuna.storages.RDBStorage(url)
-    try:
+    url = sqlite_url(tmp_path / "foreign.db")
+    with optuna_storage(url) as storage:
         optuna.create_study(study_name="plain-optuna", storage=storage)
         with pytest.raises(autotune.StudyExistsError, match="not made by autotune"):
             autotune.create_study("plain-optuna", _space(), storage=url)
         assert autotune.list_studies(storage=url) == []
-    finally:
-        storage.engine.dispose()
+
+
+# -- every storage backend -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=[pytest.mark.postgres]
+                                               if m == "postgresql" else [])
+                                  for m in STORAGE_MODES])
+def test_round_trip_on_every_storage(mode: str, tmp_path: Path) -> None:
+    """The same study on each supported storage: run, reload, front and rows agree."""
+    with StorageSupplier(mode, tmp_path) as url:
+        study = autotune.create_study("every", _space(), storage=url, seed=3)
+        try:
+            results = study.optimize(n_trials=3, recheck_every=0,
+                                     launcher=FakeLauncher(infeasible=on_calls(1)))
+            assert [r.state for r in results] == ["ok", "infeasible", "ok"]
+            loaded = autotune.load_study("every", storage=url)
+            try:
+                assert loaded.trials() == study.trials()
+                assert loaded.pareto_front() == study.pareto_front()
+                assert [r.trial_number for r in loaded.storage.measurements(loaded.id)] == \
+                    [0, 1, 2]
+            finally:
+                dispose(loaded)
+            with _optuna_study(url, "every") as ostudy:
+                assert ostudy.trials[1].user_attrs["failure_kind"] == "oom"
+        finally:
+            dispose(study)

@@ -26,7 +26,8 @@ from autotune.cli import main
 from autotune.config import TrialConfig
 from autotune.launch import WorkerOutcome
 from autotune.space import minimum_trial_seconds
-from tests.fakes import FakeLauncher
+from autotune.testing import FakeLauncher, dispose
+from autotune.testing.storages import sqlite_url
 
 # Throughput grows with the batch size, memory too: a front of several batch sizes.
 SPACE: dict[str, Any] = {
@@ -39,13 +40,7 @@ SPACE: dict[str, Any] = {
 
 
 def _url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'v.db'}"
-
-
-def _close(study: autotune.Study) -> None:
-    study.storage.engine.dispose()
-    if "optuna" in vars(study.storage):
-        study.storage.optuna.engine.dispose()
+    return sqlite_url(tmp_path / "v.db")
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def study(tmp_path: Path) -> Iterator[autotune.Study]:
     try:
         yield s
     finally:
-        _close(s)
+        dispose(s)
 
 
 def _by_throughput(study: autotune.Study) -> list[autotune.FrontPoint]:
@@ -310,7 +305,7 @@ def test_bad_arguments_and_a_study_without_a_feasible_trial(tmp_path: Path,
         with pytest.raises(autotune.StudyError, match=r"no feasible trial.*study run empty"):
             verify(empty, launcher=FakeLauncher())
     finally:
-        _close(empty)
+        dispose(empty)
 
 
 def test_report_is_json_serialisable(study: autotune.Study) -> None:
@@ -418,7 +413,7 @@ def test_verify_real_torch_trials(tmp_path: Path) -> None:
         assert len(rows) == report.top
         assert all(r.reason.startswith("verify:") for r in rows)
     finally:
-        _close(study)
+        dispose(study)
 
 
 def test_disturbed_or_failed_rounds_are_left_out_of_the_median(

@@ -143,7 +143,9 @@ def outcome_of(result: dict[str, Any], *, returncode: int | None, timed_out: boo
         return WorkerOutcome("infeasible", result=result, failure_kind=result["failure_kind"],
                              reason=result.get("reason", ""), wall_s=wall)
     if status == "crash":
-        return WorkerOutcome("fail", failure_kind="crash", reason=result.get("reason", ""),
+        # the worker names the kind (model_error: the user's factory; crash: anything else)
+        return WorkerOutcome("fail", failure_kind=result.get("failure_kind") or "crash",
+                             reason=result.get("reason", ""),
                              traceback=result.get("traceback", "") or stderr_tail, wall_s=wall)
     if returncode is not None and returncode < 0:
         try:

@@ -1,0 +1,293 @@
+"""The trial runner of a study: the ask -> run -> record -> tell loop and drift rechecks.
+
+:class:`autotune.study.Study` is the public facade; :meth:`Study.optimize` and
+:meth:`Study.recheck_front` hand their work to :func:`run_trials` and
+:func:`recheck_front` here. Each configuration runs through :func:`autotune._run.run_config`
+(pre-checks, launch, typed result); :class:`Recorder` turns that result into autotune's
+measurement row, Optuna's ``tell()`` and the stored front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from autotune import drift
+from autotune._run import RunResult, run_config, trial_config
+from autotune.config import Budget, TrialConfig
+from autotune.launch import Launcher
+from autotune.objectives import worst_value
+from autotune.pareto import hypervolume, reference_point
+from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
+from autotune.profiling.power import rated_device_power_w
+from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
+from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow
+
+if TYPE_CHECKING:
+    from autotune.space import SearchSpace
+    from autotune.study import Study
+
+_logger = logging.getLogger("autotune.study")
+
+#: Constraint key that marks a trial whose configuration could not be measured.
+FAILURE_CONSTRAINT = "measurable"
+RETRY_ATTR = "autotune_retry_of"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial as autotune sees it.
+
+    ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
+    unsupported, diverged: recorded complete with worst-case values), ``fail`` (crash,
+    timeout, killed worker), ``running``, or ``waiting`` (a crashed trial's single retry,
+    queued; it runs first in the next run if this one ended before it).
+    """
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    values: list[float] | None = None
+    feasible: bool = False
+    failure_kind: str | None = None
+    reason: str = ""
+    wall_s: float | None = None
+
+
+def effective_budget(space: SearchSpace) -> Budget:
+    """The space's budget, with enough window steps for every latency percentile the
+    objectives and constraints use (p90 needs 64 samples, p95 132, p99 662)."""
+    budget = space.budget
+    needed = [PERCENTILE_MIN_SAMPLES[int(m[len("latency_p"):-len("_ms")])]
+              for m in [*space.objective_names, *(c.metric for c in space.constraints)]
+              if m.startswith("latency_p")]
+    steps = max([budget.window_min_steps, *needed])
+    return dataclasses.replace(budget, window_min_steps=steps)
+
+
+def trial_count(ostudy: Any) -> int:
+    """How many trials the Optuna study holds now."""
+    return len(ostudy.get_trials(deepcopy=False))
+
+
+def run_trials(study: Study, ostudy: Any, launcher: Launcher, *,
+               n_trials: int | None, timeout: float | None, start: float,
+               callbacks: list[Callable[[TrialResult], None]] | None,
+               recheck_every: int) -> list[TrialResult]:
+    """Run trials of ``study`` (asked from ``ostudy``, its Optuna study with the run's
+    sampler) on ``launcher`` (left open) until ``n_trials`` are done or ``timeout``
+    seconds after ``start`` (a ``time.monotonic()`` value) have passed; re-check the
+    front every ``recheck_every`` trials."""
+    fingerprint = machine_fingerprint()
+    machine_id = study.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
+    recorder = Recorder(study, ostudy, machine_id, fingerprint)
+    return _loop(study, ostudy, recorder, launcher, n_trials, timeout, start, callbacks,
+                 recheck_every)
+
+
+def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
+          n_trials: int | None, timeout: float | None, start: float,
+          callbacks: list[Callable[[TrialResult], None]] | None,
+          recheck_every: int) -> list[TrialResult]:
+    budget = effective_budget(study.space)
+    distributions = study.space.distributions()
+    results: list[TrialResult] = []
+    while n_trials is None or len(results) < n_trials:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            break
+        trial = ostudy.ask(distributions)
+        # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
+        # must not stay RUNNING forever: it is told FAIL and the error goes on.
+        try:
+            config = trial_config(study.space, trial.params, seed=study.seed or 0,
+                                  budget=budget)
+            result = recorder.record(trial, config, run_config(config, launcher))
+        except BaseException as e:
+            _tell_fail_quietly(ostudy, trial, e)
+            raise
+        results.append(result)
+        for callback in callbacks or ():
+            callback(result)
+        if recheck_every and len(results) % recheck_every == 0:
+            recheck_front(study, launcher, after_trials=trial_count(ostudy),
+                          deadline=None if timeout is None else start + timeout)
+    return results
+
+
+def recheck_front(study: Study, launcher: Launcher, *, after_trials: int = 0,
+                  points: int = drift.RECHECK_POINTS,
+                  deadline: float | None = None) -> list[drift.Verdict]:
+    """See :meth:`autotune.study.Study.recheck_front`."""
+    front = study.pareto_front()
+    drifting = frozenset(p.trial_number for p in front if p.stability == "drifting")
+    if drifting:  # check what would lead without them
+        front = study.pareto_front(exclude=drifting)
+    first, direction = study.space.objectives[0]
+    front.sort(key=lambda p: p.values[first], reverse=direction == "maximize")
+    counts: dict[int, int] = {}
+    for row in study.storage.rechecks(study.id):
+        counts[row.trial_number] = counts.get(row.trial_number, 0) + 1
+    verdicts = []
+    for number in drift.pick_for_recheck([p.trial_number for p in front], counts, points):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        stored = study.storage.measurement(study.id, number)
+        if stored is None:
+            continue
+        config = TrialConfig.from_dict(json.loads(stored.config_json))
+        # unsupported here (backend not installed, CPU without the precision): no worker
+        run = run_config(config, launcher)
+        new = run.summary()
+        if run.ok:
+            verdict = drift.compare(json.loads(stored.metrics_json), new)
+        else:
+            verdict = drift.Verdict("inconclusive", None,
+                                    f"re-measurement failed ({run.failure_kind}): "
+                                    f"{run.reason}")
+        if verdict.verdict == "drifting":
+            _logger.warning("trial %d is drifting: %s", number, verdict.reason)
+        study.storage.add_recheck(RecheckRow(
+            study_id=study.id, trial_number=number, after_trials=after_trials,
+            state=run.state, verdict=verdict.verdict, ratio=verdict.ratio,
+            metrics_json=json.dumps({k: v for k, v in new.items() if k != "missing"}),
+            reason=verdict.reason))
+        verdicts.append(verdict)
+    return verdicts
+
+
+class Recorder:
+    """Turns a run's result into Optuna's tell() and autotune's rows."""
+
+    def __init__(self, study: Study, ostudy: Any, machine_id: int,
+                 fingerprint: dict[str, Any]) -> None:
+        self.study = study
+        self.ostudy = ostudy
+        self.machine_id = machine_id
+        budget = study.space.budget
+        device = study.space.param("device")
+        devices = [str(d) for d in device.choices] if device is not None and \
+            device.choices else ["cpu"]
+        self._worst = {
+            "trial_seconds": budget.trial_seconds,
+            # the most any device of the space can draw: a GPU's reading must not be
+            # "worse" than the reference, or its trials would add no hypervolume
+            "rated_power_w": max(rated_device_power_w(d) for d in devices),
+            "memory_total_mb": float(fingerprint["memory_total_mb"]),
+        }
+
+    def worst(self, metric: str) -> float:
+        direction = dict(self.study.space.objectives).get(metric)
+        return worst_value(metric, direction=direction, **self._worst)
+
+    def record(self, trial: Any, config: TrialConfig, run: RunResult) -> TrialResult:
+        import optuna
+
+        space = self.study.space
+        state, kind, reason = run.state, run.failure_kind, run.reason
+        summary: dict[str, Any] = {}
+        raw: dict[str, Any] = {}
+        if run.measurement is not None:
+            m = run.measurement
+            summary, raw = m.summary(), m.to_dict()
+            missing = [o for o in space.objective_names if summary.get(o) is None]
+            if missing:
+                state, kind = "infeasible", "missing_metric"
+                reason = "; ".join(f"{o}: {m.missing_reasons().get(o, 'not measured')}"
+                                   for o in missing)
+        values: list[float] | None = None
+        feasible = False
+        # autotune's row first: a trial Optuna calls finished always has its measurement.
+        self.study.storage.add_measurement(MeasurementRow(
+            study_id=self.study.id, trial_number=trial.number, machine_id=self.machine_id,
+            state=state, failure_kind=kind, reason=reason, traceback=run.traceback,
+            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
+            raw_json=json.dumps(raw), wall_s=run.wall_s,
+        ))
+        trial.set_user_attr("wall_s", round(run.wall_s, 3))
+        trial.set_user_attr("fixed_knobs", space.fixed_params())
+        if state in ("ok", "infeasible"):
+            def value(metric: str) -> float:
+                v = summary.get(metric) if state == "ok" else None
+                return float(v) if v is not None else self.worst(metric)
+
+            values = [value(o) for o in space.objective_names]
+            violations = {str(c): c.violation(value(c.metric)) for c in space.constraints}
+            violations[FAILURE_CONSTRAINT] = 0.0 if state == "ok" else 1.0
+            for key, v in violations.items():
+                trial.set_constraint(key, v)
+            feasible = all(v <= 0 for v in violations.values())
+            headline = {k: v for k, v in summary.items()
+                        if k not in ("missing", "energy_model")}
+            trial.set_user_attr("metrics", headline)
+            for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
+                if k in summary:
+                    trial.set_user_attr(k, summary[k])
+            if kind:
+                trial.set_user_attr("failure_kind", kind)
+                trial.set_user_attr("reason", reason[:2000])
+            self.ostudy.tell(trial, values)
+        else:
+            trial.set_user_attr("failure_kind", kind)
+            trial.set_user_attr("reason", reason[:2000])
+            self.ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _logger.warning("trial %d failed (%s): %s; params %s", trial.number, kind, reason,
+                            trial.params)
+            # A crash may be transient (retried once). A timeout or a SIGKILL (the OOM
+            # killer) would strike again: retrying would only spend the budget twice.
+            if kind == "crash" and RETRY_ATTR not in trial.user_attrs:
+                self.ostudy.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+        if values is not None:
+            self._update_front(trial.number)
+        return TrialResult(number=trial.number, state=state, params=dict(trial.params),
+                           metrics=summary, values=values, feasible=feasible,
+                           failure_kind=kind, reason=reason, wall_s=run.wall_s)
+
+    def _update_front(self, trial_number: int) -> None:
+        """Store the front after a completed trial, with a snapshot for its history.
+
+        The hypervolume is of the whole front, from the physical worst cases of
+        :func:`reference_point` (the values infeasible trials get, so they add nothing).
+        With an energy objective the front may hold points of several energy sources
+        (compared only within their source); the volume then spans all of them, which
+        still only grows as trials complete, and the snapshot lists the sources so a
+        reader knows the energy figures it combines are not comparable.
+        """
+        front = self.study.pareto_front()
+        names = self.study.space.objective_names
+        points = [(p.trial_number, [p.values[o] for o in names]) for p in front]
+        reference = reference_point(names, **self._worst)
+        volume = hypervolume([v for _, v in points], self.study.space.directions, reference)
+        snapshot = FrontSnapshotRow(
+            study_id=self.study.id, trial_number=trial_number,
+            front_json=json.dumps([n for n, _ in points]),
+            # infinite: a front value is infinitely good; the volume is undefined (None)
+            hypervolume=volume if math.isfinite(volume) else None,
+            reference_json=json.dumps(dict(zip(names, reference, strict=True))),
+            energy_sources_json=json.dumps(
+                sorted({p.energy_source for p in front if p.energy_source})),
+        )
+        self.study.storage.replace_front(self.study.id, points, snapshot=snapshot)
+
+
+def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
+    """Mark ``trial`` FAIL after an error between ask and tell; never mask that error."""
+    import optuna
+
+    try:
+        trial.set_user_attr("failure_kind", "interrupted" if isinstance(
+            error, KeyboardInterrupt) else "storage")
+        trial.set_user_attr("reason", f"{type(error).__name__}: {error}"[:2000])
+        ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception:  # the storage may be what failed; the original error matters more
+        _logger.debug("could not mark trial %d failed", trial.number, exc_info=True)
+
+
+__all__ = ["FAILURE_CONSTRAINT", "Recorder", "TrialResult", "effective_budget",
+           "recheck_front", "run_trials"]
