@@ -35,7 +35,8 @@ def test_first_command_installs_what_the_newcomer_runs_next() -> None:
     needs plotly (the dashboard extra)."""
     first = _commands()[0]
     extras = _extras(first)
-    assert {"torch", "dashboard"} <= extras
+    # torch for the quickstart, dashboard to look at it, pruning for examples/models
+    assert {"torch", "dashboard", "pruning"} <= extras
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert extras <= set(declared)
