@@ -129,7 +129,7 @@ def test_worker_is_recycled_after_n_trials() -> None:
 def test_failed_trial_replaces_the_worker(launcher: WarmLauncher) -> None:
     ok = launcher.run(_config())
     raised = launcher.run(_config("autotune.testing.workloads:raising"))
-    assert raised.status == "fail" and raised.failure_kind == "crash"
+    assert raised.status == "fail" and raised.failure_kind == "model_error"
     assert "data file is corrupt" in raised.reason and "Traceback" in raised.traceback
     assert not _alive(ok.result["worker"]["pid"])  # a failed worker is never reused
     after = launcher.run(_config())

@@ -75,8 +75,10 @@ class BackendConformance:
             assert run["param_count"] == sum(a * b + b for a, b in pairs), run
             if run["flops_per_sample"] is None:  # no counter: it must say why
                 assert run["flops_method"], run
-            else:  # a forward pass: 2 FLOPs per multiply-add of each layer
-                assert run["flops_per_sample"] == 2 * sum(a * b for a, b in pairs), run
+            else:  # a forward pass: 2 FLOPs per multiply-add of each layer; counters that
+                # also count element-wise ops (TensorFlow's profiler: bias adds) within 2 %
+                expected = 2 * sum(a * b for a, b in pairs)
+                assert expected <= run["flops_per_sample"] <= 1.02 * expected, run
         assert runs[2]["param_count"] < runs[0]["param_count"]  # structured really shrinks
 
     def test_pruning_zeroes_the_stated_fraction(self) -> None:
