@@ -612,6 +612,7 @@ def test_too_small_an_address_space_is_oom_before_the_first_op(
 
 
 # -- the vendor boundary: GPU and Ascend through a fake mindspore module --------------------
+# (device placement, trial order and refusals are in tests/test_vendor_fakes.py)
 
 
 @pytest.fixture
@@ -621,26 +622,6 @@ def no_ms_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     had = "mindspore" in sys.modules
     yield
     assert had or "mindspore" not in sys.modules
-
-
-@pytest.mark.usefixtures("no_ms_runtime")
-@pytest.mark.parametrize(("device", "target"), [("npu:1", "Ascend"), ("cuda:1", "GPU")])
-def test_device_trial_order(device: str, target: str) -> None:
-    log = VendorLog()
-    b = MindSporeBackend(ms=fake_mindspore(log, gpus=2, npus=2))
-    b.configure(_config(device=device, execution="graph"))
-    names = log.names()
-    assert log.calls[0] == ("set_device", target, 1)
-    assert names[1] == "runtime.reset_peak_memory_stats"
-    assert ("set_context", "mode=0") in log.calls and names[-1] == "set_seed"
-    b._pending = object()
-    b.synchronize()
-    assert log.calls[-1] == ("runtime.synchronize",) and b._pending is None
-    assert b.peak_memory_bytes() == 5 * 2**30
-    assert b.versions()["mode"] == "GRAPH_MODE"
-    b.teardown()
-    assert log.names()[-3:] == ["runtime.max_memory_allocated", "ms_memory_recycle",
-                                "runtime.empty_cache"]
 
 
 @pytest.mark.usefixtures("no_ms_runtime")
@@ -655,24 +636,6 @@ def test_each_trial_resets_its_own_peak() -> None:
         "runtime.reset_peak_memory_stats", "runtime.max_memory_allocated",
         "runtime.empty_cache"] * 2
     assert ("set_context", "mode=1") in log.calls  # eager is PyNative
-
-
-@pytest.mark.usefixtures("no_ms_runtime")
-@pytest.mark.parametrize(("gpus", "npus", "device", "message"), [
-    (0, 2, "npu:5", r"npu:5: MindSpore sees 2 Ascend device\(s\): npu:0, npu:1"),
-    (0, 2, "cuda:0", r"cuda:0: this MindSpore install has no GPU support"),
-    (1, 0, "npu:0", r"npu:0: this MindSpore install has no Ascend support"),
-    (1, 1, "tpu:0", r"tpu:0: MindSpore has no TPU support"),
-])
-def test_refuses_a_device_it_cannot_use(gpus: int, npus: int, device: str,
-                                        message: str) -> None:
-    log = VendorLog()
-    b = MindSporeBackend(ms=fake_mindspore(log, gpus=gpus, npus=npus))
-    with pytest.raises(UnsupportedConfigError, match=message):
-        b.configure(_config(device=device))
-    assert log.calls == []  # set_device never called with an id that does not exist
-    b.teardown()  # the failed trial's teardown touches no device
-    assert "runtime.empty_cache" not in log.names()
 
 
 @pytest.mark.usefixtures("no_ms_runtime")

@@ -372,9 +372,11 @@ def test_mindspore_device_trial_order(monkeypatch: pytest.MonkeyPatch, device: s
     assert log.calls[0] == ("set_device", target, 1)
     assert names[1] == "runtime.reset_peak_memory_stats"
     assert names.index("set_context") > 1 and names[-1] == "build"
+    assert ("set_context", "mode=0") in log.calls  # graph execution is GRAPH_MODE
     _profile(log, backend, config, monkeypatch)
     _assert_synchronised_steps(log, "runtime.synchronize")
     assert backend.peak_memory_bytes() == 5 * 2**30
+    assert backend.versions()["mode"] == "GRAPH_MODE"
     backend.teardown()
     assert log.names()[-3:] == ["runtime.max_memory_allocated", "ms_memory_recycle",
                                 "runtime.empty_cache"]
