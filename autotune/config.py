@@ -12,16 +12,29 @@ from typing import Any, Literal, Protocol
 
 # -- the knob vocabulary ----------------------------------------------------------------------
 
-Mode = Literal["train", "infer"]
-MODES: tuple[Mode, ...] = ("train", "infer")
+#: train: optimizer steps; infer: forward passes (a language model's prefill); generate: a
+#: batch of prompts, exactly ``new_tokens`` new tokens each (language models)
+Mode = Literal["train", "infer", "generate"]
+MODES: tuple[Mode, ...] = ("train", "infer", "generate")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRUNING_STRUCTURES = ("unstructured", "structured")
 #: auto: the mode an expert would pick for the backend (torch eager, TensorFlow tf.function,
 #: MindSpore graph mode); xla: TensorFlow's tf.function(jit_compile=True).
 EXECUTIONS = ("auto", "eager", "graph", "xla")
+#: KV cache of generate mode: grown by concatenation, preallocated (fixed shapes, written in
+#: place), or none (every new token recomputes the whole prefix).
+KV_CACHES = ("dynamic", "static", "off")
+#: auto: the model's own; math: matmul + masked softmax; sdpa: the framework's fused kernel
+ATTENTIONS = ("auto", "math", "sdpa")
+#: weight-only quantisation of a language model's linear layers (activations stay float)
+WEIGHT_QUANTS = ("none", "int8", "int4")
+#: activation recomputation in training: off, or per transformer block
+CHECKPOINTINGS = ("off", "blocks")
 #: Knobs that only mean something when the model is trained.
-TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer"})
+TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer", "checkpointing"})
+#: Knobs that only mean something when the model generates.
+GENERATE_ONLY_KNOBS = frozenset({"prompt_len", "new_tokens", "kv_cache"})
 
 #: Knob name -> value used when a space does not mention the knob.
 KNOB_DEFAULTS: Mapping[str, Any] = {
@@ -35,6 +48,12 @@ KNOB_DEFAULTS: Mapping[str, Any] = {
     "threads": None,  # None: every core the worker may use
     "pruning_structure": "unstructured",
     "execution": "auto",
+    "prompt_len": 32,
+    "new_tokens": 32,
+    "kv_cache": "dynamic",
+    "attention": "auto",
+    "weight_quant": "none",
+    "checkpointing": "off",
 }
 
 # -- timing constants shared by the space check, the worker and the profiling loop ------------
@@ -122,6 +141,13 @@ class TrialConfig:
     #: SHA-256 (16 hex digits) of the factory's file when the trial was launched (``None``
     #: for built-ins), stored with every measurement so a study cannot mix model versions
     factory_hash: str | None = None
+    #: generate mode: prompt tokens per sequence and new tokens generated per sequence
+    prompt_len: int = 32
+    new_tokens: int = 32
+    kv_cache: str = "dynamic"
+    attention: str = "auto"
+    weight_quant: str = "none"
+    checkpointing: str = "off"
 
     @classmethod
     def from_params(cls, space: SpaceLike, params: dict[str, Any], *,

@@ -55,7 +55,42 @@ METRICS: Mapping[str, MetricInfo] = {
         MetricInfo(
             "energy_per_sample_j", "J", "minimize", "energy per sample over the measured window"
         ),
+        # -- language models (README: "Tune an LLM" defines each exactly) --
+        MetricInfo("perplexity", "", "minimize",
+                   "held-out perplexity of a language model (exp of the mean cross-entropy)"),
+        MetricInfo("tokens_per_s", "tokens/s", "maximize",
+                   "train and infer: tokens per second at the median step time"),
+        MetricInfo("ttft_p50_ms", "ms", "minimize", "generate: median time to first token"),
+        MetricInfo("ttft_p95_ms", "ms", "minimize",
+                   "generate: 95th percentile time to first token"),
+        MetricInfo("tpot_p50_ms", "ms", "minimize",
+                   "generate: median time per output token, per request (e2e - TTFT) / "
+                   "(new_tokens - 1)"),
+        MetricInfo("tpot_p95_ms", "ms", "minimize",
+                   "generate: 95th percentile time per output token"),
+        MetricInfo("itl_p50_ms", "ms", "minimize",
+                   "generate: median inter-token latency over all gaps"),
+        MetricInfo("itl_p99_ms", "ms", "minimize",
+                   "generate: 99th percentile inter-token latency over all gaps"),
+        MetricInfo("e2e_p50_ms", "ms", "minimize",
+                   "generate: median end-to-end time of a request"),
+        MetricInfo("prefill_tokens_per_s", "tokens/s", "maximize",
+                   "generate: prompt tokens of a batch / median time to first token"),
+        MetricInfo("decode_tokens_per_s", "tokens/s", "maximize",
+                   "generate: tokens after the first / median decode time (= batch_size / "
+                   "tpot_p50)"),
     )
+}
+
+#: Metrics each mode produces (an objective or constraint outside its mode's set is refused
+#: when the space is read: it could never be met).
+_GENERATE_ONLY = frozenset({"ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
+                            "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms", "prefill_tokens_per_s",
+                            "decode_tokens_per_s"})
+MODE_METRICS: Mapping[str, frozenset[str]] = {
+    "train": frozenset(METRICS) - _GENERATE_ONLY,
+    "infer": frozenset(METRICS) - _GENERATE_ONLY,
+    "generate": frozenset(METRICS) - {"tokens_per_s"},
 }
 
 _COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
@@ -122,8 +157,13 @@ def worst_value(metric: str, *, trial_seconds: float, rated_power_w: float,
     these values and a violated constraint rather than as FAIL (DESIGN.md section 5).
     The bounds are finite on purpose: hypervolume and TPE's ranking stay well-defined.
     """
-    if metric == "quality" and direction == "minimize":
+    if (metric == "quality" and direction == "minimize") or metric == "perplexity":
         return WORST_MINIMIZED_QUALITY
+    if METRICS[metric].unit == "ms":
+        # No step that completed inside the budget can have taken longer than the budget.
+        return trial_seconds * 1000.0
+    if metric in ("tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        return 0.0
     worst = {
         "throughput_sps": 0.0,
         "accuracy": 0.0,

@@ -39,7 +39,11 @@ from typing import Any, Literal
 import yaml
 
 from autotune.config import (
+    ATTENTIONS,
+    CHECKPOINTINGS,
     EXECUTIONS,
+    GENERATE_ONLY_KNOBS,
+    KV_CACHES,
     MIN_SETUP_S,
     MODES,
     OPTIMIZERS,
@@ -48,12 +52,13 @@ from autotune.config import (
     SAFETY_MARGIN_S,
     TRAIN_ONLY_KNOBS,
     WARMUP_MIN_S,
+    WEIGHT_QUANTS,
     Budget,
     Mode,
 )
 from autotune.config import KNOB_DEFAULTS as KNOB_DEFAULTS  # re-export: tests import it
 from autotune.exceptions import SpaceError
-from autotune.objectives import DIRECTIONS, METRICS, Constraint, Direction
+from autotune.objectives import DIRECTIONS, METRICS, MODE_METRICS, Constraint, Direction
 
 _DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+)$")
 _TOP_LEVEL_KEYS = ("workload", "mode", "objectives", "constraints", "params", "budget",
@@ -287,6 +292,9 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
 
     constraints = _parse_constraints(section("constraints"), where)
     params = _parse_params(section("params"), mode, where, check_files)
+    _check_mode_metrics(mode, objectives, constraints, where)
+    if ref.factory == "gpt":
+        _check_gpt_lengths(ref.kwargs, mode, params, where)
     budget = _parse_budget(section("budget"), where)
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -329,6 +337,49 @@ def _parse_constraints(raw: Any, where: _Where) -> tuple[Constraint, ...]:
     return tuple(out)
 
 
+def _check_mode_metrics(mode: str, objectives: Sequence[tuple[str, str]],
+                        constraints: Sequence[Constraint], where: _Where) -> None:
+    """An objective or SLO on a metric the mode never produces could never be met."""
+    allowed = MODE_METRICS[mode]
+    for section, names in (("objectives", [m for m, _ in objectives]),
+                           ("constraints", [c.metric for c in constraints])):
+        for name in names:
+            if name not in allowed:
+                other = "generate" if mode != "generate" else "train or infer"
+                raise where.fail(f"{section}.{name}",
+                                 f"is not produced in {mode} mode (only in {other} mode)")
+
+
+def _largest(params: Sequence[ParamSpec], name: str, default: int) -> int:
+    spec = next((p for p in params if p.name == name), None)
+    if spec is None:
+        return default
+    return int(max(v for v in spec.values_for_check()))
+
+
+def _check_gpt_lengths(kwargs: Mapping[str, Any], mode: str, params: Sequence[ParamSpec],
+                       where: _Where) -> None:
+    """The built-in gpt's lengths against its context, known before any trial."""
+    from autotune.config import KNOB_DEFAULTS
+
+    context = kwargs.get("context", 128)
+    if not _is_int(context) or context < 1:
+        raise where.fail("workload.kwargs.context", f"must be a positive integer, got "
+                                                    f"{context!r}")
+    seq_len = kwargs.get("seq_len", 64)
+    if mode != "generate" and (not _is_int(seq_len) or not 1 <= seq_len <= context):
+        raise where.fail("workload.kwargs.seq_len",
+                         f"got {seq_len!r}; allowed: an integer in [1, context={context}]")
+    if mode == "generate":
+        prompt = _largest(params, "prompt_len", KNOB_DEFAULTS["prompt_len"])
+        new = _largest(params, "new_tokens", KNOB_DEFAULTS["new_tokens"])
+        if prompt + new > context:
+            raise where.fail("params.new_tokens",
+                             f"prompt_len + new_tokens reaches {prompt} + {new} = "
+                             f"{prompt + new}, beyond the model's context of {context} "
+                             "(workload.kwargs.context)")
+
+
 # Per-knob value checks: (predicate, description of what is allowed).
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -360,7 +411,33 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
                               f"one of {', '.join(PRUNING_STRUCTURES)}"),
         "execution": (lambda v: isinstance(v, str) and v in EXECUTIONS,
                       f"one of {', '.join(EXECUTIONS)}"),
+        "prompt_len": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+        "new_tokens": (lambda v: _is_int(v) and v >= 2,
+                       "an integer >= 2 (TPOT needs a second token)"),
+        "kv_cache": (lambda v: isinstance(v, str) and v in KV_CACHES,
+                     f"one of {', '.join(KV_CACHES)}"),
+        "attention": (lambda v: isinstance(v, str) and v in ATTENTIONS,
+                      f"one of {', '.join(ATTENTIONS)}"),
+        "weight_quant": (lambda v: isinstance(v, str) and v in WEIGHT_QUANTS,
+                         f"one of {', '.join(WEIGHT_QUANTS)}"),
+        "checkpointing": (lambda v: isinstance(v, str) and v in CHECKPOINTINGS,
+                          f"one of {', '.join(CHECKPOINTINGS)}"),
     }
+
+
+#: Knobs whose value "off" YAML 1.1 reads as the boolean false (``kv_cache: [dynamic, off]``)
+_OFF_KNOBS = frozenset({"kv_cache", "checkpointing"})
+
+
+def _yaml_off(name: str, value: Any) -> Any:
+    """``off`` as the user wrote it: YAML reads a bare ``off`` (and ``no``) as ``False``."""
+    if name not in _OFF_KNOBS:
+        return value
+    if value is False:
+        return "off"
+    if isinstance(value, list):
+        return ["off" if v is False else v for v in value]
+    return value
 
 
 def _parse_params(raw: Any, mode: str, where: _Where,
@@ -373,9 +450,13 @@ def _parse_params(raw: Any, mode: str, where: _Where,
         key = f"params.{name}"
         if name not in checks:
             raise where.fail(key, f"unknown parameter; allowed: {', '.join(checks)}")
-        if name in TRAIN_ONLY_KNOBS and mode == "infer":
-            raise where.fail(key, "is a training knob and the space's mode is infer; "
+        if name in TRAIN_ONLY_KNOBS and mode != "train":
+            raise where.fail(key, f"is a training knob and the space's mode is {mode}; "
                                   "remove it or set mode: train")
+        if name in GENERATE_ONLY_KNOBS and mode != "generate":
+            raise where.fail(key, f"is a generation knob and the space's mode is {mode}; "
+                                  "remove it or set mode: generate")
+        value = _yaml_off(name, value)
         if name == "device" and value == "auto":
             # resolved to the devices found when the study is created (autotune devices)
             specs.append(ParamSpec(name, "fixed", choices=("auto",)))
@@ -404,7 +485,7 @@ def _check_third_party_backends(spec: ParamSpec, key: str, where: _Where) -> Non
                 raise where.fail(key, str(e)) from None
 
 
-_INTEGER_KNOBS = frozenset({"batch_size", "threads"})
+_INTEGER_KNOBS = frozenset({"batch_size", "threads", "prompt_len", "new_tokens"})
 
 
 def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:

@@ -22,7 +22,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities, cpu_capabilities
 
-__all__ = ["TRAIN_INFER", "BackendLookupError", "BackendSpec", "CapabilityRule",
+__all__ = ["ALL_MODES", "TRAIN_INFER", "BackendLookupError", "BackendSpec", "CapabilityRule",
            "LaunchSpelling", "default_spec", "native_precisions"]
 
 #: What a backend can run on one supported device kind (``"cpu"``, ``"cuda"``, ...).
@@ -32,6 +32,8 @@ CapabilityRule = Callable[[str], Capabilities]
 LaunchSpelling = Callable[[Mapping[str, Any], str, int | None], dict[str, Any]]
 
 TRAIN_INFER = frozenset({"train", "infer"})
+#: every mode, for backends that also generate (language models)
+ALL_MODES = frozenset({"train", "infer", "generate"})
 
 
 class BackendLookupError(LookupError):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.backends._base import Capabilities
-from autotune.backends._spec import TRAIN_INFER, BackendSpec, native_precisions
+from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
 from autotune.backends._spelling import env_threads, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph"})
@@ -26,7 +26,7 @@ def capabilities(kind: str) -> Capabilities:
     reasons["int8"] = "MindSpore has no int8 inference path on this install"
     reasons["execution:xla"] = "mindspore has no xla execution mode; use eager or graph"
     precisions.discard("int8")
-    return Capabilities(precisions, TRAIN_INFER, frozenset(), reasons, executions=EXECUTIONS)
+    return Capabilities(precisions, ALL_MODES, frozenset(), reasons, executions=EXECUTIONS)
 
 
 _MS_TARGETS = {"cpu": "CPU", "cuda": "GPU", "npu": "Ascend"}

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.backends._base import Capabilities
-from autotune.backends._spec import TRAIN_INFER, BackendSpec, native_precisions
+from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
 from autotune.backends._spelling import env_threads, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph", "xla"})
@@ -36,7 +36,7 @@ def capabilities(kind: str) -> Capabilities:
         precisions.discard("fp16")
         reasons["fp16"] = ("TPUs have no float16 arithmetic; their 16-bit type is "
                            "bfloat16 (use bf16)")
-    return Capabilities(precisions, TRAIN_INFER, {"infer"}, reasons,
+    return Capabilities(precisions, ALL_MODES, {"infer"}, reasons,
                         executions=EXECUTIONS, excluded=excluded)
 
 

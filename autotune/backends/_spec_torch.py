@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.backends._base import Capabilities
-from autotune.backends._spec import TRAIN_INFER, BackendSpec, native_precisions
+from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
 from autotune.backends._spelling import env_threads, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph"})
@@ -25,7 +25,8 @@ def capabilities(kind: str) -> Capabilities:
     else:
         reasons["int8"] = "torch dynamic int8 quantisation runs on CPU only"
     reasons["execution:xla"] = "torch has no xla execution mode here; use eager or graph"
-    return Capabilities(precisions, TRAIN_INFER, {"infer"}, reasons, executions=EXECUTIONS)
+    return Capabilities(precisions, ALL_MODES, {"infer", "generate"}, reasons,
+                        executions=EXECUTIONS)
 
 
 def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any]:
@@ -76,7 +77,8 @@ SPEC = BackendSpec(
     extra="torch",
     # Discovery also lists torch_npu's NPUs and torch_xla's TPUs: refused with a reason.
     device_kinds=("cpu", "cuda"), best_execution="eager", executions=EXECUTIONS,
-    precisions=frozenset({"fp32", "bf16", "fp16", "int8"}), int8_modes=frozenset({"infer"}),
+    precisions=frozenset({"fp32", "bf16", "fp16", "int8"}),
+    int8_modes=frozenset({"infer", "generate"}),
     unsupported_kinds={
         "npu": ("the torch backend runs trials on cpu and cuda only: `autotune devices` lists "
                 "torch_npu's Ascend NPUs, but placement, synchronisation and memory statistics "

@@ -160,11 +160,25 @@ class TorchBackend(FrameworkBackend):
                     mode: str) -> tuple[int | None, str]:
         from torch.utils.flop_counter import FlopCounterMode
 
-        torch = self.torch
         method = ("torch.utils.flop_counter.FlopCounterMode on the model "
                   f"({'forward + backward' if mode == 'train' else 'forward'}; matmul, conv "
                   "and attention FLOPs, 2 per multiply-add)")
         counter = FlopCounterMode(display=False)
+        set_attention = getattr(self.model, "set_attention", None)
+        sdpa = self.config is not None and self.config.attention == "sdpa"
+        if sdpa and set_attention is not None:
+            # FlopCounterMode does not count the CPU kernel of scaled_dot_product_attention;
+            # the math path does the same arithmetic, so the count is taken on it
+            set_attention("math")
+        try:
+            self._count(counter, inputs, targets, mode)
+        finally:
+            if sdpa and set_attention is not None:
+                set_attention("sdpa")
+        return int(counter.get_total_flops()), method
+
+    def _count(self, counter: Any, inputs: tuple[Any, ...], targets: Any, mode: str) -> None:
+        torch = self.torch
         if mode == "train":
             with counter:
                 loss = self._loss(self.model, inputs, targets)
@@ -177,7 +191,6 @@ class TorchBackend(FrameworkBackend):
             with counter, torch.no_grad():
                 self.model(*inputs)
             self.model.train(was_training)
-        return int(counter.get_total_flops()), method
 
     def weight_bytes(self) -> int | None:
         total = 0
@@ -388,6 +401,58 @@ class TorchBackend(FrameworkBackend):
                 return model(*inputs)
 
         return eager_step
+
+    # -- generate mode ---------------------------------------------------------------------
+
+    def sdpa_unsupported_reason(self) -> str | None:
+        return None  # torch.nn.functional.scaled_dot_product_attention, CPU and CUDA
+
+    def _compile_generation(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
+        if execution != "graph":
+            return fn
+        self._compiled = True
+        # a growing cache or sequence changes shapes every token: compiled with dynamic
+        # shapes (a static cache keeps them fixed, so one graph serves every token)
+        dynamic = None if self.config is not None and self.config.kv_cache == "static" \
+            else True
+        return self.torch.compile(fn, dynamic=dynamic)  # type: ignore[no-any-return]
+
+    def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
+        torch = self.torch
+        model = self.model
+
+        def step(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
+            logits, cache = model.forward_cached(idx, cache, pos)
+            return _logits(logits)[:, -1].argmax(dim=-1), cache
+
+        compiled = self._compile_generation(step, execution)
+
+        def run(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
+            with torch.inference_mode():
+                return compiled(idx, cache, pos)  # type: ignore[no-any-return]
+
+        return run
+
+    def build_lm_full(self, execution: str) -> Callable[..., Any]:
+        torch = self.torch
+        model = self.model
+
+        def full(idx: Any) -> Any:
+            return _logits(model(idx))[:, -1].argmax(dim=-1)
+
+        compiled = self._compile_generation(full, execution)
+
+        def run(idx: Any) -> Any:
+            with torch.inference_mode():
+                return compiled(idx)
+
+        return run
+
+    def lm_host(self, ids: Any) -> np.ndarray:
+        return np.asarray(ids.cpu().numpy())
+
+    def lm_concat(self, seq: Any, ids: Any) -> Any:
+        return self.torch.cat([seq, ids.reshape(-1, 1).to(seq.dtype)], dim=1)
 
     @contextlib.contextmanager
     def _quality(self) -> Iterator[None]:

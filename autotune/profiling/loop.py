@@ -72,6 +72,8 @@ class _Window:
     energy: EnergyReading
     contention: ContentionReading | None
     warnings: list[str]
+    #: generate mode: per measured step, each token's time since the step began
+    generations: list[list[float]]
 
 
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
@@ -82,6 +84,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     the window's time, energy and contention reading.
     """
     times: list[float] = []
+    generations: list[list[float]] = []
     samples = 0
     readings: list[EnergyReading] = []
     loads: list[ContentionReading] = []
@@ -107,6 +110,9 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         samples += backend.step()
         backend.synchronize()
         times.append(time.perf_counter() - s)
+        generation = getattr(backend, "last_generation", None)
+        if generation is not None:
+            generations.append(generation)
         if trainer.count():  # evaluation inside the window: cut it out
             end()
             trainer.evaluate()
@@ -132,6 +138,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         window_s=window_end - window_start - excluded_s, excluded_s=excluded_s,
         stop_reason=stop_reason, energy=combine(readings),
         contention=combine_loads(loads) if loads else None, warnings=warnings,
+        generations=generations,
     )
 
 
@@ -213,6 +220,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
 
     return {
         "step_times_s": times,
+        "generations": window.generations,
         "warmup_step_times_s": warmup,
         "samples": window.samples,
         "window_s": window.window_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,6 +15,11 @@ from autotune.profiling.stats import (
     percentile,
     spread,
 )
+
+#: Metrics only generate mode produces.
+GENERATION_METRICS = ("ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
+                      "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms", "prefill_tokens_per_s",
+                      "decode_tokens_per_s")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Measurement:
     contention: dict[str, Any] = field(default_factory=dict)
     #: the warm-up's step times (never counted; kept to show where warm-up ended)
     warmup_step_times_s: tuple[float, ...] = ()
+    #: generate mode: per measured step (one batch of requests), each generated token's
+    #: time since the step began (token 1 ends the prefill: the time to first token)
+    generations: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -105,6 +114,7 @@ class Measurement:
             worker=dict(raw.get("worker", {})),
             contention=dict(raw.get("contention") or {}),
             warmup_step_times_s=tuple(raw.get("warmup_step_times_s", ())),
+            generations=tuple(tuple(g) for g in raw.get("generations", ())),
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -204,6 +214,61 @@ class Measurement:
             return None
         return 100.0 * achieved / float(peak)
 
+    # -- language models -------------------------------------------------------------------
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Train and infer modes: tokens per second at the median step time (the model's
+        tokens per sample x samples per second); ``None`` for models without tokens."""
+        tokens = self.model.get("tokens_per_sample")
+        if self.mode == "generate" or not tokens:
+            return None
+        return float(tokens) * self.throughput_sps
+
+    def _per_request(self, values: list[float]) -> list[float]:
+        """One value per request: every request of a batch shares its batch's timings (a
+        static batch), so the percentile gates count requests, as LLM benchmarks do."""
+        return [v for v in values for _ in range(self.samples_per_step)]
+
+    def _generation_ms(self, q: int, which: str) -> float | None:
+        if not self.generations:
+            return None
+        n = len(self.generations[0])
+        if which == "ttft":
+            values = [g[0] for g in self.generations]
+        elif which == "tpot":
+            values = [(g[-1] - g[0]) / (n - 1) for g in self.generations]
+        elif which == "e2e":
+            values = [g[-1] for g in self.generations]
+        else:  # itl: every gap between consecutive tokens
+            values = [b - a for g in self.generations for a, b in itertools.pairwise(g)]
+        value = percentile(self._per_request(values), q)
+        return None if value is None else value * 1000.0
+
+    @property
+    def generated_tokens(self) -> int:
+        """New tokens per sequence of generate mode (0 in other modes)."""
+        return len(self.generations[0]) if self.generations else 0
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        """Prompt tokens of a batch over the median time to first token."""
+        prompt = self.model.get("prompt_len")
+        if not self.generations or not prompt:
+            return None
+        ttft = statistics.median(g[0] for g in self.generations)
+        return self.samples_per_step * float(prompt) / ttft if ttft > 0 else None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens generated after the first, over the median decode time (end-to-end minus
+        time to first token): ``batch_size / tpot_p50``."""
+        if not self.generations:
+            return None
+        n = self.generated_tokens
+        decode = statistics.median(g[-1] - g[0] for g in self.generations)
+        return self.samples_per_step * (n - 1) / decode if decode > 0 else None
+
     def metrics(self) -> dict[str, float | None]:
         """Every metric of :data:`autotune.objectives.METRICS`, by name.
 
@@ -222,6 +287,17 @@ class Measurement:
             "pct_of_peak": self.pct_of_peak,
             "power_w": self.power_w,
             "energy_per_sample_j": self.energy_per_sample_j,
+            "perplexity": self.accuracy if self.quality_name == "perplexity" else None,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_p50_ms": self._generation_ms(50, "ttft"),
+            "ttft_p95_ms": self._generation_ms(95, "ttft"),
+            "tpot_p50_ms": self._generation_ms(50, "tpot"),
+            "tpot_p95_ms": self._generation_ms(95, "tpot"),
+            "itl_p50_ms": self._generation_ms(50, "itl"),
+            "itl_p99_ms": self._generation_ms(99, "itl"),
+            "e2e_p50_ms": self._generation_ms(50, "e2e"),
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
         }
 
     def missing_reasons(self) -> dict[str, str]:
@@ -250,6 +326,27 @@ class Measurement:
         if self.energy_j is None:
             reasons["power_w"] = reasons["energy_per_sample_j"] = (
                 self.energy_fallback_reason or "no energy source")
+        if self.quality_name != "perplexity":
+            reasons["perplexity"] = f"the model's quality is {self.quality_name!r}"
+        elif self.accuracy is None:
+            reasons["perplexity"] = reasons.get("quality", "not measured")
+        if self.tokens_per_s is None:
+            reasons["tokens_per_s"] = ("generate mode: see decode_tokens_per_s and "
+                                       "prefill_tokens_per_s" if self.mode == "generate"
+                                       else "the model's samples are not token sequences")
+        if self.mode != "generate":
+            for name in GENERATION_METRICS:
+                reasons[name] = f"generate mode only (this trial's mode is {self.mode})"
+        else:
+            requests = len(self.generations) * self.samples_per_step
+            gaps = requests * max(0, self.generated_tokens - 1)
+            for name, count in (("ttft_p95_ms", requests), ("tpot_p95_ms", requests),
+                                ("itl_p99_ms", gaps)):
+                q = int(name.split("_")[1][1:])
+                if count < PERCENTILE_MIN_SAMPLES[q]:
+                    unit = "requests" if name != "itl_p99_ms" else "token gaps"
+                    reasons[name] = (f"{count} {unit} measured; p{q} needs "
+                                     f"{PERCENTILE_MIN_SAMPLES[q]}")
         return reasons
 
     def summary(self) -> dict[str, Any]:
@@ -260,7 +357,9 @@ class Measurement:
             "throughput_ci_sps": list(ci) if ci else None,
             "sustained_throughput_sps": self.sustained_throughput_sps,
             "steps_measured": len(self.step_times_s),
-            "latency_unit": "per optimizer step" if self.mode == "train" else "per batch",
+            "latency_unit": ("per optimizer step" if self.mode == "train" else
+                             "per batch of requests (prompt + every new token)"
+                             if self.mode == "generate" else "per batch"),
             "spread": self.spread,
             "noise": self.noise_flag,
             "contended": self.contended,
@@ -287,6 +386,12 @@ class Measurement:
             "factory": self.model.get("factory"),
             "factory_hash": self.model.get("factory_hash"),
             "execution": self.model.get("execution"),
+            "tokens_per_sample": self.model.get("tokens_per_sample"),
+            "prompt_len": self.model.get("prompt_len"),
+            "new_tokens": self.model.get("new_tokens"),
+            "kv_cache": self.model.get("kv_cache"),
+            "generations_measured": len(self.generations),
+            "predicted_memory_bytes": self.model.get("predicted_memory_bytes"),
             "missing": self.missing_reasons(),
         }
 

@@ -28,12 +28,15 @@ BUILTIN: Mapping[str, str] = {
     "mlp": "autotune.workloads._builtin:mlp",
     "digits_mlp": "autotune.workloads._builtin:digits_mlp",
     "cnn": "autotune.workloads._builtin:cnn",
+    "gpt": "autotune.workloads._gpt:gpt",
 }
 #: What each built-in is, for ``--help`` and errors.
 BUILTIN_DESCRIPTIONS: Mapping[str, str] = {
     "mlp": "3x1000 ReLU MLP on 8192 generated samples labelled by a teacher network",
     "digits_mlp": "3x1000 ReLU MLP on scikit-learn's 8x8 digits, 25 % held out",
     "cnn": "small ResNet-style CNN (conv + batch norm + residual blocks) on the 8x8 digits",
+    "gpt": "byte-level GPT-style decoder (pre-norm blocks, causal attention, tied embeddings, "
+           "KV cache) on the Python standard library's sources; quality: perplexity",
 }
 
 

@@ -50,6 +50,13 @@ class ModelSpec:
         prune_structured: optional ``callable(model, ratio) -> model`` that rebuilds the
             model with fewer channels/neurons (built-in models do it themselves on every
             framework; torch models without it go through torch-pruning).
+        tokens_per_sample: tokens in one sample of a sequence model (a language model's
+            sequence length): train and infer modes then report ``tokens_per_s``. Left
+            ``None``, it is taken from a 2-D integer first input (token ids ``(N, T)``).
+        make_prompts: optional ``(batch_size, prompt_len, rng) -> token ids (batch_size,
+            prompt_len)`` for generate mode (the built-in ``gpt`` has it). Without it the
+            prompts are ``make_batch``'s first input, which must then be ``prompt_len``
+            tokens long.
         description: one line for humans.
     """
 
@@ -63,6 +70,8 @@ class ModelSpec:
     epoch_samples: int | None = None
     train_before_infer: bool = False
     prune_structured: Callable[[Any, float], Any] | None = None
+    tokens_per_sample: int | None = None
+    make_prompts: Callable[[int, int, np.random.Generator], np.ndarray] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -71,7 +80,7 @@ class ModelSpec:
         if not (callable(self.loss) or self.loss in LOSSES):
             raise ValueError(f"loss must be one of {', '.join(LOSSES)} or a callable, "
                              f"got {self.loss!r}")
-        for name in ("forward", "quality", "prune_structured"):
+        for name in ("forward", "quality", "prune_structured", "make_prompts"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
@@ -80,6 +89,10 @@ class ModelSpec:
                              f"got {self.quality_direction!r}")
         if not isinstance(self.quality_name, str) or not self.quality_name.isidentifier():
             raise ValueError(f"quality_name must be an identifier, got {self.quality_name!r}")
+        if self.tokens_per_sample is not None and (
+                not isinstance(self.tokens_per_sample, int) or self.tokens_per_sample < 1):
+            raise ValueError("tokens_per_sample must be a positive int, got "
+                             f"{self.tokens_per_sample!r}")
         if self.epoch_samples is not None and (
                 not isinstance(self.epoch_samples, int) or self.epoch_samples < 1):
             raise ValueError(f"epoch_samples must be a positive int, got {self.epoch_samples!r}")
