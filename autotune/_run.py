@@ -139,7 +139,7 @@ def trial_config(space: SearchSpace, params: Mapping[str, Any], *, seed: int,
 
     config = TrialConfig.from_params(space, dict(params), seed=seed)
     changes: dict[str, Any] = {"execution": resolve_execution(config.backend,
-                                                             config.execution)}
+                                                             config.execution, config.mode)}
     if budget is not None:
         changes["budget"] = budget
     return dataclasses.replace(config, **changes)

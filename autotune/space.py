@@ -456,6 +456,9 @@ def _parse_params(raw: Any, mode: str, where: _Where,
         if name in GENERATE_ONLY_KNOBS and mode != "generate":
             raise where.fail(key, f"is a generation knob and the space's mode is {mode}; "
                                   "remove it or set mode: generate")
+        if name == "weight_quant" and mode == "train":
+            raise where.fail(key, "quantises a trained model's weights for inference; use "
+                                  "mode infer or generate")
         value = _yaml_off(name, value)
         if name == "device" and value == "auto":
             # resolved to the devices found when the study is created (autotune devices)

@@ -121,15 +121,16 @@ def unsupported_device_reason(backend: str, device: str) -> str | None:
     return spec.unsupported_device_reason(device)
 
 
-def resolve_execution(backend: str, execution: str) -> str:
-    """``auto`` -> the backend's best mode (eager for an unknown one); anything else
-    unchanged."""
+def resolve_execution(backend: str, execution: str, mode: str | None = None) -> str:
+    """``auto`` -> the backend's best mode for ``mode`` (eager for an unknown backend);
+    anything else unchanged."""
     if execution != "auto":
         return execution
     try:
-        return get_spec(backend).best_execution
+        spec = get_spec(backend)
     except BackendLookupError:
         return "eager"
+    return spec.best_execution_by_mode.get(mode or "", spec.best_execution)
 
 
 def capabilities(backend: str, device: str) -> Capabilities:

@@ -230,6 +230,13 @@ class FrameworkBackend(Backend):
                     "(autotune's decoding protocol, see the README)")
             setter(True)
 
+    def apply_weight_quant(self, kind: str) -> None:
+        """Weight-only quantisation (``int8``/``int4``) of the converted model's linear
+        layers; raise :class:`UnsupportedConfigError` with the reason where the framework
+        has none."""
+        raise UnsupportedConfigError(f"weight_quant {kind!r}: {self.framework} has no "
+                                     "weight-only quantisation here")
+
     def sdpa_unsupported_reason(self) -> str | None:
         """Why the framework has no fused attention kernel on this device (``None``: it
         has one)."""
@@ -319,13 +326,19 @@ class FrameworkBackend(Backend):
             self._prune(config.pruning_ratio, config.pruning_structure, permanent=True)
         info.update(self._model_facts(probe, config.mode))
         info["tokens_per_sample"] = self._tokens_per_sample(probe)
-        if config.mode == "infer":
+        if config.mode != "train":
             info["runtime"] = self.convert_for_inference(config.precision)
+            if config.weight_quant != "none":
+                if config.precision == "int8":
+                    raise UnsupportedConfigError(
+                        "weight_quant and precision int8 both quantise the weights; use one")
+                self.apply_weight_quant(config.weight_quant)
+            info["weight_quant"] = config.weight_quant
+        if config.mode == "infer":
             self._infer_step = self.build_infer_step(config.execution)
             self._pool = [self._device_batch(self._make_batch(config.batch_size))
                           for _ in range(INFER_POOL)]
         elif config.mode == "generate":
-            info["runtime"] = self.convert_for_inference(config.precision)
             info.update(self._setup_generation(config))
         info["weight_bytes"] = self.weight_bytes()
         info["compute_dtype"] = self.compute_dtype()
@@ -381,13 +394,14 @@ class FrameworkBackend(Backend):
         if config.kv_cache == "off":
             self._lm_full = self.build_lm_full(config.execution)
         else:
-            self._lm_step = self.build_lm_step(config.execution, config.kv_cache)
             if config.kv_cache == "static":
-                # allocated once, as a server does; every request overwrites the positions
-                # it uses and the mask hides the rest
+                # allocated once (before the step is built: a compiled step may capture
+                # it), as a server does; every request overwrites the positions it uses
+                # and the mask hides the rest
                 self._static_cache = self.lm_new_cache(config.batch_size, total, "static")
             else:
                 self.lm_new_cache(config.batch_size, total, "dynamic")  # the model has one
+            self._lm_step = self.build_lm_step(config.execution, config.kv_cache)
         self._pool = [(self._prompt_tensor(config), None) for _ in range(INFER_POOL)]
         return {"prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
                 "kv_cache": config.kv_cache, "context": context}

@@ -374,6 +374,11 @@ class MindSporeBackend(FrameworkBackend):
             # PyNative process (later fp32 nets fail too, research/frameworks_on_cpu.md).
             raise UnsupportedConfigError("MindSpore has no bf16 CPU kernels (MatMul, ReLU)")
         graph = config.execution == "graph"
+        if graph and config.mode == "generate":
+            raise UnsupportedConfigError(
+                "MindSpore generates in PyNative (execution: eager): a generation loop with "
+                "a growing cache is Python control flow, and GRAPH_MODE would compile a "
+                "graph per sequence length")
         ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
         self._mode_name = "GRAPH_MODE" if graph else "PYNATIVE_MODE"
         if config.budget.memory_mb is not None:
@@ -716,6 +721,35 @@ class MindSporeBackend(FrameworkBackend):
             return self._pending
 
         return step
+
+    # -- generate mode (PyNative) ----------------------------------------------------------
+
+    def sdpa_unsupported_reason(self) -> str | None:
+        return ("MindSpore's fused attention (ops.flash_attention_score) runs on Ascend "
+                "only, and is not wired here")
+
+    def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
+        ms, model = self.ms, self.model
+
+        def step(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
+            logits, cache = model.forward_cached(idx, cache, pos)
+            return logits[:, -1].argmax(axis=-1).astype(ms.int32), cache
+
+        return step
+
+    def build_lm_full(self, execution: str) -> Callable[..., Any]:
+        ms, model = self.ms, self.model
+
+        def full(idx: Any) -> Any:
+            return model(idx)[:, -1].argmax(axis=-1).astype(ms.int32)
+
+        return full
+
+    def lm_host(self, ids: Any) -> np.ndarray:
+        return np.asarray(ids.asnumpy())  # waits for PyNative's queued kernels
+
+    def lm_concat(self, seq: Any, ids: Any) -> Any:
+        return self.ms.ops.cat((seq, ids.reshape(-1, 1).astype(seq.dtype)), axis=1)
 
     @contextlib.contextmanager
     def _quality(self) -> Iterator[None]:

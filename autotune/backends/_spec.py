@@ -72,6 +72,8 @@ class BackendSpec:
     extra: str
     device_kinds: tuple[str, ...] = ("cpu",)
     best_execution: str = "eager"
+    #: ``best_execution`` where a mode's best differs (MindSpore generates in PyNative)
+    best_execution_by_mode: Mapping[str, str] = field(default_factory=dict)
     executions: frozenset[str] = frozenset({"eager"})
     precisions: frozenset[str] = frozenset({"fp32"})
     modes: frozenset[str] = TRAIN_INFER

@@ -85,7 +85,8 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
 SPEC = BackendSpec(
     name="mindspore", target="autotune.backends._mindspore:MindSporeBackend",
     distribution="mindspore", extra="mindspore",
-    device_kinds=("cpu", "cuda", "npu"), best_execution="graph", executions=EXECUTIONS,
+    device_kinds=("cpu", "cuda", "npu"), best_execution="graph",
+    best_execution_by_mode={"generate": "eager"}, executions=EXECUTIONS,
     precisions=frozenset({"fp32", "bf16", "fp16"}),
     unsupported_kinds={"tpu": "MindSpore has no TPU support (use backend tensorflow)"},
     capability_rule=capabilities, launch=launch,

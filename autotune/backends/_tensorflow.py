@@ -275,7 +275,7 @@ class TensorFlowBackend(FrameworkBackend):
         """
         self._exit_device_scope()  # a previous trial that never reached teardown
         source = config
-        execution = self._resolve_execution(config.execution)
+        execution = self._resolve_execution(config.execution, config.mode)
         if execution != config.execution:
             config = replace(config, execution=execution)
         if execution not in ("eager", "graph", "xla"):
@@ -318,7 +318,7 @@ class TensorFlowBackend(FrameworkBackend):
         if self._configured_from is None:
             raise RuntimeError("TensorFlowBackend.setup before configure: the worker calls "
                                "configure(config) before the factory, then setup")
-        execution = self._resolve_execution(config.execution)
+        execution = self._resolve_execution(config.execution, config.mode)
         if execution != config.execution:
             config = replace(config, execution=execution)
         try:
@@ -372,11 +372,11 @@ class TensorFlowBackend(FrameworkBackend):
         self.keras.backend.clear_session()
         _forget_custom_gradients(self._gradients_before)
 
-    def _resolve_execution(self, execution: str) -> str:
+    def _resolve_execution(self, execution: str, mode: str) -> str:
         """``auto`` -> this backend's best execution mode (configure and setup agree)."""
         from autotune.backends import resolve_execution
 
-        return resolve_execution(self.name, execution)
+        return resolve_execution(self.name, execution, mode)
 
     def _exit_device_scope(self) -> None:
         scope, self._device_scope = self._device_scope, None
@@ -567,6 +567,64 @@ class TensorFlowBackend(FrameworkBackend):
         if execution == "xla":
             compiled = _first_call_uncapped(compiled)
         return _oom_translated(self.tf, compiled, "in a step")
+
+    # -- generate mode ---------------------------------------------------------------------
+
+    def sdpa_unsupported_reason(self) -> str | None:
+        return ("TensorFlow has no fused attention kernel on CPU (keras.ops."
+                "dot_product_attention is composed of ordinary ops there); not wired for "
+                "accelerators here")
+
+    def _generation_fn(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
+        if execution == "eager":
+            return fn
+        # a growing cache changes shapes every token: reduce_retracing relaxes them to
+        # unknown dimensions after the first retrace instead of tracing per length
+        return self.tf.function(fn, jit_compile=execution == "xla",  # type: ignore[no-any-return]
+                                reduce_retracing=True)
+
+    def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
+        tf, model = self.tf, self.model
+        if execution == "xla" and kv_cache != "static":
+            raise UnsupportedConfigError(
+                "xla compiles one program per shape and a dynamic cache grows every token; "
+                "use kv_cache: static with xla")
+        if kv_cache == "static":
+            static = self._static_cache  # captured: the same variables every request
+
+            def static_step(idx: Any, pos: Any) -> Any:
+                logits, _ = model.forward_cached(idx, static, pos)
+                return tf.argmax(logits[:, -1], axis=-1, output_type=tf.int32)
+
+            fn = self._generation_fn(static_step, execution)
+            return lambda idx, cache, pos: (fn(idx, pos), cache)
+
+        def step(idx: Any, cache: Any, pos: Any) -> tuple[Any, Any]:
+            logits, cache = model.forward_cached(idx, cache, pos)
+            return tf.argmax(logits[:, -1], axis=-1, output_type=tf.int32), cache
+
+        return self._generation_fn(step, execution)
+
+    def build_lm_full(self, execution: str) -> Callable[..., Any]:
+        tf, model, call = self.tf, self.model, self._call
+
+        def full(idx: Any) -> Any:
+            return tf.argmax(call(model, [idx], False)[:, -1], axis=-1, output_type=tf.int32)
+
+        return self._generation_fn(full, execution)
+
+    def lm_host(self, ids: Any) -> np.ndarray:
+        return np.asarray(ids.numpy())
+
+    def lm_column(self, ids: Any) -> Any:
+        return self.tf.reshape(ids, (-1, 1))
+
+    def lm_concat(self, seq: Any, ids: Any) -> Any:
+        tf = self.tf
+        return tf.concat([seq, tf.cast(tf.reshape(ids, (-1, 1)), seq.dtype)], axis=1)
+
+    def lm_position(self, pos: int) -> Any:
+        return self.tf.constant(pos, dtype=self.tf.int32)  # a Python int retraces per value
 
     def convert_for_inference(self, precision: str) -> str:
         if precision == "fp32":

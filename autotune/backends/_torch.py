@@ -202,7 +202,7 @@ class TorchBackend(FrameworkBackend):
                 bias = module.bias()
                 total += 0 if bias is None else bias.numel() * bias.element_size()
         for tensor in [*self.model.parameters(), *self.model.buffers()]:
-            total += tensor.numel() * tensor.element_size()
+            total += _tensor_bytes(tensor)
         return total
 
     def compute_dtype(self) -> str:
@@ -212,6 +212,10 @@ class TorchBackend(FrameworkBackend):
             return "int8" if quantized else "float32"
         if self._autocast is not None:
             return str(self._autocast).removeprefix("torch.")
+        if self.config.weight_quant != "none" and self.config.mode != "train":
+            # weight-only: int8/int4 weights, the matmuls in the activations' dtype
+            return f"{self.config.weight_quant} weights, {self._input_dtype}".replace(
+                "torch.", "")
         floating = [p for p in self.model.parameters() if p.is_floating_point()]
         return str(floating[0].dtype).removeprefix("torch.") if floating else "float32"
 
@@ -379,6 +383,40 @@ class TorchBackend(FrameworkBackend):
                     copy.deepcopy(self.model), {nn.Linear}, dtype=torch.qint8)
         return "torch"
 
+    def apply_weight_quant(self, kind: str) -> None:
+        """torchao weight-only quantisation of every ``nn.Linear`` (activations stay in the
+        trial's float precision): int8 per channel on any device; int4 (groups of 32,
+        tinygemm's packed bf16 layout) on CUDA only, as torchao 0.18 ships it."""
+        try:
+            from torchao.quantization import (
+                Int4WeightOnlyConfig,
+                Int8WeightOnlyConfig,
+                quantize_,
+            )
+        except ImportError:
+            raise UnsupportedConfigError(f"weight_quant {kind!r} on torch needs torchao: "
+                                         "pip install 'autotune[llm]'") from None
+        nn = self.torch.nn
+        if not any(isinstance(m, nn.Linear) for m in self.model.modules()):
+            raise UnsupportedConfigError(f"weight_quant {kind!r}: the model has no Linear "
+                                         "layers to quantise")
+        if kind == "int8":
+            config: Any = Int8WeightOnlyConfig()
+        else:
+            if self.device.type != "cuda":
+                raise UnsupportedConfigError(
+                    "weight_quant 'int4': torchao 0.18's int4 weight-only kernels run on CUDA "
+                    "(tinygemm) only; its CPU layouts need the separate mslk package")
+            if self.config is not None and self.config.precision != "bf16":
+                raise UnsupportedConfigError(
+                    "weight_quant 'int4': torchao's tinygemm int4 layout needs bf16 "
+                    "activations (precision: bf16)")
+            config = Int4WeightOnlyConfig(group_size=32,
+                                          int4_packing_format="tile_packed_to_4d")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_(self.model, config)
+
     def build_infer_step(self, execution: str) -> Callable[..., Any]:
         torch = self.torch
         if execution == "graph":
@@ -529,6 +567,17 @@ class TorchBackend(FrameworkBackend):
             # empty_cache acts on the current device, which is cuda:0 unless set
             with self.torch.cuda.device(self.device):
                 self.torch.cuda.empty_cache()
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    """Bytes a tensor stores: a torchao quantised tensor (a tensor subclass) is the sum of
+    its inner tensors (int8/int4 data and scales), not its logical float shape."""
+    data = getattr(tensor, "data", tensor)
+    flatten = getattr(data, "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = flatten()
+        return sum(_tensor_bytes(getattr(data, name)) for name in names)
+    return int(tensor.numel() * tensor.element_size())
 
 
 def _logits(out: Any) -> Any:
