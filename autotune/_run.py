@@ -95,6 +95,34 @@ def precheck(config: TrialConfig) -> str | None:
     return None
 
 
+def _memory_limit(config: TrialConfig) -> tuple[int, str] | None:
+    """The bytes a trial may use and what they are: ``budget.memory_mb``, else on a CPU
+    the machine's memory (an accelerator's size is not known without its framework)."""
+    if config.budget.memory_mb is not None:
+        return config.budget.memory_mb * 2**20, f"budget.memory_mb={config.budget.memory_mb}"
+    if config.device == "cpu":
+        try:
+            for line in open("/proc/meminfo", encoding="ascii"):
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024, "the machine's memory"
+        except OSError:
+            return None
+    return None
+
+
+def predicted_out_of_memory(config: TrialConfig) -> str | None:
+    """``predicted: needs X GiB of Y`` when the memory model of the workload (the built-in
+    gpt's, :mod:`autotune.workloads._memory`) says the trial cannot fit; else ``None``."""
+    from autotune.workloads._memory import predict_memory
+
+    prediction = predict_memory(config)
+    limit = _memory_limit(config)
+    if prediction is None or limit is None or prediction.total_bytes <= limit[0]:
+        return None
+    return (f"predicted: needs {prediction.describe()} of {limit[0] / 2**30:.2f} GiB "
+            f"({limit[1]})")
+
+
 def run_config(config: TrialConfig, launcher: Launcher) -> RunResult:
     """Run ``config`` once on ``launcher``: the pre-checks, then a worker.
 
@@ -105,6 +133,9 @@ def run_config(config: TrialConfig, launcher: Launcher) -> RunResult:
     reason = precheck(config)
     if reason is not None:
         return RunResult.unsupported(reason)
+    reason = predicted_out_of_memory(config)
+    if reason is not None:
+        return RunResult("infeasible", failure_kind="oom", reason=reason, launched=False)
     from autotune.launch import ProcessLauncher, WarmLauncher
 
     if isinstance(launcher, (ProcessLauncher, WarmLauncher)):

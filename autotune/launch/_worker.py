@@ -192,6 +192,7 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     backend = state.fresh_backend()
     _release_memory()
     peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
+    baseline_rss = _status_kib("VmRSS") * 1024  # what the trial's own allocations add to
     timings: dict[str, float] = {}
     ref = WorkloadRef(config.workload, config.workload_kwargs)
     backend.factory_label = f"factory {ref.label()}"
@@ -211,6 +212,12 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         t0 = time.perf_counter()
         model_info = backend.setup(config, spec)
         timings["setup_s"] = time.perf_counter() - t0
+        from autotune.workloads._memory import predict_memory
+
+        prediction = predict_memory(config)
+        if prediction is not None:
+            model_info.update(predicted_memory_bytes=prediction.total_bytes,
+                              predicted_memory_parts=dict(prediction.parts))
         model_info.update(factory=ref.label(), factory_hash=config.factory_hash,
                           peak=_peak_record(config.device, config.precision,
                                             state.pinned_threads))
@@ -231,6 +238,7 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         environment=performance_environment(),
         peak_rss_bytes=_peak_rss_bytes(),
         peak_rss_scope="trial" if peak_is_trials else "process",
+        baseline_rss_bytes=baseline_rss,
         device_peak_memory_bytes=device_peak,
     )
     return result

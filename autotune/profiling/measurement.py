@@ -72,6 +72,8 @@ class Measurement:
     #: generate mode: per measured step (one batch of requests), each generated token's
     #: time since the step began (token 1 ends the prefill: the time to first token)
     generations: tuple[tuple[float, ...], ...] = ()
+    #: the worker's resident memory when the trial began (before the model was built)
+    baseline_rss_bytes: int = 0
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -115,6 +117,7 @@ class Measurement:
             contention=dict(raw.get("contention") or {}),
             warmup_step_times_s=tuple(raw.get("warmup_step_times_s", ())),
             generations=tuple(tuple(g) for g in raw.get("generations", ())),
+            baseline_rss_bytes=int(raw.get("baseline_rss_bytes") or 0),
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -213,6 +216,17 @@ class Measurement:
         if achieved is None or not peak:
             return None
         return 100.0 * achieved / float(peak)
+
+    @property
+    def trial_memory_bytes(self) -> int | None:
+        """What the trial itself added to memory: the device's peak, or on a CPU the
+        worker's peak resident memory minus its resident memory when the trial began
+        (``None`` where the peak covers the process's lifetime)."""
+        if self.memory_source == "device_peak":
+            return self.peak_memory_bytes
+        if self.memory_source != "process_peak_rss" or not self.baseline_rss_bytes:
+            return None
+        return max(0, self.peak_memory_bytes - self.baseline_rss_bytes)
 
     # -- language models -------------------------------------------------------------------
 
@@ -392,6 +406,7 @@ class Measurement:
             "kv_cache": self.model.get("kv_cache"),
             "generations_measured": len(self.generations),
             "predicted_memory_bytes": self.model.get("predicted_memory_bytes"),
+            "trial_memory_bytes": self.trial_memory_bytes,
             "missing": self.missing_reasons(),
         }
 
