@@ -47,6 +47,32 @@ PREFERENCES: Mapping[str, tuple[str, Direction]] = {
     "smaller_batch": ("batch_size", "minimize"),
 }
 
+@dataclass(frozen=True)
+class SLOPreset:
+    """A named latency target for language-model serving, with where it comes from."""
+
+    name: str
+    conditions: tuple[str, ...]
+    source: str
+
+
+#: ``recommend --slo NAME``: MLPerf Inference's LLM latency targets. MLPerf bounds the 99th
+#: percentiles; autotune applies them to its 95th (``ttft_p95_ms``, ``tpot_p95_ms``: a p99
+#: needs 662 requests per trial), which is the looser reading of the same bound.
+SLO_PRESETS: Mapping[str, SLOPreset] = {
+    p.name: p for p in (
+        SLOPreset("interactive", ("ttft_p95_ms<=450", "tpot_p95_ms<=40"),
+                  "MLPerf Inference v5.0, Llama-2-70B Interactive scenario: TTFT 450 ms, "
+                  "TPOT 40 ms (p99)"),
+        SLOPreset("server", ("ttft_p95_ms<=2000", "tpot_p95_ms<=200"),
+                  "MLPerf Inference v4.0+, Llama-2-70B Server scenario: TTFT 2 s, TPOT "
+                  "200 ms (p99)"),
+        SLOPreset("batch", ("ttft_p95_ms<=6000", "tpot_p95_ms<=175"),
+                  "MLPerf Inference v5.0, Llama-3.1-405B Server scenario: TTFT 6 s, TPOT "
+                  "175 ms (p99)"),
+    )
+}
+
 #: What a ``--where`` condition looks like: a metric, an operator, a number.
 CONDITION_FORM = "METRIC<=VALUE (operators >=, <=, >, <), e.g. latency_p95_ms<=20"
 _CONDITION_RE = re.compile(r"^\s*(?P<metric>[^<>=!\s]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bound>\S.*?)\s*$")

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.config import TrialConfig
@@ -102,11 +103,12 @@ def _memory_limit(config: TrialConfig) -> tuple[int, str] | None:
         return config.budget.memory_mb * 2**20, f"budget.memory_mb={config.budget.memory_mb}"
     if config.device == "cpu":
         try:
-            for line in open("/proc/meminfo", encoding="ascii"):
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024, "the machine's memory"
+            text = Path("/proc/meminfo").read_text(encoding="ascii")
         except OSError:
             return None
+        for line in text.splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024, "the machine's memory"
     return None
 
 

@@ -262,6 +262,10 @@ class FrameworkBackend(Backend):
                 "kv_cache: off")
         return new_cache(batch_size, max_len, kind)
 
+    def lm_reset_cache(self, cache: Any) -> None:
+        """Make a static cache ready for the next request (autotune's own caches need
+        nothing: the mask hides what the last request wrote)."""
+
     def lm_host(self, ids: Any) -> np.ndarray:
         """Token ids on the host (this is the step's synchronisation: a server streams each
         token out as it is produced)."""
@@ -417,6 +421,8 @@ class FrameworkBackend(Backend):
         n, length = cfg.new_tokens, cfg.prompt_len
         stamps: list[float] = []
         host = self.lm_host
+        if cfg.kv_cache == "static":
+            self.lm_reset_cache(self._static_cache)  # between requests, as a server does
         t0 = time.perf_counter()
         if cfg.kv_cache == "off":
             full = self._lm_full

@@ -455,13 +455,59 @@ class TorchBackend(FrameworkBackend):
             else True
         return self.torch.compile(fn, dynamic=dynamic)  # type: ignore[no-any-return]
 
+    # A Hugging Face causal LM generates through its own cache (``cache=``, transformers'
+    # DynamicCache / StaticCache); any other model through autotune's decoding protocol.
+
+    def _is_hf(self) -> bool:
+        return _is_hugging_face(self.model)
+
+    def apply_llm_knobs(self, config: TrialConfig) -> None:
+        if not self._is_hf():
+            super().apply_llm_knobs(config)
+            return
+        if config.attention != "auto":
+            # transformers' names: "eager" is the math path, "sdpa" torch's fused kernel
+            self.model.set_attn_implementation(
+                "eager" if config.attention == "math" else "sdpa")
+        if config.mode == "train" and config.checkpointing == "blocks":
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def model_context(self) -> int | None:
+        if self._is_hf():
+            value = getattr(self.model.config, "max_position_embeddings", None)
+            return int(value) if isinstance(value, int) else None
+        return super().model_context()
+
+    def lm_new_cache(self, batch_size: int, max_len: int, kind: str) -> Any:
+        if not self._is_hf():
+            return super().lm_new_cache(batch_size, max_len, kind)
+        import transformers
+
+        if kind == "static":
+            return transformers.StaticCache(config=self.model.config, max_cache_len=max_len)
+        return transformers.DynamicCache(config=self.model.config)
+
+    def lm_reset_cache(self, cache: Any) -> None:
+        if self._is_hf():
+            with self.torch.inference_mode():  # its buffers were made in inference mode
+                cache.reset()  # transformers' StaticCache counts the positions it wrote
+
     def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
         torch = self.torch
         model = self.model
+        device = self.device
 
-        def step(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
-            logits, cache = model.forward_cached(idx, cache, pos)
-            return _logits(logits)[:, -1].argmax(dim=-1), cache
+        if self._is_hf():
+            def step(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
+                positions = torch.arange(pos, pos + idx.shape[1], device=device)
+                out = model(input_ids=idx, cache=cache, use_cache=True,
+                            cache_position=positions)
+                return out.logits[:, -1].argmax(dim=-1), out.cache
+        else:
+            def step(idx: Any, cache: Any, pos: int) -> tuple[Any, Any]:
+                logits, cache = model.forward_cached(idx, cache, pos)
+                return _logits(logits)[:, -1].argmax(dim=-1), cache
 
         compiled = self._compile_generation(step, execution)
 
@@ -567,6 +613,12 @@ class TorchBackend(FrameworkBackend):
             # empty_cache acts on the current device, which is cuda:0 unless set
             with self.torch.cuda.device(self.device):
                 self.torch.cuda.empty_cache()
+
+
+def _is_hugging_face(model: Any) -> bool:
+    """Whether ``model`` is a transformers model (checked without importing transformers
+    unless the model's class comes from it)."""
+    return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
 
 
 def _tensor_bytes(tensor: Any) -> int:

@@ -471,7 +471,8 @@ def _add_recommend_gate_parsers(commands: Any) -> None:
                "--where \"latency_p95_ms<=20\" --where \"accuracy>=0.95\"\n"
                "  autotune recommend quick --minimize latency_p95_ms --prefer lower_memory "
                "--yaml\n"
-               "  autotune recommend quick --write-config prod.yaml  # for `autotune gate`",
+               "  autotune recommend quick --write-config prod.yaml  # for `autotune gate`\n"
+               "  autotune recommend llm --maximize decode_tokens_per_s --slo interactive",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="study name")
     goal = p.add_mutually_exclusive_group()
@@ -482,6 +483,12 @@ def _add_recommend_gate_parsers(commands: Any) -> None:
     p.add_argument("--where", type=_condition_arg, action="append", metavar="COND",
                    help="condition METRIC<=VALUE (>=, <=, >, <), on top of the study's "
                         "constraints (repeatable), e.g. \"latency_p95_ms<=20\"")
+    from autotune._recommend import SLO_PRESETS
+
+    p.add_argument("--slo", choices=sorted(SLO_PRESETS), metavar="PRESET",
+                   help="a language-model latency target added to --where: " + "; ".join(
+                       f"{s.name}: {' and '.join(s.conditions)} ({s.source})".replace(
+                           "%", "%%") for s in SLO_PRESETS.values()))
     p.add_argument("--prefer", type=_prefer_arg, metavar="RULE",
                    help="among trials within 2 %% of the best: lower_memory, fewer_threads, "
                         "smaller_batch, or a metric (minimize:METRIC / maximize:METRIC)")

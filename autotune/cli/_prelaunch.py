@@ -100,8 +100,13 @@ def _cmd_recommend(args: argparse.Namespace, console: Any) -> int:
 
     objective = f"maximize:{args.maximize}" if args.maximize else \
         f"minimize:{args.minimize}" if args.minimize else None
+    conditions = list(args.where or ())
+    if getattr(args, "slo", None):
+        from autotune._recommend import SLO_PRESETS
+
+        conditions.extend(SLO_PRESETS[args.slo].conditions)
     with autotune.load_study(args.name, storage=args.storage) as study:
-        rec = recommend(study, objective, constraints=args.where or (), prefer=args.prefer)
+        rec = recommend(study, objective, constraints=conditions, prefer=args.prefer)
     if args.write_config:
         from pathlib import Path
 

@@ -10,6 +10,7 @@ imports and calls it (:func:`load_model_spec`).
 from __future__ import annotations
 
 from autotune.workloads._base import Dataset
+from autotune.workloads._corpus import Corpus, stdlib_corpus
 from autotune.workloads._factory import (
     BUILTIN,
     BUILTIN_DESCRIPTIONS,
@@ -21,6 +22,6 @@ from autotune.workloads._factory import (
 )
 from autotune.workloads._spec import DEFAULT_EPOCH_SAMPLES, LOSSES, ModelSpec
 
-__all__ = ["BUILTIN", "BUILTIN_DESCRIPTIONS", "DEFAULT_EPOCH_SAMPLES", "LOSSES", "Dataset",
-           "ModelSpec", "WorkloadRef", "check_factory", "factory_hash", "load_model_spec",
-           "parse_workload"]
+__all__ = ["BUILTIN", "BUILTIN_DESCRIPTIONS", "DEFAULT_EPOCH_SAMPLES", "LOSSES", "Corpus",
+           "Dataset", "ModelSpec", "WorkloadRef", "check_factory", "factory_hash",
+           "load_model_spec", "parse_workload", "stdlib_corpus"]

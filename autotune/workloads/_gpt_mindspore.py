@@ -34,7 +34,7 @@ class StaticCache:
         self.v = [ops.zeros(shape, dtype) for _ in range(layers)]
 
 
-class Block(nn.Cell):
+class Block(nn.Cell):  # type: ignore[misc]
     """Pre-norm transformer block: x + attn(ln1(x)); x + mlp(ln2(x))."""
 
     def __init__(self, config: GPTConfig) -> None:
@@ -77,7 +77,7 @@ class Block(nn.Cell):
         return x, new_cache
 
 
-class GPT(nn.Cell):
+class GPT(nn.Cell):  # type: ignore[misc]
     """The built-in ``gpt``: ``model(idx)`` -> logits ``(B, T, vocab)``."""
 
     def __init__(self, config: GPTConfig) -> None:

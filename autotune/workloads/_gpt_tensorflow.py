@@ -36,7 +36,7 @@ class StaticCache:
         self.v = [tf.Variable(tf.zeros(shape, dtype), trainable=False) for _ in range(layers)]
 
 
-class Block(keras.layers.Layer):
+class Block(keras.layers.Layer):  # type: ignore[misc]
     """Pre-norm transformer block: x + attn(ln1(x)); x + mlp(ln2(x))."""
 
     def __init__(self, config: GPTConfig, **kwargs: Any) -> None:
@@ -90,7 +90,7 @@ class Block(keras.layers.Layer):
         return x, new_cache
 
 
-class GPT(keras.Model):
+class GPT(keras.Model):  # type: ignore[misc]
     """The built-in ``gpt``: ``model(idx)`` -> logits ``(B, T, vocab)``."""
 
     def __init__(self, config: GPTConfig, **kwargs: Any) -> None:

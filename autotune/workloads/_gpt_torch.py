@@ -68,7 +68,7 @@ class Block(nn.Module):
         if cache is not None and cache.kind == "static":
             cache.k[layer][:, :, pos:pos + t] = k  # type: ignore[index]
             cache.v[layer][:, :, pos:pos + t] = v  # type: ignore[index]
-            k, v = cache.k[layer], cache.v[layer]  # type: ignore[assignment]
+            k, v = cache.k[layer], cache.v[layer]
             # the whole buffer, with the positions not written yet (and the future) masked
             query = torch.arange(pos, pos + t, device=x.device)[:, None]
             mask = torch.arange(cache.max_len, device=x.device)[None, :] <= query
@@ -80,7 +80,8 @@ class Block(nn.Module):
             causal = t > 1
         y = self._attend(q, k, v, mask, causal).transpose(1, 2).reshape(b, t, -1)
         x = x + self.proj(y)
-        return x + self.fc2(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        out: torch.Tensor = x + self.fc2(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return out
 
 
 class GPT(nn.Module):
@@ -115,7 +116,8 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, cache, i, pos)
-        return self.ln_f(x) @ self.wte.weight.t()
+        logits: torch.Tensor = self.ln_f(x) @ self.wte.weight.t()
+        return logits
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self._run(idx, None, 0)
