@@ -17,7 +17,7 @@ from autotune.config import WARMUP_MIN_S
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
-from autotune.profiling.stats import is_stable, spread
+from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES, is_stable, spread
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
@@ -77,7 +77,8 @@ class _Window:
 
 
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
-                    monitor: ContentionMonitor | None, deadline: float) -> _Window:
+                    monitor: ContentionMonitor | None, deadline: float,
+                    min_steps: int | None = None) -> _Window:
     """Time synchronised steps until the spread is small, ``window_max_s`` or the deadline.
 
     An evaluation falling inside the window (train mode's budget reached) is cut out of
@@ -123,7 +124,8 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         if now + times[-1] >= deadline:  # the next step would end past the deadline
             warnings.append("the trial budget ended the measured window")
             break
-        long_enough = elapsed >= budget.window_min_s and len(times) >= budget.window_min_steps
+        long_enough = elapsed >= budget.window_min_s and len(times) >= (
+            min_steps or budget.window_min_steps)
         if long_enough and len(times) % SPREAD_CHECK_EVERY == 0 and \
                 spread(times) <= budget.target_spread:
             stop_reason = "stable"
@@ -192,13 +194,20 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     warmup_s = time.perf_counter() - w_start
 
     # Measured window; measured again (once) if another process used our cores meanwhile.
-    window = _measure_window(backend, budget, trainer, meter, monitor, deadline)
+    # In generate mode it lasts (deadline permitting) until enough requests were measured
+    # for the p95 of TTFT and TPOT, the percentiles latency SLOs are written on.
+    min_steps = None
+    if config.mode == "generate":
+        min_steps = max(budget.window_min_steps,
+                        -(-PERCENTILE_MIN_SAMPLES[95] // max(1, config.batch_size)))
+    window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps)
     remeasured = 0
     if window.contention is not None and window.contention.contended and \
             time.perf_counter() + window.window_s + window.excluded_s < deadline:
         warnings.append(f"re-measured: {window.contention.reason}")
         remeasured = 1
-        window = _measure_window(backend, budget, trainer, meter, monitor, deadline)
+        window = _measure_window(backend, budget, trainer, meter, monitor, deadline,
+                                 min_steps)
     if window.contention is not None and window.contention.contended:
         warnings.append(window.contention.reason)
     warnings.extend(window.warnings)
