@@ -250,8 +250,9 @@ def load_gate_config(config: Mapping[str, Any] | str | Path, study: Study) -> di
     for key, value in data.items():
         if key in _FILE_KEYS:
             continue
-        if key in TRAIN_ONLY_KNOBS and space.mode == "infer":
-            raise fail(key, "is a training knob and the study's mode is infer; remove it")
+        if key in TRAIN_ONLY_KNOBS and space.mode != "train":
+            raise fail(key, f"is a training knob and the study's mode is {space.mode}; "
+                            "remove it")
         if key == "threads" and value is None:  # null: every core, as a space's default
             knobs[key] = None
             continue
@@ -402,10 +403,7 @@ def gate(study: Study, config: Mapping[str, Any] | str | Path, *,
 
 
 def _shown_knobs(config: TrialConfig) -> dict[str, Any]:
-    knobs = config.knobs()
-    if config.mode == "infer":  # training knobs mean nothing there
-        knobs = {k: v for k, v in knobs.items() if k not in TRAIN_ONLY_KNOBS}
-    return knobs
+    return config.mode_knobs()
 
 
 def _num(value: Any) -> float | None:

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from autotune.config import TRAIN_ONLY_KNOBS
 from autotune.exceptions import AutotuneError, RecommendError
 from autotune.objectives import DIRECTIONS, METRICS, Constraint, Direction
 
@@ -311,9 +310,7 @@ def recommend(study: Study, objective: str | tuple[str, str] | None = None, *,
         best = min(tied, key=lambda t: (_preference_key(t, configs[t.number], rule),
                                         -score(t), t.number))
     config = _stored_config(study, best)
-    knobs = config.knobs()
-    if config.mode == "infer":  # training knobs mean nothing there (and gate refuses them)
-        knobs = {k: v for k, v in knobs.items() if k not in TRAIN_ONLY_KNOBS}
+    knobs = config.mode_knobs()  # a mode's foreign knobs mean nothing (gate refuses them)
     value = _num(best.metrics.get(metric))
     assert value is not None
     confidence = {k: best.metrics.get(k) for k in _CONFIDENCE_KEYS}

@@ -36,6 +36,10 @@ TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer", "checkpointing"})
 #: Knobs that only mean something when the model generates.
 GENERATE_ONLY_KNOBS = frozenset({"prompt_len", "new_tokens", "kv_cache"})
 
+#: The language-model knobs (shown for other models only where a space sets them).
+LLM_KNOBS = frozenset({"prompt_len", "new_tokens", "kv_cache", "attention", "weight_quant",
+                       "checkpointing"})
+
 #: Knob name -> value used when a space does not mention the knob.
 KNOB_DEFAULTS: Mapping[str, Any] = {
     "backend": "torch",
@@ -166,6 +170,22 @@ class TrialConfig:
     def knobs(self) -> dict[str, Any]:
         """The tunable knobs only (what a launch config needs)."""
         return {k: getattr(self, k) for k in KNOB_DEFAULTS}
+
+    def mode_knobs(self) -> dict[str, Any]:
+        """The knobs that mean something in this trial's mode (what a recommendation
+        shows and a gate file holds): no training knobs outside train mode, no generation
+        knobs outside generate mode, and the language-model knobs only in generate mode
+        or where they are set."""
+        out = {}
+        for k, v in self.knobs().items():
+            if k in TRAIN_ONLY_KNOBS and self.mode != "train":
+                continue
+            if k in GENERATE_ONLY_KNOBS and self.mode != "generate":
+                continue
+            if k in LLM_KNOBS and self.mode != "generate" and v == KNOB_DEFAULTS[k]:
+                continue
+            out[k] = v
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, sent to the worker process."""

@@ -161,8 +161,9 @@ def test_xla_execution_is_tensorflow_only(backend: str, device: str) -> None:
 @pytest.mark.usefixtures("no_native_16bit")
 def test_int8_paths() -> None:
     assert _supported("torch", "cpu", "infer", "int8", "eager")
+    assert _supported("torch", "cpu", "generate", "int8", "eager")
     assert capabilities("torch", "cpu").check("train", "int8") == \
-        "int8 is supported only in infer mode"
+        "int8 is supported only in infer or generate mode"
     assert "CPU only" in str(capabilities("torch", "cuda:0").check("infer", "int8"))
     for device in ("cpu", "npu:0"):
         assert "no int8" in str(capabilities("mindspore", device).check("infer", "int8"))

@@ -321,7 +321,7 @@ def test_load_space_not_utf8(tmp_path: Path) -> None:
 def test_shipped_spaces_load(path: Path) -> None:
     space = load_space(path)
     assert space.workload
-    assert space.mode in ("train", "infer")
+    assert space.mode in ("train", "infer", "generate")
     assert 1 <= len(space.objectives) <= 4
     assert space.distributions()
     # The canonical form (what a study stores) parses back to the same space.

@@ -54,7 +54,7 @@ class Capabilities:
             return self.reasons.get(precision, f"precision {precision!r} is not supported")
         if precision == "int8" and mode not in self.int8_modes:
             return ("int8 is supported only in "
-                    f"{', '.join(sorted(self.int8_modes)) or 'no'} mode")
+                    f"{' or '.join(sorted(self.int8_modes, reverse=True)) or 'no'} mode")
         if execution not in self.executions:
             return self.reasons.get(
                 f"execution:{execution}",

@@ -198,8 +198,18 @@ class FakeLauncher:
             if self.with_energy else "",
             "fallback_reason": "" if self.with_energy else "no energy source (fake)",
         }
+        generations: list[list[float]] = []
+        if config.mode == "generate":
+            # each step is a batch of requests: the first token takes a fifth of the step
+            # (the prefill), the rest share the remainder evenly
+            n_new = max(2, config.new_tokens)
+            for t in step_times:
+                ttft = t / 5
+                gap = (t - ttft) / (n_new - 1)
+                generations.append([ttft + i * gap for i in range(n_new)])
         return {
             "step_times_s": step_times,
+            "generations": generations,
             "warmup_step_times_s": [float(x) for x in warmup],
             "samples": config.batch_size * n,
             "window_s": window_s,
