@@ -131,6 +131,11 @@ def _trial_line(result: Any) -> str:
         quality = m.get("accuracy") if name == "accuracy" else m.get("quality")
         peak = m.get("pct_of_peak")
         roofline = f", {peak:.0f} % of peak" if isinstance(peak, float) else ""
+        if m.get("decode_tokens_per_s") is not None:  # generate mode: what LLM users read
+            return (f"trial {result.number}: {_fmt(m.get('decode_tokens_per_s'))} tokens/s "
+                    f"decode, TTFT p50 {_fmt(m.get('ttft_p50_ms'))} ms, TPOT p50 "
+                    f"{_fmt(m.get('tpot_p50_ms'))} ms, {name} {_fmt(quality)}{flag} | "
+                    f"{params}")
         return (f"trial {result.number}: {_fmt(m.get('throughput_sps'))} samples/s, "
                 f"p50 {_fmt(m.get('latency_p50_ms'))} ms, {name} {_fmt(quality)}{roofline}"
                 f"{flag} | {params}")

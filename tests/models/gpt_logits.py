@@ -59,10 +59,9 @@ def main(framework: str, out: str) -> None:
 
         ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
         one = ms.Tensor(np.ones(1, np.float32))
-        try:  # MindSpore's one-time NumPy C-API init fails once on NumPy 2 (see backend)
+        # MindSpore's one-time NumPy C-API init fails once on NumPy 2 (see the backend)
+        with contextlib.suppress(SystemError):
             (one * one).asnumpy()
-        except SystemError:
-            pass
         from autotune.workloads import _gpt_mindspore as m
 
         model = m.build_gpt(CONFIG, weights)
