@@ -91,6 +91,8 @@ def precheck(config: TrialConfig) -> str | None:
                 f"install it with: {entry.install_hint}")
     reason = capabilities(config.backend, config.device).check(
         config.mode, config.precision, config.execution)
+    if reason is None and entry is not None:
+        reason = entry.knob_reason(config.device, config.mode, config.knobs())
     if reason is not None:
         return f"{config.backend} on {config.device}: {reason}"
     return None

@@ -374,3 +374,22 @@ def test_checkpointing_trains_and_a_forward_computing_model_trains_too() -> None
                          budget={**SHORT, "train_epochs": 1})
     assert m.metrics()["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
     assert m.metrics()["perplexity"] is not None and m.metrics()["perplexity"] < 256
+
+
+@pytest.mark.parametrize(("backend", "knobs", "words"), [
+    ("tensorflow", {"weight_quant": "int8"}, "TFLite's dynamic-range int8"),
+    ("tensorflow", {"attention": "sdpa"}, "no fused attention kernel on CPU"),
+    ("tensorflow", {"execution": "xla", "kv_cache": "dynamic"}, "use kv_cache: static"),
+    ("mindspore", {"execution": "graph"}, "generates in PyNative"),
+    ("mindspore", {"weight_quant": "int8"}, "Golden Stick"),
+    ("torch", {"weight_quant": "int4"}, "run on CUDA (tinygemm) only"),
+])
+def test_llm_knobs_a_backend_cannot_run_are_refused_without_a_worker(
+        backend: str, knobs: dict[str, str], words: str) -> None:
+    space = parse_space({"workload": "gpt", "mode": "generate",
+                         "objectives": {"decode_tokens_per_s": "maximize"},
+                         "params": {"backend": backend, **knobs}})
+    launcher = FakeLauncher()
+    result = run_config(trial_config(space, {}, seed=0), launcher)
+    assert result.state == "infeasible" and result.failure_kind == "unsupported"
+    assert words in result.reason and not launcher.calls, result.reason

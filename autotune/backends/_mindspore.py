@@ -375,10 +375,7 @@ class MindSporeBackend(FrameworkBackend):
             raise UnsupportedConfigError("MindSpore has no bf16 CPU kernels (MatMul, ReLU)")
         graph = config.execution == "graph"
         if graph and config.mode == "generate":
-            raise UnsupportedConfigError(
-                "MindSpore generates in PyNative (execution: eager): a generation loop with "
-                "a growing cache is Python control flow, and GRAPH_MODE would compile a "
-                "graph per sequence length")
+            raise UnsupportedConfigError(_spec_mindspore.GENERATE_GRAPH_REASON)
         ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
         self._mode_name = "GRAPH_MODE" if graph else "PYNATIVE_MODE"
         if config.budget.memory_mb is not None:
@@ -725,8 +722,11 @@ class MindSporeBackend(FrameworkBackend):
     # -- generate mode (PyNative) ----------------------------------------------------------
 
     def sdpa_unsupported_reason(self) -> str | None:
-        return ("MindSpore's fused attention (ops.flash_attention_score) runs on Ascend "
-                "only, and is not wired here")
+        return _spec_mindspore.SDPA_REASON
+
+    def apply_weight_quant(self, kind: str) -> None:
+        raise UnsupportedConfigError(
+            f"weight_quant {kind!r}: {_spec_mindspore.WEIGHT_QUANT_REASON}")
 
     def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
         ms, model = self.ms, self.model

@@ -27,6 +27,8 @@ __all__ = ["ALL_MODES", "TRAIN_INFER", "BackendLookupError", "BackendSpec", "Cap
 
 #: What a backend can run on one supported device kind (``"cpu"``, ``"cuda"``, ...).
 CapabilityRule = Callable[[str], Capabilities]
+#: ``(device kind, mode, knobs) -> why the language-model knobs cannot run, or None``
+KnobRule = Callable[[str, str, Mapping[str, Any]], "str | None"]
 #: ``(config, mode, threads) -> the framework's spelling of the knobs`` (see
 #: :func:`autotune._recommend.launch_config`).
 LaunchSpelling = Callable[[Mapping[str, Any], str, int | None], dict[str, Any]]
@@ -81,6 +83,9 @@ class BackendSpec:
     reasons: Mapping[str, str] = field(default_factory=dict)
     unsupported_kinds: Mapping[str, str] = field(default_factory=dict)
     capability_rule: CapabilityRule | None = None
+    #: what the language-model knobs (kv_cache, attention, weight_quant...) cannot do on a
+    #: device kind, known without the framework (the backend refuses the same in a worker)
+    knob_rule: KnobRule | None = None
     launch: LaunchSpelling | None = None
     probe: str | None = None
 
@@ -126,6 +131,12 @@ class BackendSpec:
         reasons.update(self.reasons)
         return Capabilities(self.precisions, self.modes, self.int8_modes, reasons,
                             executions=self.executions)
+
+    def knob_reason(self, device: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
+        """Why these language-model knobs cannot run on ``device`` (``None``: they may)."""
+        if self.knob_rule is None:
+            return None
+        return self.knob_rule(device.split(":")[0], mode, knobs)
 
     def resolve_execution(self, execution: str) -> str:
         """``auto`` -> :attr:`best_execution`; anything else unchanged."""

@@ -17,6 +17,26 @@ from autotune.backends._spelling import env_threads, optimizer, pruning
 EXECUTIONS = frozenset({"eager", "graph"})
 
 
+SDPA_REASON = ("MindSpore's fused attention (ops.flash_attention_score) runs on Ascend "
+               "only, and is not wired here")
+WEIGHT_QUANT_REASON = ("MindSpore's weight quantisation needs the separate MindSpore Golden "
+                       "Stick package")
+GENERATE_GRAPH_REASON = ("MindSpore generates in PyNative (execution: eager): a generation "
+                         "loop with a growing cache is Python control flow, and GRAPH_MODE "
+                         "would compile a graph per sequence length")
+
+
+def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
+    """The language-model knobs MindSpore cannot run."""
+    if knobs.get("weight_quant", "none") != "none":
+        return f"weight_quant {knobs['weight_quant']!r}: {WEIGHT_QUANT_REASON}"
+    if knobs.get("attention") == "sdpa":
+        return f"attention 'sdpa': {SDPA_REASON}"
+    if mode == "generate" and knobs.get("execution") == "graph":
+        return GENERATE_GRAPH_REASON
+    return None
+
+
 def capabilities(kind: str) -> Capabilities:
     """MindSpore on a cpu, cuda or npu device."""
     precisions, reasons = native_precisions(kind)
@@ -89,5 +109,5 @@ SPEC = BackendSpec(
     best_execution_by_mode={"generate": "eager"}, executions=EXECUTIONS,
     precisions=frozenset({"fp32", "bf16", "fp16"}),
     unsupported_kinds={"tpu": "MindSpore has no TPU support (use backend tensorflow)"},
-    capability_rule=capabilities, launch=launch,
+    capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
     probe="autotune.backends._probe:probe_mindspore")

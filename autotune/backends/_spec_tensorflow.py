@@ -17,6 +17,27 @@ from autotune.backends._spelling import env_threads, optimizer, pruning
 EXECUTIONS = frozenset({"eager", "graph", "xla"})
 
 
+SDPA_REASON = ("TensorFlow has no fused attention kernel on CPU (keras.ops."
+               "dot_product_attention is composed of ordinary ops there); not wired for "
+               "accelerators here")
+WEIGHT_QUANT_REASON = ("TensorFlow's weight quantisation is TFLite's dynamic-range int8 "
+                       "(precision: int8), which has no KV-cache path")
+XLA_DYNAMIC_REASON = ("xla compiles one program per shape and a dynamic cache grows every "
+                      "token; use kv_cache: static with xla")
+
+
+def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
+    """The language-model knobs TensorFlow cannot run."""
+    if knobs.get("weight_quant", "none") != "none":
+        return f"weight_quant {knobs['weight_quant']!r}: {WEIGHT_QUANT_REASON}"
+    if knobs.get("attention") == "sdpa":
+        return f"attention 'sdpa': {SDPA_REASON}"
+    if mode == "generate" and knobs.get("execution") == "xla" and \
+            knobs.get("kv_cache") == "dynamic":
+        return XLA_DYNAMIC_REASON
+    return None
+
+
 def capabilities(kind: str) -> Capabilities:
     """TensorFlow on a cpu, cuda or tpu device."""
     precisions, reasons = native_precisions(kind)
@@ -99,5 +120,5 @@ SPEC = BackendSpec(
     device_kinds=("cpu", "cuda", "tpu"), best_execution="graph", executions=EXECUTIONS,
     precisions=frozenset({"fp32", "bf16", "fp16", "int8"}), int8_modes=frozenset({"infer"}),
     unsupported_kinds={"npu": "TensorFlow has no Ascend NPU support (use backend mindspore)"},
-    capability_rule=capabilities, launch=launch,
+    capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
     probe="autotune.backends._probe:probe_tensorflow")

@@ -16,6 +16,17 @@ from autotune.backends._spelling import env_threads, optimizer, pruning
 EXECUTIONS = frozenset({"eager", "graph"})
 
 
+INT4_CPU_REASON = ("weight_quant 'int4': torchao 0.18's int4 weight-only kernels run on CUDA "
+                   "(tinygemm) only; its CPU layouts need the separate mslk package")
+
+
+def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
+    """The language-model knobs torch cannot run on ``kind``."""
+    if knobs.get("weight_quant") == "int4" and kind != "cuda":
+        return INT4_CPU_REASON
+    return None
+
+
 def capabilities(kind: str) -> Capabilities:
     """torch on a cpu or cuda device."""
     precisions, reasons = native_precisions(kind)
@@ -87,5 +98,5 @@ SPEC = BackendSpec(
                 "torch_xla's TPUs, but the backend has no XLA device path (lazy tensors, "
                 "mark_step) (use backend tensorflow on tpu)"),
     },
-    capability_rule=capabilities, launch=launch,
+    capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
     probe="autotune.backends._probe:probe_torch")

@@ -571,9 +571,11 @@ class TensorFlowBackend(FrameworkBackend):
     # -- generate mode ---------------------------------------------------------------------
 
     def sdpa_unsupported_reason(self) -> str | None:
-        return ("TensorFlow has no fused attention kernel on CPU (keras.ops."
-                "dot_product_attention is composed of ordinary ops there); not wired for "
-                "accelerators here")
+        return _spec_tensorflow.SDPA_REASON
+
+    def apply_weight_quant(self, kind: str) -> None:
+        raise UnsupportedConfigError(
+            f"weight_quant {kind!r}: {_spec_tensorflow.WEIGHT_QUANT_REASON}")
 
     def _generation_fn(self, fn: Callable[..., Any], execution: str) -> Callable[..., Any]:
         if execution == "eager":
@@ -586,9 +588,7 @@ class TensorFlowBackend(FrameworkBackend):
     def build_lm_step(self, execution: str, kv_cache: str) -> Callable[..., Any]:
         tf, model = self.tf, self.model
         if execution == "xla" and kv_cache != "static":
-            raise UnsupportedConfigError(
-                "xla compiles one program per shape and a dynamic cache grows every token; "
-                "use kv_cache: static with xla")
+            raise UnsupportedConfigError(_spec_tensorflow.XLA_DYNAMIC_REASON)
         if kv_cache == "static":
             static = self._static_cache  # captured: the same variables every request
 

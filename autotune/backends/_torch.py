@@ -404,9 +404,7 @@ class TorchBackend(FrameworkBackend):
             config: Any = Int8WeightOnlyConfig()
         else:
             if self.device.type != "cuda":
-                raise UnsupportedConfigError(
-                    "weight_quant 'int4': torchao 0.18's int4 weight-only kernels run on CUDA "
-                    "(tinygemm) only; its CPU layouts need the separate mslk package")
+                raise UnsupportedConfigError(_spec_torch.INT4_CPU_REASON)
             if self.config is not None and self.config.precision != "bf16":
                 raise UnsupportedConfigError(
                     "weight_quant 'int4': torchao's tinygemm int4 layout needs bf16 "
