@@ -132,6 +132,7 @@ def test_generation_metrics_follow_their_definitions() -> None:
     # batch_size / tpot: 8 sequences each producing a token every 20 ms
     assert m["decode_tokens_per_s"] == pytest.approx(8 / 0.020)
     assert m["tokens_per_s"] is None  # train and infer only
+    assert _measurement(gens, batch=8).decode_tokens_ci == pytest.approx((400.0, 400.0))
     # 40 batches x 8 requests = 320 requests: p95 is gated by requests, p99 of ITL by gaps
     assert m["ttft_p95_ms"] == pytest.approx(100.0)
     assert m["itl_p99_ms"] == pytest.approx(20.0)
@@ -368,7 +369,20 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_checkpointing_trains_and_a_forward_computing_model_trains_too() -> None:
+def test_structured_pruning_of_the_gpt_shows_its_cost_in_perplexity() -> None:
+    budget = {**SHORT, "trial_seconds": 90}
+    kept = {}
+    for ratio in (0.0, 0.5):
+        m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 512}}, "infer",
+                             backend="torch", threads=2, batch_size=8, budget=budget,
+                             pruning_ratio=ratio, pruning_structure="structured")
+        kept[ratio] = (m.model["param_count"], m.metrics()["perplexity"])
+    assert kept[0.5][0] < kept[0.0][0]  # heads and MLP channels removed
+    assert kept[0.5][1] > kept[0.0][1]  # without fine-tuning, the text is harder to predict
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_trains_the_gpt() -> None:
     m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 128}}, "train",
                          backend="torch", threads=2, batch_size=16, checkpointing="blocks",
                          budget={**SHORT, "train_epochs": 1})

@@ -12,7 +12,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities
 from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
-from autotune.backends._spelling import env_threads, optimizer, pruning
+from autotune.backends._spelling import env_threads, llm, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph", "xla"})
 
@@ -110,6 +110,8 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
     out["pruning"] = pruning(
         config, mode, f"autotune.backends._pruning.unstructured_masks(kernels, "
                       f"{config.get('pruning_ratio')})")
+    out["llm"] = llm(config, mode, attention={"math": "matmul + masked softmax"},
+                     weight_quant={}, checkpointing="tf.recompute_grad(block) per block")
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities
 from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
-from autotune.backends._spelling import env_threads, optimizer, pruning
+from autotune.backends._spelling import env_threads, llm, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph"})
 
@@ -79,6 +79,15 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
         "linear_layers], pruning_method=torch.nn.utils.prune.L1Unstructured, "
         f"amount={config.get('pruning_ratio')})"
         + ("; then torch.nn.utils.prune.remove(m, 'weight')" if mode == "infer" else ""))
+    out["llm"] = llm(
+        config, mode,
+        attention={"math": "matmul + masked softmax (transformers: eager)",
+                   "sdpa": "torch.nn.functional.scaled_dot_product_attention"},
+        weight_quant={"int8": "torchao.quantization.quantize_(model, Int8WeightOnlyConfig())",
+                      "int4": "torchao.quantization.quantize_(model, Int4WeightOnlyConfig("
+                              "group_size=32, int4_packing_format='tile_packed_to_4d'))"},
+        checkpointing="torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) per "
+                      "block")
     return out
 
 

@@ -41,3 +41,30 @@ def pruning(config: Mapping[str, Any], mode: str, unstructured_call: str) -> dic
     out["how"] = ("masks stay and are re-applied after every optimizer step" if mode == "train"
                   else "zeros made permanent before inference")
     return out
+
+
+def llm(config: Mapping[str, Any], mode: str, *, attention: Mapping[str, str],
+        weight_quant: Mapping[str, str], checkpointing: str) -> dict[str, Any] | None:
+    """The language-model knobs as the framework applied them (``None`` when a trial set
+    none of them: a model that is not a language model)."""
+    out: dict[str, Any] = {}
+    if mode == "generate":
+        kind = config.get("kv_cache", "dynamic")
+        out["generation"] = {
+            "prompt_len": config.get("prompt_len"), "new_tokens": config.get("new_tokens"),
+            "decoding": "greedy, exactly new_tokens tokens per sequence, each read back",
+            "kv_cache": {"dynamic": "model.new_cache(batch, max_len, 'dynamic'): grown by "
+                                    "concatenation",
+                         "static": "model.new_cache(batch, max_len, 'static'): allocated "
+                                   "once, written in place",
+                         "off": "no cache: the whole sequence recomputed every token"}.get(
+                             str(kind), kind)}
+    chosen = config.get("attention", "auto")
+    if chosen != "auto":
+        out["attention"] = attention.get(str(chosen), chosen)
+    quant = config.get("weight_quant", "none")
+    if quant != "none" and mode != "train":
+        out["weight_quant"] = weight_quant.get(str(quant), quant)
+    if mode == "train" and config.get("checkpointing", "off") != "off":
+        out["checkpointing"] = checkpointing
+    return out or None

@@ -283,6 +283,18 @@ class Measurement:
         decode = statistics.median(g[-1] - g[0] for g in self.generations)
         return self.samples_per_step * (n - 1) / decode if decode > 0 else None
 
+    @property
+    def decode_tokens_ci(self) -> tuple[float, float] | None:
+        """95 % confidence interval of ``decode_tokens_per_s`` (from the median decode
+        time's interval over the measured batches)."""
+        if not self.generations:
+            return None
+        ci = median_ci([g[-1] - g[0] for g in self.generations])
+        if ci is None or ci[0] <= 0:
+            return None
+        tokens = self.samples_per_step * (self.generated_tokens - 1)
+        return tokens / ci[1], tokens / ci[0]
+
     def metrics(self) -> dict[str, float | None]:
         """Every metric of :data:`autotune.objectives.METRICS`, by name.
 
@@ -369,6 +381,7 @@ class Measurement:
         return {
             **self.metrics(),
             "throughput_ci_sps": list(ci) if ci else None,
+            "decode_tokens_ci": list(self.decode_tokens_ci or ()) or None,
             "sustained_throughput_sps": self.sustained_throughput_sps,
             "steps_measured": len(self.step_times_s),
             "latency_unit": ("per optimizer step" if self.mode == "train" else
