@@ -20,6 +20,7 @@ from autotune.space import parse_space
 pytestmark = pytest.mark.slow
 
 BACKENDS = ("torch", "tensorflow", "mindspore")
+MODELS = Path(__file__).resolve().parent / "models"
 #: Same architecture, data split, optimizer and epochs; different initial weights and
 #: kernels. On digits after 3 epochs all three land at 0.93-0.98; 0.05 apart is the
 #: tolerance that still proves the workloads are the same (a different model or split
@@ -37,13 +38,17 @@ def _run(backend: str, workload: str, mode: str) -> dict[str, object]:
     # MindSpore's CPU convolutions are slow (the tuner shows it): one cnn epoch (8 passes
     # over the digits) there takes about as long as three MLP epochs.
     epochs = 1 if workload == "cnn" else 3
-    space = parse_space({"workload": workload, "mode": mode,
+    factory: object = workload
+    if mode == "infer":
+        # forward FLOPs are a property of the built model: no base model to train first
+        factory = {"factory": f"{MODELS / 'untrained.py'}:build", "kwargs": {"name": workload}}
+    space = parse_space({"workload": factory, "mode": mode,
                          "objectives": {"throughput_sps": "maximize"},
                          "budget": {"trial_seconds": 240, "train_epochs": epochs,
                                     "window_max_s": 1, "warmup_max_s": 1}})
     config = TrialConfig.from_params(space, {"backend": backend, "batch_size": 64,
                                              "optimizer": "adam", "learning_rate": 1e-3,
-                                             "threads": 1})
+                                             "threads": 2})
     config = replace(config, execution=resolve_execution(backend, config.execution))
     outcome = ProcessLauncher().run(config)
     assert outcome.status == "ok", (backend, outcome.reason, outcome.traceback[-2000:])
