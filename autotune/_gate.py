@@ -449,7 +449,8 @@ def _read_metrics(measured: Mapping[str, Any], config: TrialConfig) -> dict[str,
         for name, value in theirs.items():
             ours = getattr(config, name, None)
             if name == "execution":
-                value = resolve_execution(str(theirs.get("backend", config.backend)), value)
+                value = resolve_execution(str(theirs.get("backend", config.backend)), value,
+                                          config.mode)
             if value != ours:
                 raise GateError(f"the metrics were measured with {name}={value!r}, the "
                                 f"config says {name}={ours!r}; measure the config itself")

@@ -239,7 +239,9 @@ def test_the_memory_model_counts_what_changes() -> None:
     parts = predict_memory(base).parts  # type: ignore[union-attr]
     # 2 x layers x batch x (prompt + new) x width x 4 bytes, twice for a concatenated cache
     assert parts["kv_cache"] == 2 * (2 * 2 * 64 * (32 + 32) * 128 * 4)
-    assert total(kv_cache="static") < total() and total(kv_cache="off") < total()
+    assert total(kv_cache="static") < total()
+    off = predict_memory(dataclasses.replace(base, kv_cache="off"))
+    assert off is not None and "kv_cache" not in off.parts  # recomputed, not cached
     assert total(precision="bf16") < total() and total(weight_quant="int8") < total()
     assert total(batch_size=128) > total()
     train = dataclasses.replace(base, mode="train")
@@ -397,6 +399,7 @@ def test_activation_checkpointing_trains_the_gpt() -> None:
     ("mindspore", {"execution": "graph"}, "generates in PyNative"),
     ("mindspore", {"weight_quant": "int8"}, "Golden Stick"),
     ("torch", {"weight_quant": "int4"}, "run on CUDA (tinygemm) only"),
+    ("torch", {"weight_quant": "int8", "precision": "int8"}, "both quantise the weights"),
 ])
 def test_llm_knobs_a_backend_cannot_run_are_refused_without_a_worker(
         backend: str, knobs: dict[str, str], words: str) -> None:

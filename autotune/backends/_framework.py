@@ -226,7 +226,6 @@ class FrameworkBackend(GenerationMixin, Backend):
         info: dict[str, Any] = {"quality_name": spec.quality_name,
                                 "quality_direction": spec.quality_direction,
                                 "has_quality": spec.quality is not None}
-        self.apply_llm_knobs(config)
         if config.mode == "train":
             if config.precision == "int8":
                 raise UnsupportedConfigError(f"int8 training is not supported by "
@@ -235,6 +234,8 @@ class FrameworkBackend(GenerationMixin, Backend):
                 raise ModelFactoryError(f"{self.factory_label}: the model has no trainable "
                                         "parameters, so it cannot be trained (use mode infer)")
             self._prune(config.pruning_ratio, config.pruning_structure, permanent=False)
+            # after pruning: a structured prune rebuilds the model, which must keep them
+            self.apply_llm_knobs(config)
             self.optimizer = self.make_optimizer(config.optimizer, config.learning_rate)
             self._train_step = self.build_train_step(config.precision, config.execution)
             self._new_epoch()
@@ -242,6 +243,7 @@ class FrameworkBackend(GenerationMixin, Backend):
             if spec.train_before_infer:
                 info["base_model"] = self._base_model(config, spec)
             self._prune(config.pruning_ratio, config.pruning_structure, permanent=True)
+            self.apply_llm_knobs(config)
         info.update(self._model_facts(probe, config.mode))
         info["tokens_per_sample"] = self._tokens_per_sample(probe)
         if config.mode != "train":

@@ -667,7 +667,7 @@ class MindSporeBackend(FrameworkBackend):
             return ops.depend(loss, update(grads))
 
         self._closures += [update, train_step]
-        jit = execution == "graph" or self.config.mode == "infer"
+        jit = execution == "graph" or self.config.mode != "train"
         run = ms.jit(train_step) if jit else train_step
 
         def step(inputs: tuple[Any, ...], targets: Any) -> Any:

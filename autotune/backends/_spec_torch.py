@@ -22,8 +22,14 @@ INT4_CPU_REASON = ("weight_quant 'int4': torchao 0.18's int4 weight-only kernels
 
 def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
     """The language-model knobs torch cannot run on ``kind``."""
-    if knobs.get("weight_quant") == "int4" and kind != "cuda":
+    quant = knobs.get("weight_quant", "none")
+    if quant != "none" and knobs.get("precision") == "int8":
+        return "weight_quant and precision int8 both quantise the weights; use one"
+    if quant == "int4" and kind != "cuda":
         return INT4_CPU_REASON
+    if quant == "int4" and knobs.get("precision") != "bf16":
+        return ("weight_quant 'int4': torchao's tinygemm int4 layout needs bf16 activations "
+                "(precision: bf16)")
     return None
 
 

@@ -207,7 +207,7 @@ class TorchBackend(FrameworkBackend):
 
     def compute_dtype(self) -> str:
         assert self.config is not None
-        if self.config.mode == "infer" and self.config.precision == "int8":
+        if self.config.mode != "train" and self.config.precision == "int8":
             quantized = [m for m in self.model.modules() if "quantized" in type(m).__module__]
             return "int8" if quantized else "float32"
         if self._autocast is not None:

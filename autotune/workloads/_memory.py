@@ -62,6 +62,7 @@ def predict_memory(config: TrialConfig) -> MemoryPrediction | None:
     kwargs = config.workload_kwargs
     try:
         arch = gpt_config(kwargs)
+        seq_len = int(kwargs.get("seq_len", 64))
     except (TypeError, ValueError):
         return None
     if config.pruning_ratio > 0 and config.pruning_structure == "structured":
@@ -75,7 +76,6 @@ def predict_memory(config: TrialConfig) -> MemoryPrediction | None:
     d, a, f, heads, layers = arch.d_model, arch.attn_width, arch.inner, arch.n_heads, arch.layers
     b = config.batch_size
     parts: dict[str, int] = {}
-    seq_len = int(kwargs.get("seq_len", 64))
 
     def forward_working(batch: int, t: int) -> int:
         """One layer's live set at a time without an autograd graph: q/k/v, scores and
@@ -109,6 +109,8 @@ def predict_memory(config: TrialConfig) -> MemoryPrediction | None:
     else:
         parts["weights"] = params * act
     t = seq_len if config.mode == "infer" else config.prompt_len
+    if config.mode == "generate" and config.kv_cache == "off":
+        t = config.prompt_len + config.new_tokens - 1  # the last recompute's sequence
     parts["activations"] = max(forward_working(b, t), evaluation)
     if config.mode == "generate" and config.kv_cache != "off":
         length = config.prompt_len + config.new_tokens
