@@ -397,9 +397,16 @@ class TorchBackend(FrameworkBackend):
             raise UnsupportedConfigError(f"weight_quant {kind!r} on torch needs torchao: "
                                          "pip install 'autotune[llm]'") from None
         nn = self.torch.nn
-        if not any(isinstance(m, nn.Linear) for m in self.model.modules()):
-            raise UnsupportedConfigError(f"weight_quant {kind!r}: the model has no Linear "
-                                         "layers to quantise")
+        # a head tied to the token embedding stays float: quantising it would untie it
+        tied = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
+
+        def quantisable(module: Any, _name: str = "") -> bool:
+            return isinstance(module, nn.Linear) and id(module.weight) not in tied
+
+        if not any(quantisable(m) for m in self.model.modules()):
+            raise UnsupportedConfigError(
+                f"weight_quant {kind!r}: the model has no nn.Linear layers to quantise besides "
+                "a head tied to its embedding (transformers' GPT-2 uses Conv1D layers)")
         if kind == "int8":
             config: Any = Int8WeightOnlyConfig()
         else:
@@ -413,7 +420,7 @@ class TorchBackend(FrameworkBackend):
                                           int4_packing_format="tile_packed_to_4d")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_(self.model, config)
+            quantize_(self.model, config, filter_fn=quantisable)
 
     def build_infer_step(self, execution: str) -> Callable[..., Any]:
         torch = self.torch
