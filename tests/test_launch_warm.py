@@ -194,8 +194,29 @@ def test_close_leaves_no_process_behind() -> None:
     assert warm.worker_pids() == []
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])  # the field after the state
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this test process (another test run on the same
+    machine has worker processes of its own)."""
+    me = os.getpid()
+    for _ in range(8):
+        pid = _parent(pid)
+        if pid in (0, 1):
+            return False
+        if pid == me:
+            return True
+    return False
+
+
 def _worker_processes() -> set[int]:
-    """Live worker processes on this machine (found by their command line)."""
+    """Live worker processes started by this test process (found by their command line)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -203,7 +224,8 @@ def _worker_processes() -> set[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"autotune.launch._worker" in cmdline and _alive(int(entry.name)):
+            if b"autotune.launch._worker" in cmdline and _alive(int(entry.name)) and \
+                    _ours(int(entry.name)):
                 found.add(int(entry.name))
     return found
 
