@@ -56,11 +56,18 @@ class CNNArch:
         return self.inner or (self.channels,) * self.blocks
 
 
-def _models(framework: str) -> Any:
+def framework_module(framework: str, prefix: str = "_models",
+                     what: str = "the built-in models are") -> Any:
+    """``autotune.workloads.{prefix}_{framework}``: a built-in model written for one
+    framework, imported only in that framework's worker."""
     if framework not in FRAMEWORKS:
         raise ModelFactoryError(
-            f"the built-in models are written for {', '.join(FRAMEWORKS)}, not {framework!r}")
-    return importlib.import_module(f"autotune.workloads._models_{framework}")
+            f"{what} written for {', '.join(FRAMEWORKS)}, not {framework!r}")
+    return importlib.import_module(f"autotune.workloads.{prefix}_{framework}")
+
+
+def _models(framework: str) -> Any:
+    return framework_module(framework)
 
 
 def _epoch_sampler(x: np.ndarray, y: np.ndarray) -> Any:

@@ -23,20 +23,18 @@ A user model that implements the same three methods gets the same LLM knobs.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from autotune.exceptions import ModelFactoryError
+from autotune.workloads._builtin import framework_module
 from autotune.workloads._corpus import stdlib_corpus
 from autotune.workloads._spec import ModelSpec
 
 #: Held-out windows the perplexity is computed on.
 EVAL_WINDOWS = 32
-FRAMEWORKS = ("torch", "tensorflow", "mindspore")
 #: kwargs of the larger preset (about 10.8 M parameters), for the README and benchmarks
 LARGE = {"layers": 6, "d_model": 384, "heads": 6, "context": 256, "seq_len": 128}
 
@@ -169,10 +167,7 @@ def prune_weights(config: GPTConfig, weights: dict[str, np.ndarray],
 
 
 def _models(framework: str) -> Any:
-    if framework not in FRAMEWORKS:
-        raise ModelFactoryError(
-            f"the built-in gpt is written for {', '.join(FRAMEWORKS)}, not {framework!r}")
-    return importlib.import_module(f"autotune.workloads._gpt_{framework}")
+    return framework_module(framework, "_gpt", "the built-in gpt is")
 
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
