@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from autotune._recommend import parse_condition
-from autotune.config import KNOB_DEFAULTS, TRAIN_ONLY_KNOBS
+from autotune.config import KNOB_DEFAULTS
 from autotune.exceptions import GateError
 from autotune.launch import Launcher, ProcessLauncher
 from autotune.objectives import METRICS, Constraint, Direction
@@ -205,7 +205,7 @@ def load_gate_config(config: Mapping[str, Any] | str | Path, study: Study) -> di
     file, the key, what was given and what is allowed: an unknown knob, a value the knob
     does not allow, a training knob in infer mode, a missing or different workload or mode.
     """
-    from autotune.space import _knob_checks, _UniqueKeyLoader
+    from autotune.space import _knob_checks, _UniqueKeyLoader, _yaml_off, mode_knob_error
 
     if isinstance(config, Mapping):
         source, data = "config", config
@@ -250,9 +250,10 @@ def load_gate_config(config: Mapping[str, Any] | str | Path, study: Study) -> di
     for key, value in data.items():
         if key in _FILE_KEYS:
             continue
-        if key in TRAIN_ONLY_KNOBS and space.mode != "train":
-            raise fail(key, f"is a training knob and the study's mode is {space.mode}; "
-                            "remove it")
+        wrong_mode = mode_knob_error(key, space.mode, where="study")
+        if wrong_mode is not None:
+            raise fail(key, wrong_mode)
+        value = _yaml_off(key, value)  # YAML reads a bare `off` as false
         if key == "threads" and value is None:  # null: every core, as a space's default
             knobs[key] = None
             continue

@@ -440,6 +440,22 @@ def _yaml_off(name: str, value: Any) -> Any:
     return value
 
 
+def mode_knob_error(name: str, mode: str, *, where: str = "space") -> str | None:
+    """Why knob ``name`` has no meaning in ``mode`` (``None``: it has one), for a space
+    file's ``params`` and a gate file (``where``, whose mode is the study's) alike."""
+    if name in TRAIN_ONLY_KNOBS and mode != "train":
+        need, what = "train", "a training knob"
+    elif name in GENERATE_ONLY_KNOBS and mode != "generate":
+        need, what = "generate", "a generation knob"
+    elif name == "weight_quant" and mode == "train":
+        return ("quantises a trained model's weights for inference; "
+                + ("use mode infer or generate" if where == "space" else "remove it"))
+    else:
+        return None
+    fix = f"remove it or set mode: {need}" if where == "space" else "remove it"
+    return f"is {what} and the {where}'s mode is {mode}; {fix}"
+
+
 def _parse_params(raw: Any, mode: str, where: _Where,
                   check_files: bool = True) -> tuple[ParamSpec, ...]:
     if not isinstance(raw, Mapping):
@@ -450,15 +466,9 @@ def _parse_params(raw: Any, mode: str, where: _Where,
         key = f"params.{name}"
         if name not in checks:
             raise where.fail(key, f"unknown parameter; allowed: {', '.join(checks)}")
-        if name in TRAIN_ONLY_KNOBS and mode != "train":
-            raise where.fail(key, f"is a training knob and the space's mode is {mode}; "
-                                  "remove it or set mode: train")
-        if name in GENERATE_ONLY_KNOBS and mode != "generate":
-            raise where.fail(key, f"is a generation knob and the space's mode is {mode}; "
-                                  "remove it or set mode: generate")
-        if name == "weight_quant" and mode == "train":
-            raise where.fail(key, "quantises a trained model's weights for inference; use "
-                                  "mode infer or generate")
+        wrong_mode = mode_knob_error(name, mode)
+        if wrong_mode is not None:
+            raise where.fail(key, wrong_mode)
         value = _yaml_off(name, value)
         if name == "device" and value == "auto":
             # resolved to the devices found when the study is created (autotune devices)

@@ -286,6 +286,10 @@ def test_another_machine_is_noted(study: autotune.Study,
     ({**BEST, "batch_size": 0}, ("batch_size: got 0", "a positive integer")),
     ({**BEST, "batch_size": [64, 128]}, ("batch_size: got [64, 128]; allowed: a single value",)),
     ({**BEST, "precision": "fp8"}, ("precision: got 'fp8'", "fp32")),
+    ({**BEST, "kv_cache": "static"},
+     ("kv_cache: is a generation knob and the study's mode is train; remove it",)),
+    ({**BEST, "weight_quant": "int8"},
+     ("weight_quant: quantises a trained model's weights for inference; remove it",)),
 ])
 def test_invalid_configs(study: autotune.Study, config: dict[str, Any],
                          needles: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 import autotune
+from autotune._gate import gate
 from autotune._recommend import SLO_PRESETS, recommend
 from autotune._run import run_config, trial_config
 from autotune.cli import main
@@ -81,6 +82,42 @@ def test_parameter_count_and_flops_formula() -> None:
     with counter, torch.no_grad():
         model(torch.zeros((2, 64), dtype=torch.int64))
     assert counter.get_total_flops() == 2 * 64 * config.flops_per_token(64)
+
+
+#: TensorFlow's graph profiler also counts element-wise ops (softmax, layer norms, GELU,
+#: the mask): 4.2 % above the matmul count of torch and MindSpore for the default gpt's
+#: forward pass, measured
+TF_FORWARD_FLOPS_TOLERANCE = 0.06
+
+
+@pytest.mark.slow
+def test_flops_per_token_agree_on_every_framework() -> None:
+    """Each framework's own counter on its own built gpt, in a worker of its own: torch's
+    FlopCounterMode, MindSpore's flops_collection and TensorFlow's graph profiler."""
+    from dataclasses import replace
+
+    from autotune.backends import resolve_execution
+    from autotune.launch import ProcessLauncher
+
+    untrained = {"factory": f"{ROOT / 'tests/models/untrained.py'}:build",
+                 "kwargs": {"name": "gpt"}}  # FLOPs do not depend on the weights
+    space = parse_space({"workload": untrained, "mode": "infer",
+                         "objectives": {"tokens_per_s": "maximize"},
+                         "params": {"batch_size": 8, "threads": 2},
+                         "budget": {**SHORT, "trial_seconds": 120}})
+    per_token = {}
+    for framework in FRAMEWORKS:
+        config = trial_config(space, {"backend": framework}, seed=0)
+        config = replace(config, execution=resolve_execution(framework, config.execution))
+        outcome = ProcessLauncher().run(config)
+        assert outcome.status == "ok", (framework, outcome.reason)
+        model = outcome.result["model"]
+        assert model["param_count"] == GPTConfig().param_count(), framework
+        per_token[framework] = model["flops_per_sample"] / 64  # 64-token sequences
+    assert per_token["torch"] == per_token["mindspore"] == GPTConfig().flops_per_token(64)
+    assert per_token["tensorflow"] == pytest.approx(per_token["torch"],
+                                                    rel=TF_FORWARD_FLOPS_TOLERANCE)
+    assert per_token["tensorflow"] >= per_token["torch"]  # it counts more ops, never fewer
 
 
 def test_structured_pruning_keeps_the_same_heads_everywhere() -> None:
@@ -334,6 +371,14 @@ def test_slo_recommendation_meets_it_or_names_the_binding_slo(
             recommend(study, "maximize:decode_tokens_per_s",
                       constraints=["tpot_p95_ms<=0.000001"])
         assert "tpot_p95_ms" in str(e.value)
+        # the gate before launch: the file as a user writes it (a bare YAML `off`)
+        ship = tmp_path / "ship.yaml"
+        ship.write_text("workload: gpt\nmode: generate\nbackend: torch\nbatch_size: 16\n"
+                        "kv_cache: off\nprompt_len: 16\nnew_tokens: 16\nthreads: 2\n")
+        checked = gate(study, ship, constraints=["tpot_p95_ms<=0.000001"])
+        assert checked.config["kv_cache"] == "off" and checked.verdict == "fail", checked
+        assert [v.split(" (")[0] for v in checked.violations] == ["tpot_p95_ms <= 1e-06"]
+        assert checked.metrics["tpot_p95_ms"] > 0 and checked.metrics["ttft_p95_ms"] > 0
     capsys.readouterr()
     code = main(["recommend", "slo", "--storage", url, "--maximize", "decode_tokens_per_s",
                  "--slo", "batch", "--json"])
@@ -368,6 +413,22 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path) -> None:
     # the model's own count: GPT-2 ties its head to the token embedding
     assert results[0].metrics["param_count"] == 256 * 64 + 128 * 64 + 2 * (
         12 * 64 * 64 + 13 * 64) + 2 * 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_a_hugging_face_gpt2_trains_and_infers(mode: str) -> None:
+    pytest.importorskip("transformers")
+    m = autotune.measure({"factory": f"{ROOT / 'examples/models/hf_gpt2.py'}:build"}, mode,
+                         backend="torch", threads=2, batch_size=8,
+                         budget={**SHORT, "train_epochs": 1})
+    metrics = m.metrics()
+    assert metrics["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
+    assert metrics["perplexity"] is not None and 1 < metrics["perplexity"] < 256
+    # transformers' GPT-2 has the gpt's shape: the same FLOPs, its sdpa attention counted
+    # on the eager path (FlopCounterMode does not see the CPU sdpa kernel)
+    forward = 64 * GPTConfig().flops_per_token(64)
+    assert m.model["flops_per_sample"] == (3 * forward if mode == "train" else forward)
 
 
 @pytest.mark.slow

@@ -164,18 +164,36 @@ class TorchBackend(FrameworkBackend):
                   f"({'forward + backward' if mode == 'train' else 'forward'}; matmul, conv "
                   "and attention FLOPs, 2 per multiply-add)")
         counter = FlopCounterMode(display=False)
-        set_attention = getattr(self.model, "set_attention", None)
-        sdpa = self.config is not None and self.config.attention == "sdpa"
-        if sdpa and set_attention is not None:
-            # FlopCounterMode does not count the CPU kernel of scaled_dot_product_attention;
-            # the math path does the same arithmetic, so the count is taken on it
-            set_attention("math")
-        try:
+        # FlopCounterMode does not count the CPU kernel of scaled_dot_product_attention; the
+        # math path does the same arithmetic, so the count is taken on it
+        with self._math_attention():
             self._count(counter, inputs, targets, mode)
-        finally:
-            if sdpa and set_attention is not None:
-                set_attention("sdpa")
         return int(counter.get_total_flops()), method
+
+    @contextlib.contextmanager
+    def _math_attention(self) -> Iterator[None]:
+        """The model on its math attention path for the block, restored after: autotune's
+        decoding protocol (``set_attention``) or transformers' attention implementation."""
+        if self._is_hf():
+            current = getattr(self.model.config, "_attn_implementation", None)
+            if current in (None, "eager"):
+                yield
+                return
+            self.model.set_attn_implementation("eager")
+            try:
+                yield
+            finally:
+                self.model.set_attn_implementation(current)
+            return
+        set_attention = getattr(self.model, "set_attention", None)
+        if set_attention is None or self.config is None or self.config.attention != "sdpa":
+            yield
+            return
+        set_attention("math")
+        try:
+            yield
+        finally:
+            set_attention("sdpa")
 
     def _count(self, counter: Any, inputs: tuple[Any, ...], targets: Any, mode: str) -> None:
         torch = self.torch
