@@ -259,6 +259,11 @@ class Recorder:
         still only grows as trials complete, and the snapshot lists the sources so a
         reader knows the energy figures it combines are not comparable.
         """
+        self.study.storage.update_front(self.study.id, lambda: self._front(trial_number))
+
+    def _front(self, trial_number: int) -> tuple[list[tuple[int, list[float]]],
+                                                 FrontSnapshotRow]:
+        """The study's front now, and its snapshot after ``trial_number``."""
         front = self.study.pareto_front()
         names = self.study.space.objective_names
         points = [(p.trial_number, [p.values[o] for o in names]) for p in front]
@@ -273,7 +278,7 @@ class Recorder:
             energy_sources_json=json.dumps(
                 sorted({p.energy_source for p in front if p.energy_source})),
         )
-        self.study.storage.replace_front(self.study.id, points, snapshot=snapshot)
+        return points, snapshot
 
 
 def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -19,7 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -34,9 +35,12 @@ from autotune.storage._models import (
     SchemaVersionRow,
     StudyRow,
 )
+from autotune.storage._retry import retrying
 from autotune.storage._url import check_sqlite_writable, resolve_storage_url, sqlite_path
 
 _logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Version of the autotune_* tables. Bump it with every change and add the upgrade step
 #: from the previous version to :data:`UPGRADES`.
@@ -57,6 +61,16 @@ def _upgrade_1_to_2(conn: Connection) -> None:
 UPGRADES: Mapping[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2}
 
 
+def _retried(method: Callable[..., T]) -> Callable[..., T]:
+    """Run the method again through transient faults (a lost connection, a busy SQLite
+    file) for the storage's ``retry_s`` seconds (see :mod:`autotune.storage._retry`)."""
+    @functools.wraps(method)
+    def wrapper(self: AutotuneStorage, *args: Any, **kwargs: Any) -> T:
+        return retrying(lambda: method(self, *args, **kwargs),
+                        f"{method.__name__} on {self.url}", budget_s=self.retry_s)
+    return wrapper
+
+
 def _one_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -69,8 +83,11 @@ class AutotuneStorage:
     read at all (a SQLite file that is missing is not created by read-only commands).
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, retry_s: float = 0.0) -> None:
         self.url = resolve_storage_url(url)
+        #: Seconds a transient fault is retried for (0: a command's first contact fails at
+        #: once, with one line; a running study sets the budget of a long-lived worker).
+        self.retry_s = retry_s
 
     @property
     def exists(self) -> bool:
@@ -111,6 +128,7 @@ class AutotuneStorage:
             if engine is not None:
                 engine.dispose()
 
+    @_retried
     def prepare_for_writing(self) -> None:
         """Check the location and the schema version, upgrade an older schema to
         :data:`SCHEMA_VERSION` and create missing tables.
@@ -118,6 +136,8 @@ class AutotuneStorage:
         A schema newer than this code is refused before anything is written.
         """
         check_sqlite_writable(self.url, create_parent=True)
+        if sqlite_path(self.url) is not None:
+            self._use_wal()
         _ = self.optuna
         with self._errors():
             tables = set(inspect(self.engine).get_table_names())
@@ -134,6 +154,15 @@ class AutotuneStorage:
                 if s.scalar(select(SchemaVersionRow)) is None:
                     s.add(SchemaVersionRow(id=1, version=SCHEMA_VERSION))
 
+    def _use_wal(self) -> None:
+        """Put a SQLite file in write-ahead-log mode (kept by the file): readers never
+        block the one writer and the writer never blocks readers, so the jobs of one
+        machine share a study file; writers still take turns (the 30 s busy timeout)."""
+        with self._errors(), self.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            if str(mode).lower() != "wal":
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
     def _upgrade(self, conn: Connection, version: int) -> None:
         """Run the upgrade steps from ``version`` to :data:`SCHEMA_VERSION` on ``conn``."""
         start = version
@@ -149,6 +178,7 @@ class AutotuneStorage:
         _logger.info("upgraded the autotune schema of %s from version %d to %d",
                      self.url, start, version)
 
+    @_retried
     def check_readable(self) -> None:
         """Refuse a database whose autotune schema is newer than this code.
 
@@ -177,6 +207,7 @@ class AutotuneStorage:
         except SQLAlchemyError as e:
             raise StorageError(f"storage {self.url!r}: {_one_line(e)}") from None
 
+    @_retried
     def has_autotune_tables(self) -> bool:
         """Whether the autotune tables exist (False for a fresh or foreign database)."""
         if not self.exists:
@@ -186,11 +217,13 @@ class AutotuneStorage:
 
     # -- studies ---------------------------------------------------------------------------
 
+    @_retried
     def add_study(self, row: StudyRow) -> None:
         """Insert a study record."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.add(row)
 
+    @_retried
     def get_study(self, name: str) -> StudyRow | None:
         """The study record called ``name``, if any."""
         if not self.has_autotune_tables():
@@ -201,6 +234,7 @@ class AutotuneStorage:
                 s.expunge(row)
             return row
 
+    @_retried
     def list_studies(self) -> list[StudyRow]:
         """Every study record, oldest first."""
         if not self.has_autotune_tables():
@@ -211,6 +245,7 @@ class AutotuneStorage:
                 s.expunge(row)
             return rows
 
+    @_retried
     def delete_study_rows(self, study_id: int) -> None:
         """Delete a study's autotune rows in one transaction."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
@@ -225,9 +260,25 @@ class AutotuneStorage:
 
     # -- machines and measurements -------------------------------------------------------
 
+    @_retried
     def upsert_machine(self, fingerprint: dict[str, Any], fingerprint_hash: str) -> int:
-        """The id of this machine's row, inserting it on first sight."""
-        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+        """The id of this machine's row, inserting it on first sight.
+
+        Two workers of one machine starting together both find no row and both insert:
+        the loser's unique-key violation means the row is there now, and it is read."""
+        with self._errors():
+            try:
+                return self._upsert_machine(fingerprint, fingerprint_hash)
+            except IntegrityError:
+                with Session(self.engine, expire_on_commit=False) as s:
+                    found = s.scalar(select(MachineRow.id).where(
+                        MachineRow.fingerprint_hash == fingerprint_hash))
+                if found is None:
+                    raise
+                return int(found)
+
+    def _upsert_machine(self, fingerprint: dict[str, Any], fingerprint_hash: str) -> int:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
             row = s.scalar(select(MachineRow).where(
                 MachineRow.fingerprint_hash == fingerprint_hash))
             if row is None:
@@ -242,17 +293,20 @@ class AutotuneStorage:
                 s.flush()
             return row.id
 
+    @_retried
     def get_machine(self, machine_id: int) -> dict[str, Any]:
         """A machine's full fingerprint."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
             row = s.get(MachineRow, machine_id)
             return json.loads(row.fingerprint_json) if row else {}
 
+    @_retried
     def add_measurement(self, row: MeasurementRow) -> None:
         """Store one trial's outcome."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.add(row)
 
+    @_retried
     def measurements(self, study_id: int) -> list[MeasurementRow]:
         """A study's measurement rows in trial order."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
@@ -263,22 +317,52 @@ class AutotuneStorage:
                 s.expunge(row)
             return rows
 
-    def replace_front(self, study_id: int, points: Sequence[tuple[int, list[float]]], *,
-                      snapshot: FrontSnapshotRow | None = None) -> None:
-        """Make ``points`` (trial number, objective values) the study's current front.
+    @_retried
+    def update_front(self, study_id: int, compute: Callable[[], tuple[
+            Sequence[tuple[int, list[float]]], FrontSnapshotRow | None]]) -> None:
+        """Replace the study's stored front with what ``compute()`` returns (trial number,
+        objective values) and add its snapshot for the history, holding the study's lock
+        from before ``compute`` reads the trials until the write commits.
 
-        ``snapshot``: the same front for the history, written in the same transaction, so
-        the current front and its latest snapshot never disagree.
+        Every completion calls this after its own ``tell()`` committed, so whoever takes the
+        lock last sees every completed trial: concurrent completions never lose a front
+        point, and the current front and its latest snapshot never disagree. The lock is a
+        row lock (``SELECT ... FOR UPDATE`` on the study's row) on PostgreSQL and a write
+        transaction (``BEGIN IMMEDIATE``) on SQLite.
         """
         now = datetime.now(UTC).replace(tzinfo=None)
-        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
+            self._lock_study(s, study_id)
+            points, snapshot = compute()
             s.execute(delete(ParetoPointRow).where(ParetoPointRow.study_id == study_id))
             s.add_all(ParetoPointRow(study_id=study_id, trial_number=n,
                                      values_json=json.dumps(v), updated_at=now)
                       for n, v in points)
             if snapshot is not None:
                 s.add(snapshot)
+            s.commit()
 
+    @contextmanager
+    def study_lock(self, study_id: int) -> Iterator[None]:
+        """Hold the study's lock (see :meth:`update_front`) for the block: what runs inside
+        is serialised with every other holder, on any machine."""
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
+            self._lock_study(s, study_id)
+            try:
+                yield
+            finally:
+                s.rollback()
+
+    def _lock_study(self, session: Session, study_id: int) -> None:
+        if sqlite_path(self.url) is not None:
+            # the first statement of the transaction: SQLite takes its write lock now, not
+            # at the first write, so two holders cannot both read before either writes
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            session.execute(select(StudyRow.id).where(StudyRow.id == study_id)
+                            .with_for_update())
+
+    @_retried
     def front_trial_numbers(self, study_id: int) -> list[int]:
         """Trial numbers on the stored front."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
@@ -288,8 +372,9 @@ class AutotuneStorage:
 
     # -- front history (schema v2) ---------------------------------------------------------
 
+    @_retried
     def add_front_snapshot(self, row: FrontSnapshotRow) -> None:
-        """Store one snapshot of a study's front (see also ``replace_front(snapshot=)``)."""
+        """Store one snapshot of a study's front (see also :meth:`update_front`)."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.add(row)
 
@@ -302,6 +387,7 @@ class AutotuneStorage:
         rows = self._snapshots(study_id, last_only=True)
         return rows[0] if rows else None
 
+    @_retried
     def _snapshots(self, study_id: int, *, last_only: bool) -> list[FrontSnapshotRow]:
         with self._errors():
             # A v1 database is read without upgrading it: no table means no history yet.
@@ -322,11 +408,13 @@ class AutotuneStorage:
 
     # -- drift rechecks --------------------------------------------------------------------
 
+    @_retried
     def add_recheck(self, row: RecheckRow) -> None:
         """Store one re-measurement of a front configuration."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             s.add(row)
 
+    @_retried
     def rechecks(self, study_id: int) -> list[RecheckRow]:
         """A study's rechecks, oldest first (none for a database that predates them)."""
         with self._errors():
@@ -340,6 +428,7 @@ class AutotuneStorage:
                     s.expunge(row)
                 return rows
 
+    @_retried
     def measurement(self, study_id: int, trial_number: int) -> MeasurementRow | None:
         """One trial's measurement row, if it has one."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
@@ -352,6 +441,7 @@ class AutotuneStorage:
 
     # -- export / import (autotune.transfer) -------------------------------------------------
 
+    @_retried
     def machine_rows(self, machine_ids: Collection[int]) -> list[MachineRow]:
         """The machine rows with these ids, by id."""
         if not machine_ids:
@@ -363,6 +453,7 @@ class AutotuneStorage:
                 s.expunge(row)
             return rows
 
+    @_retried
     def front_rows(self, study_id: int) -> list[ParetoPointRow]:
         """The stored front of a study (trial numbers with their values), by trial number."""
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
@@ -373,6 +464,7 @@ class AutotuneStorage:
                 s.expunge(row)
             return rows
 
+    @_retried
     def has_table(self, table: str) -> bool:
         """Whether the database has ``table`` (False when there is no database yet)."""
         if not self.exists:
@@ -380,6 +472,7 @@ class AutotuneStorage:
         with self._errors():
             return table in inspect(self.engine).get_table_names()
 
+    @_retried
     def study_table_rows(self, table: str, study_id: int) -> list[dict[str, Any]]:
         """A study's rows of the autotune table ``table`` (keyed by ``study_id``), as
         column -> value without the primary key and ``study_id``, in primary-key order
@@ -395,6 +488,7 @@ class AutotuneStorage:
                 return [{k: v for k, v in row.items() if k not in skip}
                         for row in conn.execute(query).mappings()]
 
+    @_retried
     def import_study_records(
             self, study: StudyRow, *, machines: Sequence[MachineRow],
             measurements: Sequence[tuple[MeasurementRow, str]],
