@@ -10,6 +10,7 @@ measurement row, Optuna's ``tell()`` and the stored front.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
+from autotune._liveness import (
+    MACHINE_ATTR,
+    RETRY_ATTR,
+    WORKER_ATTR,
+    heartbeat,
+    reap_lost_trials,
+    worker_name,
+)
 from autotune._run import RunResult, run_config, trial_config
 from autotune.config import Budget, TrialConfig
 from autotune.launch import Launcher
@@ -28,6 +37,7 @@ from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.power import rated_device_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
 from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow
+from autotune.storage._retry import retrying
 
 if TYPE_CHECKING:
     from autotune.space import SearchSpace
@@ -37,7 +47,6 @@ _logger = logging.getLogger("autotune.study")
 
 #: Constraint key that marks a trial whose configuration could not be measured.
 FAILURE_CONSTRAINT = "measurable"
-RETRY_ATTR = "autotune_retry_of"
 
 
 @dataclass(frozen=True)
@@ -102,13 +111,18 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
     while n_trials is None or len(results) < n_trials:
         if timeout is not None and time.monotonic() - start >= timeout:
             break
-        trial = ostudy.ask(distributions)
+        reap_lost_trials(study, ostudy)  # trials of workers that died: failed, re-queued
+        trial = retrying(lambda: ostudy.ask(distributions), "asking for a trial",
+                         budget_s=study.storage.retry_s)
         # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
-        # must not stay RUNNING forever: it is told FAIL and the error goes on.
+        # must not stay RUNNING forever: it is told FAIL and the error goes on (and should
+        # this process die instead, its heartbeats stop and another process reaps it).
         try:
-            config = trial_config(study.space, trial.params, seed=study.seed or 0,
-                                  budget=budget)
-            result = recorder.record(trial, config, run_config(config, launcher))
+            with heartbeat(ostudy._storage, trial._trial_id):
+                recorder.mark_running(trial)
+                config = trial_config(study.space, trial.params, seed=study.seed or 0,
+                                      budget=budget)
+                result = recorder.record(trial, config, run_config(config, launcher))
         except BaseException as e:
             _tell_fail_quietly(ostudy, trial, e)
             raise
@@ -182,6 +196,33 @@ class Recorder:
             "memory_total_mb": float(fingerprint["memory_total_mb"]),
         }
 
+    def mark_running(self, trial: Any) -> None:
+        """Record where ``trial`` runs (this machine's row, ``host:pid``): the reaper names
+        them when this worker is lost, and ``study show`` groups trials by machine."""
+        self._retrying(lambda: (trial.set_user_attr(MACHINE_ATTR, self.machine_id),
+                                trial.set_user_attr(WORKER_ATTR, worker_name())))
+
+    def _retrying(self, operation: Callable[[], Any]) -> Any:
+        return retrying(operation, "recording a trial", budget_s=self.study.storage.retry_s)
+
+    def _tell(self, trial: Any, values: list[float] | None = None, **kwargs: Any) -> None:
+        """``tell``, retried through a lost connection; a retry that finds the trial
+        finished means the first attempt committed before the connection dropped."""
+        import optuna
+
+        attempts = 0
+
+        def tell() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.ostudy.tell(trial, values, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempts == 1:
+                    raise
+
+        self._retrying(tell)
+
     def worst(self, metric: str) -> float:
         direction = dict(self.study.space.objectives).get(metric)
         return worst_value(metric, direction=direction, **self._worst)
@@ -210,8 +251,8 @@ class Recorder:
             config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
             raw_json=json.dumps(raw), wall_s=run.wall_s,
         ))
-        trial.set_user_attr("wall_s", round(run.wall_s, 3))
-        trial.set_user_attr("fixed_knobs", space.fixed_params())
+        self._retrying(lambda: trial.set_user_attr("wall_s", round(run.wall_s, 3)))
+        self._retrying(lambda: trial.set_user_attr("fixed_knobs", space.fixed_params()))
         if state in ("ok", "infeasible"):
             def value(metric: str) -> float:
                 v = summary.get(metric) if state == "ok" else None
@@ -221,28 +262,29 @@ class Recorder:
             violations = {str(c): c.violation(value(c.metric)) for c in space.constraints}
             violations[FAILURE_CONSTRAINT] = 0.0 if state == "ok" else 1.0
             for key, v in violations.items():
-                trial.set_constraint(key, v)
+                self._retrying(functools.partial(trial.set_constraint, key, v))
             feasible = all(v <= 0 for v in violations.values())
             headline = {k: v for k, v in summary.items()
                         if k not in ("missing", "energy_model")}
-            trial.set_user_attr("metrics", headline)
+            self._retrying(lambda: trial.set_user_attr("metrics", headline))
             for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
                 if k in summary:
-                    trial.set_user_attr(k, summary[k])
+                    self._retrying(functools.partial(trial.set_user_attr, k, summary[k]))
             if kind:
-                trial.set_user_attr("failure_kind", kind)
-                trial.set_user_attr("reason", reason[:2000])
-            self.ostudy.tell(trial, values)
+                self._retrying(lambda: trial.set_user_attr("failure_kind", kind))
+                self._retrying(lambda: trial.set_user_attr("reason", reason[:2000]))
+            self._tell(trial, values)
         else:
-            trial.set_user_attr("failure_kind", kind)
-            trial.set_user_attr("reason", reason[:2000])
-            self.ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._retrying(lambda: trial.set_user_attr("failure_kind", kind))
+            self._retrying(lambda: trial.set_user_attr("reason", reason[:2000]))
+            self._tell(trial, state=optuna.trial.TrialState.FAIL)
             _logger.warning("trial %d failed (%s): %s; params %s", trial.number, kind, reason,
                             trial.params)
             # A crash may be transient (retried once). A timeout or a SIGKILL (the OOM
             # killer) would strike again: retrying would only spend the budget twice.
             if kind == "crash" and RETRY_ATTR not in trial.user_attrs:
-                self.ostudy.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+                self._retrying(lambda: self.ostudy.enqueue_trial(
+                    trial.params, user_attrs={RETRY_ATTR: trial.number}))
         if values is not None:
             self._update_front(trial.number)
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),

@@ -33,6 +33,7 @@ from autotune.pareto import FrontSnapshot, pareto_front
 from autotune.space import SearchSpace, check_measurable, load_space, one_line, parse_space
 from autotune.storage import AutotuneStorage
 from autotune.storage._models import StudyRow
+from autotune.storage._retry import retry_budget_s
 
 _logger = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ class Study:
         if missing:
             _logger.warning("%s", missing_backends_warning(self.name, missing))
         self.storage.prepare_for_writing()
+        # reached: from here on a lost connection is a fault to ride out, not an error
+        self.storage.retry_s = max(self.storage.retry_s, retry_budget_s())
         done_before = len(self._optuna_study().trials)
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
         run_seed = None if self.seed is None else self.seed + done_before
@@ -258,9 +261,18 @@ class Study:
         import optuna
 
         states = optuna.trial.TrialState
+        otrials = self._optuna_study().get_trials(deepcopy=False)
+        # a trial reaped after its worker died was never told by it: its failure is in
+        # autotune's measurement row only (worker_lost)
+        unexplained = any(t.state == states.FAIL and "failure_kind" not in t.user_attrs
+                          for t in otrials)
+        recorded = {r.trial_number: r for r in self.storage.measurements(self._row.id)} \
+            if unexplained else {}
         out = []
-        for t in self._optuna_study().get_trials(deepcopy=False):
-            kind = t.user_attrs.get("failure_kind")
+        for t in otrials:
+            row = recorded.get(t.number)
+            kind = t.user_attrs.get("failure_kind") or (row.failure_kind if row else None)
+            reason = t.user_attrs.get("reason") or (row.reason if row else "")
             if t.state == states.COMPLETE:
                 state = "infeasible" if kind else "ok"
             elif t.state == states.RUNNING:
@@ -274,7 +286,7 @@ class Study:
             out.append(TrialResult(
                 number=t.number, state=state, params=dict(t.params),
                 metrics=dict(t.user_attrs.get("metrics", {})), values=t.values,
-                feasible=feasible, failure_kind=kind, reason=t.user_attrs.get("reason", ""),
+                feasible=feasible, failure_kind=kind, reason=reason,
                 wall_s=t.user_attrs.get("wall_s"),
             ))
         return out

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,12 +38,16 @@ class WorkerOutcome:
     wall_s: float = 0.0
 
 
-def worker_environment(memory_mb: int | None) -> dict[str, str]:
+def worker_environment(memory_mb: int | None,
+                       cpus: Sequence[int] | None = None) -> dict[str, str]:
     """The environment a worker starts with: the driver's, plus the launch time (so process
     start-up is measured), the driver's directory on ``PYTHONPATH`` (custom workloads stay
-    importable from the worker's own working directory) and an absolute cache dir."""
+    importable from the worker's own working directory), an absolute cache dir and the
+    cores it may use (``cpus``; ``None``: the driver's)."""
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "AUTOTUNE_LAUNCH_TIME": repr(time.time()), "PYTHONPATH": path}
+    if cpus is not None:
+        env["AUTOTUNE_CPUS"] = ",".join(str(c) for c in sorted(cpus))
     if memory_mb is not None:
         # glibc reserves 64 MB of address space per thread arena; under an address
         # space cap that is phantom memory (MindSpore needs 800 MB less headroom).
@@ -63,8 +68,11 @@ class ProcessLauncher:
     including any helper processes a framework started, is killed with SIGKILL.
     """
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, *,
+                 cpus: Sequence[int] | None = None) -> None:
         self.python = python
+        #: The cores its workers may use (``None``: the driver's).
+        self.cpus = None if cpus is None else tuple(cpus)
 
     def close(self) -> None:
         """Nothing to release: every worker is gone when its :meth:`run` returns."""
@@ -80,7 +88,7 @@ class ProcessLauncher:
             # The worker runs in the trial's temporary directory, so whatever a framework
             # writes to its working directory (MindSpore's rank_0/ logs) goes away with it;
             # the driver's directory stays importable for custom workloads.
-            env = worker_environment(config.budget.memory_mb)
+            env = worker_environment(config.budget.memory_mb, self.cpus)
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(
                     [self.python, "-m", "autotune.launch._worker", str(config_path),

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def worker_key(config: TrialConfig) -> WorkerKey:
 class WarmWorker:
     """One serving worker process and the pipes to it."""
 
-    def __init__(self, key: WorkerKey, python: str = sys.executable) -> None:
+    def __init__(self, key: WorkerKey, python: str = sys.executable,
+                 cpus: Sequence[int] | None = None) -> None:
         backend, _device, threads, memory_mb = key
         self.key = key
         self.trials = 0
@@ -76,7 +78,7 @@ class WarmWorker:
                      "auto" if threads is None else str(threads), str(reply_w)],
                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
                     pass_fds=(reply_w,), start_new_session=True,
-                    env=worker_environment(memory_mb), cwd=self._dir.name,
+                    env=worker_environment(memory_mb, cpus), cwd=self._dir.name,
                 )
         except BaseException:
             os.close(reply_r)
@@ -219,15 +221,18 @@ class WarmLauncher:
         recycle_after: trials after which a worker is replaced although all went well
             (bounds what a framework may accumulate: caches, fragmentation).
         max_workers: warm workers kept at once; the least recently used is closed first.
+        cpus: the cores its workers may use (one job's share of the machine; ``None``:
+            the driver's).
     """
 
     def __init__(self, *, recycle_after: int = RECYCLE_AFTER, max_workers: int = MAX_WORKERS,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, cpus: Sequence[int] | None = None) -> None:
         if recycle_after < 1 or max_workers < 1:
             raise ValueError("recycle_after and max_workers must be at least 1")
         self.recycle_after = recycle_after
         self.max_workers = max_workers
         self.python = python
+        self.cpus = None if cpus is None else tuple(cpus)
         self._workers: OrderedDict[WorkerKey, WarmWorker] = OrderedDict()
         self.started = 0  # workers started so far (replacements included)
 
@@ -251,7 +256,7 @@ class WarmLauncher:
                 _, oldest = self._workers.popitem(last=False)
                 oldest.close()
             t0 = time.perf_counter()
-            worker = WarmWorker(key, self.python)
+            worker = WarmWorker(key, self.python, self.cpus)
             self.started += 1
             self._workers[key] = worker
             try:

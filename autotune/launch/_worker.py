@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 #: Environment variables that change performance, recorded with every measurement so a
 #: trial can be re-run under the same conditions.
+#: The cores a driver assigns to its worker (comma-separated CPU numbers).
+CPUS_ENV = "AUTOTUNE_CPUS"
 PERFORMANCE_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "MALLOC_",
                             "TF_", "XLA_", "ONEDNN_", "DNNL_", "TORCH", "PYTORCH_",
                             "CUDA_", "NVIDIA_", "ASCEND_", "MS_", "GLOG_")
@@ -297,6 +299,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _restrict_to_assigned_cpus() -> None:
+    """Keep to the cores the driver gave this worker (``$AUTOTUNE_CPUS``, e.g. ``2,3``:
+    one job of ``study run --jobs N``), before any thread pool exists, so every thread
+    the framework starts inherits them and no two jobs' trials share a core."""
+    assigned = os.environ.get(CPUS_ENV)
+    if not assigned:
+        return
+    cpus = {int(c) for c in assigned.split(",") if c.strip()}
+    os.sched_setaffinity(0, cpus & os.sched_getaffinity(0) or cpus)
+
+
 def _arm_alarm(trial_seconds: float) -> None:
     """A second guard a few seconds past the trial's budget (the driver normally kills us
     first); a hung trial dies of SIGALRM."""
@@ -315,6 +328,7 @@ def run_once(argv: list[str]) -> int:
     config_data = json.loads(Path(config_path).read_text())
     budget_s = float(config_data["budget"]["trial_seconds"])
     _die_with_parent()
+    _restrict_to_assigned_cpus()
     _arm_alarm(budget_s)
     process_start_s = time.time() - launched
     deadline = time.perf_counter() + budget_s - process_start_s - SAFETY_MARGIN_S
@@ -342,6 +356,7 @@ def serve(argv: list[str]) -> int:
     launched = float(os.environ.get("AUTOTUNE_LAUNCH_TIME", time.time()))
     backend_name, threads_arg, reply_fd = argv
     _die_with_parent()
+    _restrict_to_assigned_cpus()
     reply = os.fdopen(int(reply_fd), "w", buffering=1)
     os.set_inheritable(reply.fileno(), False)  # helpers a framework starts must not hold it
     process_start_s = time.time() - launched

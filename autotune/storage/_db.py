@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -114,8 +115,15 @@ class AutotuneStorage:
         """Optuna's storage on the same database (creates Optuna's tables if missing)."""
         import optuna
 
+        from autotune._liveness import grace_period_s, heartbeat_interval_s
+
         try:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=self._engine_kwargs())
+            with warnings.catch_warnings():  # heartbeats: experimental since 2.9, still so
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=self._engine_kwargs(),
+                    heartbeat_interval=heartbeat_interval_s(),
+                    grace_period=grace_period_s())
         except (SQLAlchemyError, RuntimeError) as e:
             raise StorageError(f"storage {self.url!r}: {_one_line(e)}") from None
 
@@ -302,9 +310,15 @@ class AutotuneStorage:
 
     @_retried
     def add_measurement(self, row: MeasurementRow) -> None:
-        """Store one trial's outcome."""
-        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
-            s.add(row)
+        """Store one trial's outcome (once: a retry after a commit whose reply was lost
+        finds the row there and is done)."""
+        with self._errors():
+            try:
+                with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                    s.add(row)
+            except IntegrityError:
+                if self.measurement(row.study_id, row.trial_number) is None:
+                    raise
 
     @_retried
     def measurements(self, study_id: int) -> list[MeasurementRow]:
