@@ -473,24 +473,23 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     if existing is not None and name not in optuna.get_all_study_names(store.optuna):
         store.delete_study_rows(existing.id)  # orphan rows of a study Optuna deleted
         existing = None
+    if existing is None and store.exists and name in optuna.get_all_study_names(store.optuna):
+        existing = _created_by_another(store, name)
     if existing is not None:
-        if not exist_ok:
-            raise StudyExistsError(f"study {name!r} already exists in {store.url}; "
-                                   "choose another name or delete it first")
-        study = Study(existing, store)
-        study.check_space(parsed)
-        return study
-    if store.exists and name in optuna.get_all_study_names(store.optuna):
-        raise StudyExistsError(f"an Optuna study named {name!r} (not made by autotune) "
-                               f"already exists in {store.url}")
+        return _join_existing(existing, store, parsed, exist_ok)
     # The fingerprint is of the space as written (device: auto stays auto), so the same
     # file matches the study on any machine; the stored space has the devices found here.
     fingerprint = parsed.fingerprint()
     with _naming_the_space(where, "params.device"):
         resolved = resolve_devices(parsed)
     store.prepare_for_writing()
-    ostudy = optuna.create_study(study_name=name, storage=store.optuna,
-                                 directions=parsed.directions)
+    try:
+        ostudy = optuna.create_study(study_name=name, storage=store.optuna,
+                                     directions=parsed.directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        # another process created it between our look and our create: Optuna's unique
+        # name decides who creates; the others join (exist_ok) or are told it exists
+        return _join_existing(_created_by_another(store, name), store, parsed, exist_ok)
     try:
         with warnings.catch_warnings():  # experimental since 3.2, still the way in 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -504,6 +503,35 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
         optuna.delete_study(study_name=name, storage=store.optuna)
         raise
     return Study(row, store)
+
+
+#: Seconds a creator waits for another process's half-created study to be complete.
+CONCURRENT_CREATE_WAIT_S = 30.0
+
+
+def _created_by_another(store: AutotuneStorage, name: str) -> StudyRow:
+    """The autotune row of study ``name``, whose Optuna study exists: another process is
+    creating it (Optuna's study first, then autotune's row), so wait for the row. Without
+    one after :data:`CONCURRENT_CREATE_WAIT_S` the Optuna study was not made by autotune."""
+    deadline = time.monotonic() + CONCURRENT_CREATE_WAIT_S
+    while True:
+        row = store.get_study(name)
+        if row is not None:
+            return row
+        if time.monotonic() >= deadline:
+            raise StudyExistsError(f"an Optuna study named {name!r} (not made by autotune) "
+                                   f"already exists in {store.url}")
+        time.sleep(0.1)
+
+
+def _join_existing(row: StudyRow, store: AutotuneStorage, space: SearchSpace,
+                   exist_ok: bool) -> Study:
+    if not exist_ok:
+        raise StudyExistsError(f"study {row.study_name!r} already exists in {store.url}; "
+                               "choose another name or delete it first")
+    study = Study(row, store)
+    study.check_space(space)
+    return study
 
 
 def load_study(name: str, *, storage: str | None = None) -> Study:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     delete,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -72,6 +74,28 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+#: PostgreSQL advisory lock key of autotune's schema creation (any fixed 64-bit integer).
+_SCHEMA_LOCK_KEY = 0x6175746F74756E65  # "autotune"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    import fcntl
+
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 (closed below, after the unlock)
+    except OSError:  # a read-only folder: nothing will be created there either
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _one_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -118,7 +142,8 @@ class AutotuneStorage:
         from autotune._liveness import grace_period_s, heartbeat_interval_s
 
         try:
-            with warnings.catch_warnings():  # heartbeats: experimental since 2.9, still so
+            # heartbeats: experimental since Optuna 2.9, still so
+            with self._schema_lock(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     self.url, engine_kwargs=self._engine_kwargs(),
@@ -147,7 +172,7 @@ class AutotuneStorage:
         if sqlite_path(self.url) is not None:
             self._use_wal()
         _ = self.optuna
-        with self._errors():
+        with self._errors(), self._schema_lock():
             tables = set(inspect(self.engine).get_table_names())
             version = self._check_version() if "autotune_schema" in tables else None
             with Session(self.engine, expire_on_commit=False) as s, s.begin():
@@ -161,6 +186,30 @@ class AutotuneStorage:
                 Base.metadata.create_all(s.connection())
                 if s.scalar(select(SchemaVersionRow)) is None:
                     s.add(SchemaVersionRow(id=1, version=SCHEMA_VERSION))
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Serialise table creation with every other process on the database (ten
+        ``study create`` at once on a fresh database: PostgreSQL's concurrent CREATE TABLE
+        fails on its catalog's unique keys, SQLite's on "already exists"). A session-level
+        advisory lock on PostgreSQL, an exclusive lock on a file beside a SQLite database."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            if not path.parent.is_dir():
+                yield  # nothing to create here yet (a read of a missing file)
+                return
+            with _file_lock(path.with_name(path.name + ".lock")):
+                yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": _SCHEMA_LOCK_KEY})
+                conn.commit()
 
     def _use_wal(self) -> None:
         """Put a SQLite file in write-ahead-log mode (kept by the file): readers never
@@ -355,17 +404,6 @@ class AutotuneStorage:
             if snapshot is not None:
                 s.add(snapshot)
             s.commit()
-
-    @contextmanager
-    def study_lock(self, study_id: int) -> Iterator[None]:
-        """Hold the study's lock (see :meth:`update_front`) for the block: what runs inside
-        is serialised with every other holder, on any machine."""
-        with self._errors(), Session(self.engine, expire_on_commit=False) as s:
-            self._lock_study(s, study_id)
-            try:
-                yield
-            finally:
-                s.rollback()
 
     def _lock_study(self, session: Session, study_id: int) -> None:
         if sqlite_path(self.url) is not None:
