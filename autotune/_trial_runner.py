@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
+from autotune._jobs import Quota
 from autotune._liveness import (
     MACHINE_ATTR,
     RETRY_ATTR,
@@ -89,28 +93,110 @@ def trial_count(ostudy: Any) -> int:
 def run_trials(study: Study, ostudy: Any, launcher: Launcher, *,
                n_trials: int | None, timeout: float | None, start: float,
                callbacks: list[Callable[[TrialResult], None]] | None,
-               recheck_every: int) -> list[TrialResult]:
+               recheck_every: int, devices: Sequence[str] | None = None) -> list[TrialResult]:
     """Run trials of ``study`` (asked from ``ostudy``, its Optuna study with the run's
     sampler) on ``launcher`` (left open) until ``n_trials`` are done or ``timeout``
     seconds after ``start`` (a ``time.monotonic()`` value) have passed; re-check the
-    front every ``recheck_every`` trials."""
+    front every ``recheck_every`` trials. ``devices``: the only devices this worker's
+    trials may use (``None``: whatever the sampler proposes)."""
+    recorder = _recorder(study, ostudy)
+    return _loop(study, ostudy, recorder, launcher, Quota(n_trials), timeout, start,
+                 callbacks, recheck_every, _device_pin(study, ostudy, devices))
+
+
+def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
+             launchers: Sequence[Launcher], job_devices: Sequence[Sequence[str]], *,
+             n_trials: int | None, timeout: float | None, start: float,
+             callbacks: list[Callable[[TrialResult], None]] | None,
+             recheck_every: int) -> list[TrialResult]:
+    """:func:`run_trials` for several jobs at once, a thread each (see
+    :mod:`autotune._jobs`): job ``i`` asks through ``make_ostudy(i)``, runs on
+    ``launchers[i]`` (pinned to its cores) and only on ``job_devices[i]``; they share the
+    ``n_trials`` quota. The first error of any job stops the others and is raised."""
+    quota = Quota(n_trials)
+    lock = threading.Lock()
+    results: list[TrialResult] = []
+    errors: list[BaseException] = []
+
+    def on_result(result: TrialResult) -> None:
+        with lock:  # callbacks (a progress display) are not thread-safe
+            results.append(result)
+            for callback in callbacks or ():
+                callback(result)
+
+    def job(index: int) -> None:
+        try:
+            ostudy = make_ostudy(index)
+            _loop(study, ostudy, _recorder(study, ostudy), launchers[index], quota, timeout,
+                  start, [on_result], recheck_every if index == 0 else 0,
+                  _device_pin(study, ostudy, job_devices[index]), keep=False)
+        except BaseException as e:
+            errors.append(e)
+            quota.stop.set()
+
+    threads = [threading.Thread(target=job, args=(i,), name=f"autotune-job-{i + 1}")
+               for i in range(len(launchers))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:  # Ctrl-C: no new trial; the running ones end with their workers
+        quota.stop.set()
+        for launcher in launchers:
+            launcher.close()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
+    return sorted(results, key=lambda r: r.number)
+
+
+def _recorder(study: Study, ostudy: Any) -> Recorder:
     fingerprint = machine_fingerprint()
     machine_id = study.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
-    recorder = Recorder(study, ostudy, machine_id, fingerprint)
-    return _loop(study, ostudy, recorder, launcher, n_trials, timeout, start, callbacks,
-                 recheck_every)
+    return Recorder(study, ostudy, machine_id, fingerprint)
+
+
+def _device_pin(study: Study, ostudy: Any,
+                devices: Sequence[str] | None) -> Callable[[], None] | None:
+    """What to do before each ask so the sampler proposes only ``devices`` (cycled, one
+    per trial, through Optuna's PartialFixedSampler); ``None`` when nothing is pinned."""
+    import optuna
+
+    from autotune._jobs import space_devices
+
+    if devices is None or list(devices) == space_devices(study.space) \
+            or study.space.param("device") is None:
+        return None
+    base = ostudy.sampler
+    turn = itertools.cycle(list(devices))
+
+    def pin() -> None:
+        with warnings.catch_warnings():  # experimental since 2.4, still so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.sampler = optuna.samplers.PartialFixedSampler({"device": next(turn)}, base)
+
+    return pin
 
 
 def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
-          n_trials: int | None, timeout: float | None, start: float,
+          quota: Quota, timeout: float | None, start: float,
           callbacks: list[Callable[[TrialResult], None]] | None,
-          recheck_every: int) -> list[TrialResult]:
+          recheck_every: int, pin: Callable[[], None] | None = None,
+          keep: bool = True) -> list[TrialResult]:
+    """Ask, run, record and tell until ``quota`` or ``timeout`` ends it; ``keep``: return
+    the results (a job hands them to its callback instead)."""
     budget = effective_budget(study.space)
     distributions = study.space.distributions()
     results: list[TrialResult] = []
-    while n_trials is None or len(results) < n_trials:
+    done = 0
+    while quota.claim():
         if timeout is not None and time.monotonic() - start >= timeout:
             break
+        if pin is not None:
+            pin()
         reap_lost_trials(study, ostudy)  # trials of workers that died: failed, re-queued
         trial = retrying(lambda: ostudy.ask(distributions), "asking for a trial",
                          budget_s=study.storage.retry_s)
@@ -126,10 +212,12 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
         except BaseException as e:
             _tell_fail_quietly(ostudy, trial, e)
             raise
-        results.append(result)
+        done += 1
+        if keep:
+            results.append(result)
         for callback in callbacks or ():
             callback(result)
-        if recheck_every and len(results) % recheck_every == 0:
+        if recheck_every and done % recheck_every == 0:
             recheck_front(study, launcher, after_trials=trial_count(ostudy),
                           deadline=None if timeout is None else start + timeout)
     return results
@@ -337,4 +425,4 @@ def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
 
 
 __all__ = ["FAILURE_CONSTRAINT", "Recorder", "TrialResult", "effective_budget",
-           "recheck_front", "run_trials"]
+           "recheck_front", "run_jobs", "run_trials"]

@@ -13,13 +13,14 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from autotune import _trial_runner, drift
+from autotune._jobs import assign_devices, check_threads_fit, core_slots, worker_devices
 from autotune._trial_runner import FAILURE_CONSTRAINT, TrialResult
 from autotune.config import Budget, TrialConfig
 from autotune.exceptions import (
@@ -189,7 +190,10 @@ class Study:
                  sampler: str | None = None,
                  callbacks: list[Callable[[TrialResult], None]] | None = None,
                  launcher: Launcher | None = None,
-                 recheck_every: int = drift.RECHECK_EVERY) -> list[TrialResult]:
+                 recheck_every: int = drift.RECHECK_EVERY,
+                 jobs: int = 1, devices: Sequence[str] | None = None,
+                 launcher_factory: Callable[[Sequence[int]], Launcher] | None = None,
+                 ) -> list[TrialResult]:
         """Run trials until ``n_trials`` are done or ``timeout`` seconds have passed.
 
         With neither given, runs 10 trials. A trial is not started after the timeout; the
@@ -201,6 +205,12 @@ class Study:
         After every ``recheck_every`` trials (0: never) up to two front configurations
         are measured again and compared with their trials, so a configuration whose speed
         drifts is flagged ``drifting`` rather than crowned (:mod:`autotune.drift`).
+
+        ``jobs``: trials run at once on this machine, each job on its own cores and
+        accelerator (:mod:`autotune._jobs`), sharing ``n_trials``; each job gets a launcher
+        from ``launcher_factory(cores)`` (default: warm workers pinned to those cores).
+        ``devices``: the only devices of the space this process may run (an
+        ``autotune worker --devices``); the sampler proposes no other.
         """
         if n_trials is not None and n_trials < 1:
             raise StudyError(f"n_trials must be a positive integer, got {n_trials}")
@@ -211,7 +221,10 @@ class Study:
                              f"trials, got {recheck_every}")
         if n_trials is None and timeout is None:
             n_trials = 10
+        if jobs > 1 and launcher is not None:
+            raise StudyError("a launcher serves one job; give launcher_factory for jobs > 1")
         start = time.monotonic()  # the timeout counts from the call, set-up included
+        slots, job_devices = self.plan_jobs(jobs, devices)
         self.check_factory_unchanged()
         missing = self.check_backends()
         if missing:
@@ -222,15 +235,45 @@ class Study:
         done_before = len(self._optuna_study().trials)
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
         run_seed = None if self.seed is None else self.seed + done_before
-        ostudy = self._optuna_study(make_sampler(sampler or self.sampler, run_seed))
+        name = sampler or self.sampler
+        if jobs > 1:
+            def make_ostudy(job: int) -> Any:  # a sampler each: its own seed and state
+                return self._optuna_study(make_sampler(
+                    name, None if run_seed is None else run_seed + 1000 * job))
+
+            factory = launcher_factory or (lambda cores: WarmLauncher(cpus=cores))
+            launchers = [factory(cores) for cores in slots]
+            try:
+                return _trial_runner.run_jobs(
+                    self, make_ostudy, launchers, job_devices, n_trials=n_trials,
+                    timeout=timeout, start=start, callbacks=callbacks,
+                    recheck_every=recheck_every)
+            finally:
+                for each in launchers:
+                    each.close()
+        ostudy = self._optuna_study(make_sampler(name, run_seed))
         active: Launcher = launcher if launcher is not None else WarmLauncher()
         try:
             return _trial_runner.run_trials(
                 self, ostudy, active, n_trials=n_trials, timeout=timeout, start=start,
-                callbacks=callbacks, recheck_every=recheck_every)
+                callbacks=callbacks, recheck_every=recheck_every, devices=job_devices[0])
         finally:
             if launcher is None:  # a launcher passed in belongs to the caller
                 active.close()
+
+    def plan_jobs(self, jobs: int = 1, devices: Sequence[str] | None = None,
+                  ) -> tuple[list[tuple[int, ...]], list[list[str]]]:
+        """Each job's cores (none for one job: it keeps the process's) and devices, for a
+        run of ``jobs`` trials at once on ``devices`` (see :meth:`optimize`). Raises
+        :class:`StudyError` in one line when they cannot run honestly: more jobs than
+        cores, a space whose threads exceed a job's cores, devices the space does not
+        search."""
+        usable = worker_devices(self.space, devices)
+        if jobs == 1:
+            return [], [usable]
+        slots = core_slots(jobs)
+        check_threads_fit(self.space, len(slots[0]), jobs)
+        return slots, assign_devices(usable, jobs)
 
     def recheck_front(self, launcher: Launcher, *, after_trials: int = 0,
                       points: int = drift.RECHECK_POINTS,

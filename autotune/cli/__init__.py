@@ -35,6 +35,7 @@ from autotune.cli._study import (
     _cmd_report,
     _cmd_run,
     _cmd_show,
+    _cmd_worker,
 )
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NOT_HELD", "EXIT_USAGE",
@@ -47,7 +48,7 @@ _COMMANDS: dict[str, Callable[[Any, Any], int]] = {
     "run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete,
     "verify": _cmd_verify, "export": _cmd_export, "import": _cmd_import,
     "report": _cmd_report, "recommend": _cmd_recommend, "gate": _cmd_gate,
-    "dashboard": _cmd_dashboard,
+    "dashboard": _cmd_dashboard, "worker": _cmd_worker,
 }
 
 
@@ -97,7 +98,8 @@ def _main(argv: Sequence[str] | None) -> int:
     _quiet_libraries()
     from autotune.exceptions import AutotuneError
 
-    action = args.command if args.command in ("devices", "peak", "measure") else args.action
+    action = args.command if args.command in ("devices", "peak", "measure", "worker") \
+        else args.action
     from autotune.space import one_line
 
     _terminate_as_interrupt()

@@ -48,6 +48,44 @@ def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
                         help="show tracebacks on errors")
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """What ``study run`` and ``worker`` share."""
+    p.add_argument("name", help="study name")
+    p.add_argument("--n-trials", type=_positive_int, metavar="N",
+                   help="number of trials (this process's share; with --jobs, all jobs')")
+    p.add_argument("--timeout", type=_duration, metavar="DURATION",
+                   help="start no trial after this long (90, 90s, 5m, 1h)")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="run N trials at once, each on cores (and an accelerator) of its own: "
+                        "the machine's cores are split evenly and no two trials share one; "
+                        "a space whose threads exceed a job's cores is refused (default 1)")
+    p.add_argument("--devices", type=_device_list, metavar="LIST",
+                   help="the devices this process may use, e.g. cpu or cuda:0,cuda:1 (default: "
+                        "every device of the study's space); the sampler proposes no other")
+    p.add_argument("--space", metavar="FILE",
+                   help="check that the study's stored space equals this file")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"),
+                   help="override the study's sampler for this run")
+    p.add_argument("--recheck-every", type=_non_negative_int, default=10, metavar="N",
+                   help="re-measure up to two front configurations after every N trials "
+                        "and flag those that drifted (0: never; default 10)")
+    p.add_argument("--fresh-workers", action="store_true",
+                   help="start a fresh worker process for every trial (slower: pays the "
+                        "framework import each time; for comparing with warm workers)")
+    p.add_argument("--wait", type=_duration, metavar="DURATION",
+                   help="if the storage cannot be reached, keep trying this long (a database "
+                        "that is still starting); default: fail at once with one line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
+
+
+def _device_list(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",")]
+    if not all(devices):
+        raise argparse.ArgumentTypeError(f"expected devices separated by commas, e.g. "
+                                         f"cpu,cuda:0; got {text!r}")
+    return devices
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -234,21 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "any failed trial. Every --recheck-every trials, two "
                                    "front configurations are measured again to catch drift. "
                                    "Without --n-trials or --timeout, runs 10 trials.")
-    p.add_argument("name", help="study name")
-    p.add_argument("--n-trials", type=_positive_int, metavar="N", help="number of trials")
-    p.add_argument("--timeout", type=_duration, metavar="DURATION",
-                   help="start no trial after this long (90, 90s, 5m, 1h)")
-    p.add_argument("--space", metavar="FILE",
-                   help="check that the study's stored space equals this file")
-    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"),
-                   help="override the study's sampler for this run")
-    p.add_argument("--recheck-every", type=_non_negative_int, default=10, metavar="N",
-                   help="re-measure up to two front configurations after every N trials "
-                        "and flag those that drifted (0: never; default 10)")
-    p.add_argument("--fresh-workers", action="store_true",
-                   help="start a fresh worker process for every trial (slower: pays the "
-                        "framework import each time; for comparing with warm workers)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
+    _run_arguments(p)
+    _common(p)
+
+    p = commands.add_parser(
+        "worker", help="join a study from this machine: run its trials on this machine's "
+                       "devices (many workers, many machines, one study)",
+        description="Run trials of an existing study on this machine, beside any number of "
+                    "other workers on this or other machines: they share the study's storage "
+                    "(PostgreSQL for several machines), ask the same sampler, and write one "
+                    "front under the study's lock. A worker declares its devices (--devices, "
+                    "default: the space's), records its machine on every trial, sends "
+                    "heartbeats while a trial runs, and reaps the trials of workers that "
+                    "died (failed as worker_lost, their configuration run once more). Its "
+                    "trial processes end with it, even on SIGKILL.",
+        epilog="examples:\n"
+               "  autotune worker big --storage postgresql+psycopg://tuner@db:5432/autotune "
+               "--devices cuda:0,cuda:1 --jobs 2\n"
+               "  autotune worker big --storage $AUTOTUNE_STORAGE --n-trials 20 --wait 2m\n"
+               "Kubernetes Job and Slurm array examples: examples/cluster/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _run_arguments(p)
+    p.add_argument("--i-know-sqlite-is-local", action="store_true",
+                   help="allow a SQLite storage although the study has trials from another "
+                        "machine or the file is on a network filesystem (SQLite's locking "
+                        "fails there and loses data)")
     _common(p)
 
     p = sub.add_parser("list", help="list studies", description="List every study in the "

@@ -35,14 +35,42 @@ def _cmd_create(args: argparse.Namespace, console: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, console: Any) -> int:
+    study = _load_waiting(args.name, args.storage, args.wait)
+    return _run_loaded(study, args, console)
+
+
+def _cmd_worker(args: argparse.Namespace, console: Any) -> int:
+    from autotune._jobs import check_storage_for_workers
+
+    study = _load_waiting(args.name, args.storage, args.wait)
+    check_storage_for_workers(study, allow_sqlite=args.i_know_sqlite_is_local)
+    return _run_loaded(study, args, console)
+
+
+def _load_waiting(name: str, storage: str | None, wait_s: float | None) -> Any:
+    """The study, trying again for ``wait_s`` seconds while the storage is unreachable
+    (``None``: one attempt, so an unreachable server is one line at once)."""
     import autotune
-    from autotune.launch import ProcessLauncher
+    from autotune.storage._retry import is_transient
+
+    deadline = time.monotonic() + (wait_s or 0.0)
+    while True:
+        try:
+            return autotune.load_study(name, storage=storage)
+        except autotune.StorageError as e:
+            if wait_s is None or time.monotonic() >= deadline or not is_transient(e):
+                raise
+            time.sleep(1.0)
+
+
+def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
+    from autotune.launch import ProcessLauncher, WarmLauncher
     from autotune.space import load_space
     from autotune.study import missing_backends_warning
 
-    study = autotune.load_study(args.name, storage=args.storage)
     if args.space:
         study.check_space(load_space(args.space))
+    study.plan_jobs(args.jobs, args.devices)  # refused in one line before any progress
     missing = study.check_backends()  # none installed here: an error before any trial
     if missing:
         print(f"autotune: warning: {missing_backends_warning(study.name, missing)}",
@@ -51,7 +79,11 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
     if n_trials is None and timeout is None:
         n_trials = 10
     show_progress = not args.quiet and not args.json
-    launcher = ProcessLauncher() if args.fresh_workers else None  # None: warm workers
+    launcher = ProcessLauncher() if args.fresh_workers and args.jobs == 1 else None
+    factory = (lambda cores: ProcessLauncher(cpus=cores)) if args.fresh_workers else \
+        (lambda cores: WarmLauncher(cpus=cores))
+    run = {"launcher": launcher, "recheck_every": args.recheck_every, "jobs": args.jobs,
+           "devices": args.devices, "launcher_factory": factory}
     start = time.monotonic()
     results: list[Any] = []
 
@@ -81,11 +113,9 @@ def _cmd_run(args: argparse.Namespace, console: Any) -> int:
                                         + (f"/{n_trials}" if n_trials else "") + " trials")
 
         with progress:
-            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial],
-                           launcher=launcher, recheck_every=args.recheck_every)
+            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial], **run)
     else:
-        results = study.optimize(n_trials=n_trials, timeout=timeout, launcher=launcher,
-                                 recheck_every=args.recheck_every)
+        results = study.optimize(n_trials=n_trials, timeout=timeout, **run)
     if args.json:
         out = _front_json(study)
         out["run"] = {"trials": len(results), "seconds": round(time.monotonic() - start, 1)}

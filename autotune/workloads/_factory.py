@@ -190,9 +190,21 @@ def module_file(module: str) -> Path | None:
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if candidate.is_file():
                 return candidate
-    top = parts[0]
-    if len(parts) == 1 and top in sys.builtin_module_names:
+    # Not a plain folder on sys.path: an editable install's meta-path finder (pip install
+    # -e) knows where the top-level package is; finding a top-level spec imports nothing.
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
         return None
+    if spec is None:
+        return None
+    if len(parts) == 1:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for location in spec.submodule_search_locations or ():
+        base = Path(location).joinpath(*parts[1:])
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
     return None
 
 
