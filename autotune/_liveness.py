@@ -98,8 +98,8 @@ def reap_lost_trials(study: Study, ostudy: Any) -> list[int]:
     """
     import optuna
 
-    storage = ostudy._storage
-    if not isinstance(storage, optuna.storages.RDBStorage) or \
+    storage = ostudy._storage  # Optuna's cache in front of the RDBStorage: it beats too
+    if not callable(getattr(storage, "_get_stale_trial_ids", None)) or \
             storage.get_heartbeat_interval() is None:
         return []
     reaped: list[int] = []
@@ -116,13 +116,56 @@ def reap_lost_trials(study: Study, ostudy: Any) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retrying(reap, "reaping lost trials", budget_s=study.storage.retry_s)
+    orphans = retrying(lambda: _fail_orphans(ostudy), "reaping trials that never started",
+                       budget_s=study.storage.retry_s)
     numbers = []
     for trial_id in reaped:
         trial = retrying(lambda tid=trial_id: storage.get_trial(tid),  # type: ignore[misc]
                          "reading a lost trial", budget_s=study.storage.retry_s)
         _record_lost(study, ostudy, trial)
         numbers.append(trial.number)
-    return numbers
+    return sorted(numbers + orphans)
+
+
+def orphan_after_s() -> int:
+    """Seconds after which a running trial that no worker ever claimed (no worker name,
+    no heartbeat) counts as orphaned: generous, as trial start times come from the clock of
+    the machine that asked."""
+    return 3 * grace_period_s()
+
+
+def _fail_orphans(ostudy: Any) -> list[int]:
+    """Fail the running trials no worker claimed within :func:`orphan_after_s`: an ``ask``
+    whose reply was lost to a dropped connection (its worker asked again and ran that
+    one) or a process of an autotune without heartbeats. They never ran, so nothing of
+    them is lost and they are not queued again."""
+    import datetime
+
+    import optuna
+
+    storage = ostudy._storage
+    now = datetime.datetime.now()  # Optuna stores start times as naive local times
+    limit = datetime.timedelta(seconds=orphan_after_s())
+    failed = []
+    for trial in ostudy.get_trials(deepcopy=False,
+                                   states=(optuna.trial.TrialState.RUNNING,)):
+        if WORKER_ATTR in trial.user_attrs or trial.datetime_start is None or \
+                now - trial.datetime_start < limit:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "failure_kind", "worker_lost")
+            storage.set_trial_user_attr(
+                trial._trial_id, "reason",
+                f"never started: no worker claimed it within {orphan_after_s()} s of its "
+                "ask (the ask's reply was lost to a dropped connection, or it came from an "
+                "autotune without heartbeats); not queued again: it never ran")
+            if storage.set_trial_state_values(trial._trial_id,
+                                              state=optuna.trial.TrialState.FAIL):
+                failed.append(trial.number)
+                _logger.warning("trial %d failed: never started by any worker", trial.number)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+    return failed
 
 
 def _record_lost(study: Study, ostudy: Any, trial: Any) -> None:
@@ -152,5 +195,6 @@ def _record_lost(study: Study, ostudy: Any, trial: Any) -> None:
 
 
 __all__ = ["GRACE_INTERVALS", "HEARTBEAT_S", "MACHINE_ATTR", "RETRY_ATTR", "WORKER_ATTR",
-           "grace_period_s", "heartbeat", "heartbeat_interval_s", "reap_lost_trials",
+           "grace_period_s", "heartbeat", "heartbeat_interval_s", "orphan_after_s",
+           "reap_lost_trials",
            "worker_name"]

@@ -305,8 +305,10 @@ class Recorder:
             attempts += 1
             try:
                 self.ostudy.tell(trial, values, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if attempts == 1:
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+                finished = isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or \
+                    str(e).startswith("Cannot tell a ")  # Optuna's words for a told trial
+                if attempts == 1 or not finished:
                     raise
 
         self._retrying(tell)

@@ -51,16 +51,20 @@ def _load_waiting(name: str, storage: str | None, wait_s: float | None) -> Any:
     """The study, trying again for ``wait_s`` seconds while the storage is unreachable
     (``None``: one attempt, so an unreachable server is one line at once)."""
     import autotune
-    from autotune.storage._retry import is_transient
+    from autotune.storage._retry import is_transient, retry_budget_s
 
     deadline = time.monotonic() + (wait_s or 0.0)
     while True:
         try:
-            return autotune.load_study(name, storage=storage)
+            study = autotune.load_study(name, storage=storage)
         except autotune.StorageError as e:
             if wait_s is None or time.monotonic() >= deadline or not is_transient(e):
                 raise
             time.sleep(1.0)
+            continue
+        # reached once: from here on a lost connection is ridden out (the server restarts)
+        study.storage.retry_s = retry_budget_s()
+        return study
 
 
 def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:

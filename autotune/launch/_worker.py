@@ -338,7 +338,8 @@ def run_once(argv: list[str]) -> int:
         holder["state"] = WorkerState(config_data["backend"], config_data.get("threads"))
         result = run_trial(config_data, holder["state"], deadline)
         result.update(process_start_s=process_start_s, import_s=holder["state"].import_s,
-                      worker={"pid": os.getpid(), "trial": 1, "warm": False})
+                      worker={"pid": os.getpid(), "trial": 1, "warm": False,
+                              "cpus": sorted(os.sched_getaffinity(0))})
         return result
 
     result = _guarded(trial)
@@ -385,7 +386,8 @@ def serve(argv: list[str]) -> int:
         signal.alarm(0)
         state.trials_run += 1
         result.update(process_start_s=0.0, import_s=0.0,
-                      worker={"pid": os.getpid(), "trial": state.trials_run, "warm": True})
+                      worker={"pid": os.getpid(), "trial": state.trials_run, "warm": True,
+                              "cpus": sorted(os.sched_getaffinity(0))})
         reply.write(json.dumps(result) + "\n")
     return 0
 

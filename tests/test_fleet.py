@@ -1,0 +1,431 @@
+"""Many workers, many machines, one study: concurrent workers on PostgreSQL and SQLite,
+``--jobs`` with disjoint cores, heartbeats and the reaper, lost connections, and the bad
+inputs of a fleet. Workers are real ``autotune worker`` processes running the numpy fake
+backend (a trial takes a fraction of a second), so the test is of the coordination."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import autotune
+from autotune._jobs import (
+    assign_devices,
+    check_storage_for_workers,
+    core_slots,
+    filesystem_type,
+    worker_devices,
+)
+from autotune._liveness import (
+    MACHINE_ATTR,
+    RETRY_ATTR,
+    WORKER_ATTR,
+    orphan_after_s,
+    reap_lost_trials,
+)
+from autotune.exceptions import StudyError
+from autotune.profiling.fingerprint import machine_fingerprint
+from autotune.space import parse_space
+from autotune.storage._retry import is_transient, retrying
+from autotune.testing.storages import StorageSupplier, admin_connect, optuna_storage
+
+NUMPY = "autotune.testing.fake_backend:NumpyBackend"
+TINY = "autotune.testing.workloads:tiny"
+FAST = {"trial_seconds": 30, "warmup_max_s": 0.02, "window_min_s": 0.02,
+        "window_min_steps": 5, "window_max_s": 0.05, "train_epochs": 1}
+
+
+def fast_space(**budget: Any) -> dict[str, Any]:
+    return {"workload": TINY, "mode": "train", "objectives": {"throughput_sps": "maximize"},
+            "params": {"backend": NUMPY, "batch_size": [8, 16, 32, 64, 128],
+                       "threads": [1], "optimizer": "sgd",
+                       "learning_rate": {"low": 1e-3, "high": 1e-1, "log": True}},
+            "budget": {**FAST, **budget}}
+
+
+def worker(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """An ``autotune worker`` process on study ``fleet``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune", "worker", "fleet", "--storage", url, "--quiet",
+         "--recheck-every", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def states(url: str) -> dict[str, int]:
+    with optuna_storage(url) as storage:
+        trials = optuna.load_study(study_name="fleet", storage=storage).get_trials()
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def assert_front_consistent(study: autotune.Study) -> None:
+    """The stored front equals the front recomputed from every trial, and every
+    completed trial left exactly one snapshot."""
+    stored = study.storage.front_trial_numbers(study.id)
+    assert stored == sorted(p.trial_number for p in study.pareto_front())
+    completed = [t.number for t in study.trials() if t.state in ("ok", "infeasible")]
+    snapshots = [s.trial_number for s in study.front_history()]
+    assert sorted(snapshots) == sorted(completed)
+    assert study.front_history()[-1].front == stored
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[str]:
+    with StorageSupplier("postgresql", tmp_path, prefix="autotune_fleet") as url:
+        yield url
+
+
+# -- the concurrency contract on the real PostgreSQL --------------------------------------------
+
+
+@pytest.mark.postgres
+def test_eight_workers_times_25_trials_on_one_study(postgres: str) -> None:
+    autotune.create_study("fleet", parse_space(fast_space()), storage=postgres,
+                          seed=0).close()
+    procs = [worker(postgres, "--n-trials", "25") for _ in range(8)]
+    outcomes = [finish(p) for p in procs]
+    assert all(code == 0 for code, _ in outcomes), [o for c, o in outcomes if c][:1]
+    assert states(postgres) == {"COMPLETE": 200}  # nothing RUNNING, failed or waiting
+    with autotune.load_study("fleet", storage=postgres) as study:
+        numbers = [t.number for t in study.trials()]
+        assert sorted(numbers) == list(range(200))  # no duplicate trial numbers
+        assert len(study.storage.measurements(study.id)) == 200
+        assert_front_consistent(study)
+        workers = {t.metrics["worker"]["pid"] for t in study.trials()}
+        assert len(workers) >= 8  # every worker process ran trials of its own
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_trial_is_reaped_and_its_trial_run_once(postgres: str) -> None:
+    env = {"AUTOTUNE_HEARTBEAT_S": "1"}  # grace: 4 s
+    autotune.create_study("fleet", parse_space(fast_space(window_min_s=1.5,
+                                                          window_max_s=2)),
+                          storage=postgres, seed=0).close()
+    doomed = worker(postgres, "--n-trials", "5", env=env)
+    storage = optuna.storages.RDBStorage(postgres)
+    ostudy = optuna.load_study(study_name="fleet", storage=storage)
+    deadline = time.monotonic() + 60
+    while not any(t.state == optuna.trial.TrialState.RUNNING and WORKER_ATTR in t.user_attrs
+                  for t in ostudy.get_trials(deepcopy=False)):
+        assert time.monotonic() < deadline and doomed.poll() is None, finish(doomed)
+        time.sleep(0.1)
+    time.sleep(0.5)  # its warm worker is measuring now
+    helpers = _children(doomed.pid)
+    assert helpers, "the worker runs its trial in a warm worker process of its own"
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate()  # reaped, its pipes closed
+    # the trial process dies with its worker (PR_SET_PDEATHSIG), holding no core
+    _wait_until(lambda: not any(_alive(p) for p in helpers), 10, "the trial process to end")
+    lost = [t for t in ostudy.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(lost) == 1
+    killed_at = time.monotonic()
+    survivor = worker(postgres, "--n-trials", "4", env=env)
+    code, out = finish(survivor)
+    assert code == 0, out
+    with autotune.load_study("fleet", storage=postgres) as study:
+        trials = {t.number: t for t in study.trials()}
+        reaped = trials[lost[0].number]
+        assert reaped.state == "fail" and reaped.failure_kind == "worker_lost", reaped
+        assert "stopped sending heartbeats for over 4 s" in reaped.reason
+        retries = [t for t in ostudy.get_trials(deepcopy=False)
+                   if t.user_attrs.get(RETRY_ATTR) == lost[0].number]
+        assert len(retries) == 1 and retries[0].params == lost[0].params  # re-run once
+        assert retries[0].state == optuna.trial.TrialState.COMPLETE
+        assert "RUNNING" not in states(postgres) and "WAITING" not in states(postgres)
+        done_by_survivor = [t for t in ostudy.get_trials(deepcopy=False)
+                            if t.state == optuna.trial.TrialState.COMPLETE
+                            and t.user_attrs.get(WORKER_ATTR, "").endswith(
+                                f":{survivor.pid}")]
+        assert len(done_by_survivor) == 4  # its share, the re-run included
+        row = study.storage.measurement(study.id, lost[0].number)
+        assert row is not None and row.machine_id == lost[0].user_attrs[MACHINE_ATTR]
+        assert_front_consistent(study)
+    storage.engine.dispose()
+    assert time.monotonic() - killed_at < 120
+
+
+@pytest.mark.postgres
+def test_every_connection_terminated_mid_study_loses_nothing(postgres: str) -> None:
+    autotune.create_study("fleet", parse_space(fast_space()), storage=postgres,
+                          seed=0).close()
+    database = postgres.rsplit("/", 1)[1]
+    env = {"AUTOTUNE_HEARTBEAT_S": "1"}  # orphans (below) reaped after 12 s
+    procs = [worker(postgres, "--n-trials", "15", env=env) for _ in range(2)]
+    _wait_until(lambda: states(postgres).get("COMPLETE", 0) >= 2, 60, "the study to start")
+    terminated = 0
+    stop = time.monotonic() + 8
+    with contextlib.closing(admin_connect()) as admin:
+        while time.monotonic() < stop and any(p.poll() is None for p in procs):
+            rows = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                 (database,)).fetchall()
+            terminated += sum(1 for (ok,) in rows if ok)
+            time.sleep(0.05)
+    outcomes = [finish(p) for p in procs]
+    assert all(code == 0 for code, _ in outcomes), [o for c, o in outcomes if c][:1]
+    assert terminated > 0  # the workers really lost connections
+    assert states(postgres).get("COMPLETE") == 30  # every worker's share, nothing lost
+    with autotune.load_study("fleet", storage=postgres) as study:
+        assert len(study.storage.measurements(study.id)) == 30
+        assert_front_consistent(study)
+        # an ask whose reply was lost leaves a trial nobody runs: the reaper fails it
+        # once no worker claimed it (it never ran, so it is not queued again)
+        if states(postgres).get("RUNNING"):
+            os.environ["AUTOTUNE_HEARTBEAT_S"] = "1"
+            try:
+                time.sleep(orphan_after_s() + 1)
+                ostudy = study._optuna_study()
+                assert reap_lost_trials(study, ostudy)
+            finally:
+                del os.environ["AUTOTUNE_HEARTBEAT_S"]
+            assert set(states(postgres)) <= {"COMPLETE", "FAIL"}
+            failed = [t for t in study.trials() if t.state == "fail"]
+            assert all(t.reason.startswith("never started") for t in failed), failed
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("mode", ["postgresql", "sqlite"])
+def test_ten_creators_of_one_name_make_one_study(mode: str, tmp_path: Path) -> None:
+    space = tmp_path / "fast.yaml"
+    space.write_text(json.dumps(fast_space()))
+    with StorageSupplier(mode, tmp_path) as url:
+        def create(*extra: str) -> subprocess.Popen[str]:
+            return subprocess.Popen([sys.executable, "-m", "autotune", "study", "create",
+                                     "fleet", "--space", str(space), "--storage", url,
+                                     *extra], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+
+        joined = [finish(p) for p in [create("--exist-ok") for _ in range(10)]]
+        assert all(code == 0 for code, _ in joined), joined
+        with optuna_storage(url) as storage:
+            assert optuna.get_all_study_names(storage) == ["fleet"]
+        told = [finish(p) for p in [create() for _ in range(3)]]
+        assert all(code == 1 and "study 'fleet' already exists" in out for code, out in told)
+
+
+def test_two_runs_started_together_on_a_fresh_database(tmp_path: Path) -> None:
+    """The fault seen before: both inserted the machine row and one died of it."""
+    url = f"sqlite:///{tmp_path}/two.db"
+    autotune.create_study("fleet", parse_space(fast_space()), storage=url, seed=0).close()
+    procs = [subprocess.Popen([sys.executable, "-m", "autotune", "study", "run", "fleet",
+                               "--storage", url, "--n-trials", "3", "--quiet",
+                               "--recheck-every", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = [finish(p) for p in procs]
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    assert states(url) == {"COMPLETE": 6}
+    with autotune.load_study("fleet", storage=url) as study:
+        assert_front_consistent(study)
+
+
+# -- --jobs on one machine ---------------------------------------------------------------------
+
+
+def test_jobs_run_trials_at_once_on_disjoint_cores(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs 2 cores")
+    with autotune.create_study("fleet", parse_space(fast_space(window_min_s=0.3, window_max_s=0.5)),
+                               storage=url, seed=0) as study:
+        results = study.optimize(n_trials=6, jobs=2, recheck_every=0)
+        assert len(results) == 6 and all(r.state == "ok" for r in results)
+        cpus = {tuple(r.metrics["worker"]["cpus"]) for r in results}
+        assert len(cpus) == 2 and all(len(c) == 1 for c in cpus)  # a core each, never shared
+        assert not set.intersection(*(set(c) for c in cpus))
+        otrials = study._optuna_study().get_trials()
+        spans = sorted((t.datetime_start, t.datetime_complete) for t in otrials)
+        assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))  # overlap
+        assert_front_consistent(study)
+
+
+def test_core_slots_and_device_assignment() -> None:
+    assert core_slots(2, [0, 1, 2, 3, 4]) == [(0, 1), (2, 3)]  # the odd core stays idle
+    with pytest.raises(StudyError, match="--jobs 3 needs at least 3 cores"):
+        core_slots(3, [0, 1])
+    assert assign_devices(["cpu", "cuda:0", "cuda:1"], 2) == [["cpu", "cuda:0"],
+                                                              ["cpu", "cuda:1"]]
+    with pytest.raises(StudyError, match="give job 3 nothing to run"):
+        assign_devices(["cuda:0", "cuda:1"], 3)
+
+
+def test_jobs_refuse_threads_beyond_a_jobs_cores(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs 2 cores")
+    data = fast_space()
+    data["params"]["threads"] = [1, 2]
+    with autotune.create_study("fleet", parse_space(data),
+                               storage=f"sqlite:///{tmp_path}/t.db") as study:
+        with pytest.raises(StudyError, match=rf"params.threads: up to 2 threads, but --jobs "
+                                             rf"{cores} gives each job 1 core"):
+            study.plan_jobs(cores)  # a core per job
+        assert study.plan_jobs(1) == ([], [["cpu"]])
+
+
+# -- heartbeats and the reaper -----------------------------------------------------------------
+
+
+def test_a_trial_without_heartbeats_is_reaped_once_and_its_retry_not_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
+    url = f"sqlite:///{tmp_path}/reap.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url,
+                               seed=0) as study:
+        study.storage.prepare_for_writing()
+        ostudy = study._optuna_study()
+        machine = study.storage.upsert_machine(machine_fingerprint(), "test-machine")
+
+        def ask() -> Any:  # as the trial loop does: where it runs, then a heartbeat
+            trial = ostudy.ask(study.space.distributions())
+            trial.set_user_attr(MACHINE_ATTR, machine)
+            trial.set_user_attr(WORKER_ATTR, "node-7:4242")
+            ostudy._storage.record_heartbeat(trial._trial_id)  # then its worker "dies"
+            return trial
+
+        trial = ask()
+        assert reap_lost_trials(study, ostudy) == []  # within the grace: still alive
+        time.sleep(5)
+        assert reap_lost_trials(study, ostudy) == [trial.number]
+        assert reap_lost_trials(study, ostudy) == []  # once
+        retry = ask()  # the queued configuration
+        assert retry.user_attrs[RETRY_ATTR] == trial.number and retry.params == trial.params
+        time.sleep(5)
+        assert reap_lost_trials(study, ostudy) == [retry.number]
+        waiting = [t for t in ostudy.get_trials() if t.state.name == "WAITING"]
+        assert waiting == []  # a lost retry is not queued a third time
+        lost = {t.number: t for t in study.trials()}
+        assert lost[trial.number].failure_kind == "worker_lost"
+        assert lost[trial.number].reason.startswith("node-7:4242 stopped sending heartbeats")
+        assert "already the retry of trial" in lost[retry.number].reason
+
+
+# -- faults of the storage --------------------------------------------------------------------
+
+
+def test_transient_faults_are_retried_and_others_are_not() -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    lost = OperationalError("SELECT 1", {}, Exception("server closed the connection "
+                                                      "unexpectedly"))
+    assert is_transient(lost)
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the "
+                                                     "commit.")
+    wrapped.__cause__ = lost
+    assert is_transient(wrapped)  # Optuna's wrapper of SQLAlchemy's of the driver's
+    assert not is_transient(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise lost
+        return "done"
+
+    assert retrying(flaky, budget_s=10) == "done" and len(calls) == 3
+    with pytest.raises(OperationalError):
+        retrying(lambda: (_ for _ in ()).throw(lost), budget_s=0)
+
+
+def test_an_unreachable_storage_is_one_line_and_waited_for_only_when_asked(
+        tmp_path: Path) -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    start = time.monotonic()
+    code, out = finish(worker(url))
+    assert code == 1 and "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith("autotune: error: storage ")
+    assert "Connection refused" in out and time.monotonic() - start < 30
+    start = time.monotonic()
+    code, out = finish(worker(url, "--wait", "3"))
+    assert code == 1 and time.monotonic() - start >= 3, out
+
+
+def test_a_worker_whose_devices_match_nothing_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/dev.db"
+    autotune.create_study("fleet", parse_space(fast_space()), storage=url).close()
+    code, out = finish(worker(url, "--devices", "cuda:0,cuda:1"))
+    assert code == 1 and "Traceback" not in out
+    assert ("--devices cuda:0,cuda:1: none of them is searched by the study (its devices: "
+            "cpu)") in out
+    assert worker_devices(parse_space(fast_space()), ["cpu", "npu:0"]) == ["cpu"]
+
+
+def test_sqlite_shared_by_machines_is_refused(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    url = f"sqlite:///{tmp_path}/shared.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url,
+                               seed=0) as study:
+        study.optimize(n_trials=1, recheck_every=0)
+        check_storage_for_workers(study, allow_sqlite=False)  # one machine: fine
+        monkeypatch.setattr(socket, "gethostname", lambda: "another-node")
+        with pytest.raises(StudyError, match="has trials from another machine"):
+            check_storage_for_workers(study, allow_sqlite=False)
+        check_storage_for_workers(study, allow_sqlite=True)
+        monkeypatch.setattr("autotune._jobs.filesystem_type", lambda path: "nfs4")
+        with pytest.raises(StudyError, match="SQLite file on a nfs4 network filesystem"):
+            check_storage_for_workers(study, allow_sqlite=False)
+
+
+def test_filesystem_type_reads_the_longest_mount_point(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("rootfs / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\n"
+                      "tmpfs /shared/tmp tmpfs rw 0 0\n")
+    assert filesystem_type(Path("/shared/studies/a.db"), mounts) == "nfs4"
+    assert filesystem_type(Path("/shared/tmp/a.db"), mounts) == "tmpfs"
+    assert filesystem_type(Path("/home/a.db"), mounts) == "ext4"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
