@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -429,3 +430,73 @@ def _wait_until(condition: Any, timeout: float, what: str) -> None:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
+
+
+# -- Ray ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local Ray head (2 CPUs), started and stopped by the test as a cluster admin would
+    (without Ray's token authentication, which a driver given an explicit address does
+    not pick up from this machine's token file)."""
+    import tempfile
+
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # short: Ray's unix socket paths must fit in 107 bytes
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    started = subprocess.run(
+        [str(ray_bin), "start", "--head", "--num-cpus", "2", "--port", str(port),
+         "--include-dashboard", "false", "--disable-usage-stats",
+         "--temp-dir", temp],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env,
+                       timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_study_run_places_its_workers_on_a_ray_cluster(postgres: str, ray_cluster: str,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from autotune.cli import main
+
+    autotune.create_study("fleet", parse_space(fast_space()), storage=postgres,
+                          seed=0).close()
+    code = main(["study", "run", "fleet", "--storage", postgres, "--jobs", "2", "--n-trials",
+                 "8", "--ray", ray_cluster, "--recheck-every", "0", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    assert json.loads(out.out)["run"]["trials"] == 8
+    assert states(postgres) == {"COMPLETE": 8}
+    with autotune.load_study("fleet", storage=postgres) as study:
+        workers = {t.metrics["worker"]["pid"] for t in study.trials()}
+        assert len(workers) == 2  # two autotune workers, each with its warm trial process
+        assert_front_consistent(study)
+
+
+def test_ray_needs_a_shared_storage(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from autotune.launch._ray import run_on_ray, shares
+
+    assert shares(10, 3) == [4, 3, 3] and shares(None, 2) == [None, None]
+    url = f"sqlite:///{tmp_path}/ray.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url) as study, \
+            pytest.raises(StudyError, match="cannot share the SQLite file"):
+        run_on_ray(study, "auto", jobs=2, n_trials=2, timeout=None, recheck_every=0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

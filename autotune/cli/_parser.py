@@ -78,6 +78,33 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, eq, amount = text.partition("=")
+    if not eq or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT, e.g. NPU=1; got {text!r}")
+    return name.strip(), _positive_float(amount)
+
+
 def _device_list(text: str) -> list[str]:
     devices = [d.strip() for d in text.split(",")]
     if not all(devices):
@@ -273,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "front configurations are measured again to catch drift. "
                                    "Without --n-trials or --timeout, runs 10 trials.")
     _run_arguments(p)
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="place the --jobs workers on a Ray cluster (ADDRESS, or auto: the "
+                        "cluster this machine belongs to), each a real autotune worker on the "
+                        "study's PostgreSQL storage (pip install 'autotune[ray]')")
+    p.add_argument("--ray-cpus", type=_positive_float, metavar="N",
+                   help="CPUs each Ray worker asks for (default: the space's largest threads)")
+    p.add_argument("--ray-gpus", type=_non_negative_float, metavar="N",
+                   help="GPUs each Ray worker asks for (default: 1 if the space searches CUDA "
+                        "devices, else 0)")
+    p.add_argument("--ray-resource", action="append", type=_resource, metavar="NAME=N",
+                   help="a custom Ray resource each worker asks for, e.g. NPU=1 (repeatable)")
     _common(p)
 
     p = commands.add_parser(

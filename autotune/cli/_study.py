@@ -74,7 +74,9 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
 
     if args.space:
         study.check_space(load_space(args.space))
-    study.plan_jobs(args.jobs, args.devices)  # refused in one line before any progress
+    on_ray = getattr(args, "ray", None)
+    # refused in one line before any progress (Ray places its workers itself)
+    study.plan_jobs(1 if on_ray else args.jobs, args.devices)
     missing = study.check_backends()  # none installed here: an error before any trial
     if missing:
         print(f"autotune: warning: {missing_backends_warning(study.name, missing)}",
@@ -88,6 +90,23 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
         (lambda cores: WarmLauncher(cpus=cores))
     run = {"launcher": launcher, "recheck_every": args.recheck_every, "jobs": args.jobs,
            "devices": args.devices, "launcher_factory": factory}
+    if on_ray:
+        from autotune.launch._ray import RayRequest, default_request, run_on_ray
+
+        request = default_request(study)
+        request = RayRequest(
+            cpus=args.ray_cpus if args.ray_cpus is not None else request.cpus,
+            gpus=args.ray_gpus if args.ray_gpus is not None else request.gpus,
+            resources=dict(args.ray_resource) if args.ray_resource else request.resources)
+
+        def optimize(**kwargs: Any) -> list[Any]:
+            return run_on_ray(study, on_ray, jobs=args.jobs, n_trials=kwargs["n_trials"],
+                              timeout=kwargs["timeout"], recheck_every=args.recheck_every,
+                              request=request, devices=args.devices,
+                              callbacks=kwargs.get("callbacks"))
+    else:
+        def optimize(**kwargs: Any) -> list[Any]:
+            return study.optimize(**kwargs, **run)  # type: ignore[no-any-return]
     start = time.monotonic()
     results: list[Any] = []
 
@@ -117,9 +136,9 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
                                         + (f"/{n_trials}" if n_trials else "") + " trials")
 
         with progress:
-            study.optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial], **run)
+            optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial])
     else:
-        results = study.optimize(n_trials=n_trials, timeout=timeout, **run)
+        results = optimize(n_trials=n_trials, timeout=timeout)
     if args.json:
         out = _front_json(study)
         out["run"] = {"trials": len(results), "seconds": round(time.monotonic() - start, 1)}
