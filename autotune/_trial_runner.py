@@ -127,7 +127,8 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
     def job(index: int) -> None:
         try:
             ostudy = make_ostudy(index)
-            _loop(study, ostudy, _recorder(study, ostudy), launchers[index], quota, timeout,
+            recorder = _recorder(study, ostudy, f"{worker_name()}#{index + 1}")
+            _loop(study, ostudy, recorder, launchers[index], quota, timeout,
                   start, [on_result], recheck_every if index == 0 else 0,
                   _device_pin(study, ostudy, job_devices[index]), keep=False)
         except BaseException as e:
@@ -153,10 +154,10 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
     return sorted(results, key=lambda r: r.number)
 
 
-def _recorder(study: Study, ostudy: Any) -> Recorder:
+def _recorder(study: Study, ostudy: Any, worker: str | None = None) -> Recorder:
     fingerprint = machine_fingerprint()
     machine_id = study.storage.upsert_machine(fingerprint, fingerprint_hash(fingerprint))
-    return Recorder(study, ostudy, machine_id, fingerprint)
+    return Recorder(study, ostudy, machine_id, fingerprint, worker)
 
 
 def _device_pin(study: Study, ostudy: Any,
@@ -268,8 +269,9 @@ class Recorder:
     """Turns a run's result into Optuna's tell() and autotune's rows."""
 
     def __init__(self, study: Study, ostudy: Any, machine_id: int,
-                 fingerprint: dict[str, Any]) -> None:
+                 fingerprint: dict[str, Any], worker: str | None = None) -> None:
         self.study = study
+        self.worker = worker or worker_name()
         self.ostudy = ostudy
         self.machine_id = machine_id
         budget = study.space.budget
@@ -285,10 +287,11 @@ class Recorder:
         }
 
     def mark_running(self, trial: Any) -> None:
-        """Record where ``trial`` runs (this machine's row, ``host:pid``): the reaper names
-        them when this worker is lost, and ``study show`` groups trials by machine."""
+        """Record where ``trial`` runs (this machine's row, ``host:pid``, ``#job`` with
+        several jobs): the reaper names them when this worker is lost, and ``study show
+        --workers`` groups trials by worker and machine."""
         self._retrying(lambda: (trial.set_user_attr(MACHINE_ATTR, self.machine_id),
-                                trial.set_user_attr(WORKER_ATTR, worker_name())))
+                                trial.set_user_attr(WORKER_ATTR, self.worker)))
 
     def _retrying(self, operation: Callable[[], Any]) -> Any:
         return retrying(operation, "recording a trial", budget_s=self.study.storage.retry_s)

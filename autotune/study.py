@@ -353,20 +353,19 @@ class Study:
         keys = sorted(n for group in groups.values() for n in pareto_front(
             [(t.number, t.values or []) for t in group], self.space.directions))
         by_number = {t.number: t for t in trials}
-        fixed = {k: v for k, v in TrialConfig.from_params(self.space, {}).knobs().items()}
         standing = self.stability()
-        return [
-            FrontPoint(
-                trial_number=n,
-                config={**fixed, **by_number[n].params},
-                values=dict(zip(self.space.objective_names, by_number[n].values or [],
-                                strict=True)),
-                metrics=by_number[n].metrics,
-                stability=standing.get(n, "unchecked"),
-                energy_source=by_number[n].metrics.get("energy_source"),
-            )
-            for n in keys
-        ]
+        return [self._front_point(by_number[n], standing) for n in keys]
+
+    def _front_point(self, trial: TrialResult,
+                     standing: dict[int, str] | None = None) -> FrontPoint:
+        """``trial`` as a front point: its full configuration, values and standing."""
+        fixed = TrialConfig.from_params(self.space, {}).knobs()
+        standing = self.stability() if standing is None else standing
+        return FrontPoint(
+            trial_number=trial.number, config={**fixed, **trial.params},
+            values=dict(zip(self.space.objective_names, trial.values or [], strict=True)),
+            metrics=trial.metrics, stability=standing.get(trial.number, "unchecked"),
+            energy_source=trial.metrics.get("energy_source"))
 
     def front_history(self) -> list[FrontSnapshot]:
         """The front after every completed trial, in completion order, with hypervolumes.

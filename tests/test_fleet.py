@@ -22,6 +22,7 @@ import optuna
 import pytest
 
 import autotune
+from autotune._fleet import fleet_status, fronts_by_machine_kind
 from autotune._jobs import (
     assign_devices,
     check_storage_for_workers,
@@ -114,11 +115,18 @@ def test_eight_workers_times_25_trials_on_one_study(postgres: str) -> None:
         assert_front_consistent(study)
         workers = {t.metrics["worker"]["pid"] for t in study.trials()}
         assert len(workers) >= 8  # every worker process ran trials of its own
+        fleet = fleet_status(study)
+        assert len(fleet.workers) == 8 and fleet.devices == {"cpu": 200}
+        assert sum(w.finished for w in fleet.workers) == 200
+        assert not any(w.silent or w.running for w in fleet.workers)
+        assert fleet.trials_per_min > 0
 
 
 @pytest.mark.postgres
-def test_a_worker_killed_mid_trial_is_reaped_and_its_trial_run_once(postgres: str) -> None:
+def test_a_worker_killed_mid_trial_is_reaped_and_its_trial_run_once(
+        postgres: str, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"AUTOTUNE_HEARTBEAT_S": "1"}  # grace: 4 s
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
     autotune.create_study("fleet", parse_space(fast_space(window_min_s=1.5,
                                                           window_max_s=2)),
                           storage=postgres, seed=0).close()
@@ -141,6 +149,10 @@ def test_a_worker_killed_mid_trial_is_reaped_and_its_trial_run_once(postgres: st
             if t.state == optuna.trial.TrialState.RUNNING]
     assert len(lost) == 1
     killed_at = time.monotonic()
+    time.sleep(5)  # past the grace: the fleet view calls it silent
+    with autotune.load_study("fleet", storage=postgres) as study:
+        silent = [w for w in fleet_status(study).workers if w.silent]
+        assert [w.worker for w in silent] == [lost[0].user_attrs[WORKER_ATTR]]
     survivor = worker(postgres, "--n-trials", "4", env=env)
     code, out = finish(survivor)
     assert code == 0, out
@@ -253,6 +265,8 @@ def test_jobs_run_trials_at_once_on_disjoint_cores(tmp_path: Path) -> None:
                                storage=url, seed=0) as study:
         results = study.optimize(n_trials=6, jobs=2, recheck_every=0)
         assert len(results) == 6 and all(r.state == "ok" for r in results)
+        names = {w.worker.rsplit("#", 1)[1] for w in fleet_status(study).workers}
+        assert names == {"1", "2"}  # each job is a worker of its own in the fleet view
         cpus = {tuple(r.metrics["worker"]["cpus"]) for r in results}
         assert len(cpus) == 2 and all(len(c) == 1 for c in cpus)  # a core each, never shared
         assert not set.intersection(*(set(c) for c in cpus))
@@ -284,6 +298,38 @@ def test_jobs_refuse_threads_beyond_a_jobs_cores(tmp_path: Path) -> None:
                                              rf"{cores} gives each job 1 core"):
             study.plan_jobs(cores)  # a core per job
         assert study.plan_jobs(1) == ([], [["cpu"]])
+
+
+def test_the_front_per_machine_kind_and_the_live_view(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from autotune.storage._models import MeasurementRow
+
+    url = f"sqlite:///{tmp_path}/kinds.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url,
+                               seed=0) as study:
+        study.optimize(n_trials=6, recheck_every=0)
+        other = study.storage.upsert_machine(
+            {**machine_fingerprint(), "hostname": "gpu-node", "cpu_model": "Other CPU",
+             "logical_cores": 64}, "other-machine")
+        with study.storage.engine.begin() as conn:  # trials 3-5 "ran" on another kind
+            conn.execute(update(MeasurementRow).where(MeasurementRow.trial_number >= 3)
+                         .values(machine_id=other))
+        fronts = fronts_by_machine_kind(study)
+        assert len(fronts) == 2 and "Other CPU, 64 cores" in fronts
+        assert all(p.trial_number >= 3 for p in fronts["Other CPU, 64 cores"])
+        best = max(study.trials(), key=lambda t: t.metrics["throughput_sps"]).number
+        assert any(best in [p.trial_number for p in v] for v in fronts.values())
+    shown = subprocess.run([sys.executable, "-m", "autotune", "study", "show", "fleet",
+                            "--storage", url, "--json"], capture_output=True, text=True)
+    assert set(json.loads(shown.stdout)["fronts_by_machine"]) == set(fronts)
+    live = subprocess.Popen([sys.executable, "-m", "autotune", "study", "show", "fleet",
+                             "--storage", url, "--live", "--interval", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    live.send_signal(signal.SIGINT)
+    code, out = finish(live, timeout=30)
+    assert code == 0 and "Workers of 'fleet'" in out and "ok 6" in out, out
 
 
 # -- heartbeats and the reaper -----------------------------------------------------------------

@@ -349,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", action="store_true",
                    help="also print the front's hypervolume after every completed trial "
                         "(with --json: a `history` list)")
+    p.add_argument("--workers", action="store_true",
+                   help="also print the study's workers: trials per worker and per device, "
+                        "trials/min, and workers gone silent (with --json: `fleet`)")
+    p.add_argument("--live", action="store_true",
+                   help="keep the workers and the front on screen, refreshed every "
+                        "--interval seconds, until Ctrl-C")
+    p.add_argument("--interval", type=_positive_float, default=2.0, metavar="S",
+                   help="seconds between refreshes of --live (default 2)")
     _common(p)
 
     p = sub.add_parser("delete", help="delete a study and its records",

@@ -187,8 +187,18 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     import autotune
 
     study = autotune.load_study(args.name, storage=args.storage)
+    if args.live:
+        return _show_live(study, console, args.interval)
     if args.json:
         out = _front_json(study)
+        if args.workers:
+            from autotune._fleet import fleet_status
+
+            out["fleet"] = fleet_status(study).to_dict()
+        kinds = _fronts_by_kind(study)
+        if len(kinds) > 1:
+            out["fronts_by_machine"] = {k: [p.trial_number for p in v]
+                                        for k, v in kinds.items()}
         if args.all:
             out["trials"] = [vars(t) for t in study.trials()]
         if args.history:
@@ -218,9 +228,73 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     else:
         console.print("no feasible trial yet: run `autotune study run "
                       f"{study.name}` (or see --all for why trials were infeasible)")
+    kinds = _fronts_by_kind(study)
+    if len(kinds) > 1:  # a mixed fleet: where each kind of machine is best
+        for kind, points in kinds.items():
+            console.print(f"front on {kind}: trials "
+                          f"{', '.join(str(p.trial_number) for p in points)}",
+                          highlight=False, markup=False)
+    if args.workers:
+        _print_fleet(console, study)
     if args.history:
         _print_history(console, study, study.front_history())
     return 0
+
+
+def _fronts_by_kind(study: Any) -> dict[str, list[Any]]:
+    from autotune._fleet import fronts_by_machine_kind
+
+    return fronts_by_machine_kind(study)
+
+
+def _fleet_table(study: Any) -> Any:
+    from rich.table import Table
+
+    from autotune._fleet import fleet_status
+
+    fleet = fleet_status(study)
+    table = Table(title=f"Workers of {study.name!r}: {fleet.trials_per_min:g} trials/min "
+                        f"(last 10 min); by device: "
+                        + (", ".join(f"{d} {n}" for d, n in fleet.devices.items()) or "none"),
+                  title_justify="left")
+    for col in ("worker", "machine", "finished", "running", "failed", "devices",
+                "trials/min", "last seen (UTC)", "state"):
+        table.add_column(col)
+    for w in fleet.workers:
+        state = (f"silent (no heartbeat for {fleet.grace_s} s)" if w.silent else
+                 "running" if w.running else "idle")
+        table.add_row(w.worker, w.machine, str(w.finished), str(w.running), str(w.failed),
+                      ", ".join(f"{d} {n}" for d, n in w.devices.items()),
+                      f"{w.trials_per_min:g}", w.last_seen or "-", state)
+    return table
+
+
+def _print_fleet(console: Any, study: Any) -> None:
+    console.print(_fleet_table(study))
+
+
+def _show_live(study: Any, console: Any, interval: float) -> int:
+    """Workers and the study's summary, redrawn every ``interval`` seconds until Ctrl-C
+    (which ends it with exit code 0: watching is not an error)."""
+    from rich.console import Group
+    from rich.live import Live
+
+    def frame() -> Any:
+        s = study.summary()
+        t = s["trials"]
+        best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items() if v is not None)
+        head = (f"study {s['name']!r}: ok {t['ok']}, infeasible {t['infeasible']}, failed "
+                f"{t['fail']}, running {t['running']}; front {s['front_size']}"
+                + (f" | {best}" if best else ""))
+        return Group(head, _fleet_table(study))
+
+    try:
+        with Live(frame(), console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame())
+    except KeyboardInterrupt:
+        return 0
 
 
 def _cmd_delete(args: argparse.Namespace, console: Any) -> int:
