@@ -232,6 +232,18 @@ class Study:
         self.storage.prepare_for_writing()
         # reached: from here on a lost connection is a fault to ride out, not an error
         self.storage.retry_s = max(self.storage.retry_s, retry_budget_s())
+        with self.storage.pooled():
+            return self._optimize(n_trials, timeout, start, sampler=sampler,
+                                  callbacks=callbacks, launcher=launcher,
+                                  recheck_every=recheck_every, jobs=jobs, slots=slots,
+                                  job_devices=job_devices, launcher_factory=launcher_factory)
+
+    def _optimize(self, n_trials: int | None, timeout: float | None, start: float, *,
+                  sampler: str | None, callbacks: list[Callable[[TrialResult], None]] | None,
+                  launcher: Launcher | None, recheck_every: int, jobs: int,
+                  slots: list[tuple[int, ...]], job_devices: list[list[str]],
+                  launcher_factory: Callable[[Sequence[int]], Launcher] | None,
+                  ) -> list[TrialResult]:
         done_before = len(self._optuna_study().trials)
         # A fresh seed per run, derived from the study's: a re-run must not replay trials.
         run_seed = None if self.seed is None else self.seed + done_before
