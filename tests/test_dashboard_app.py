@@ -113,6 +113,8 @@ def test_study_page_has_figures_form_and_front(app: DashboardApp) -> None:
     assert "/api/study/three/version" in body  # the live-refresh poll
     assert "Recommendation" in body
     assert len(body) < 500_000  # plotly.js is referenced, not inlined
+    assert 'id="workers"' in body and "trials/min over the last 10 minutes" in body
+    assert 'id="machine-fronts"' not in body  # one kind of machine: one front
 
 
 def test_study_page_axes_from_query(app: DashboardApp) -> None:

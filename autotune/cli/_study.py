@@ -153,6 +153,8 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
     else:
         console.print(f"no feasible trial yet; `autotune study show {study.name} --all` "
                       "says why each trial was infeasible")
+    if args.jobs > 1 or on_ray:  # several workers: who did what, at which pace
+        _print_fleet(console, study)
     return 0
 
 

@@ -343,6 +343,7 @@ class DashboardApp:
                 body.append(_table(cols, rows, "front"))
             else:
                 body.append('<p class="note">no feasible trial yet</p>')
+            body += self._fleet(study)
             body += ["<h2>Recommendation</h2>", self._recommendation(study)]
             body += ["<h2>Knobs against objectives</h2>",
                      _figure(figures.study_parallel_figure(study), "parallel"),
@@ -358,6 +359,32 @@ class DashboardApp:
                          poll=self._poll(study.name, version))
         finally:
             study.close()
+
+    @staticmethod
+    def _fleet(study: Study) -> list[str]:
+        """The front of each machine kind (a mixed fleet) and the workers' table."""
+        from autotune._fleet import fleet_status, fronts_by_machine_kind
+
+        out = []
+        kinds = fronts_by_machine_kind(study)
+        if len(kinds) > 1:
+            rows = [[esc(kind), ", ".join(
+                f'<a href="{esc(_study_url(study.name))}/trial/{p.trial_number}">'
+                f"{p.trial_number}</a>" for p in points)] for kind, points in kinds.items()]
+            out += ["<h2>Front per machine kind</h2>",
+                    _table(["machine", "front trials"], rows, "machine-fronts")]
+        fleet = fleet_status(study)
+        if fleet.workers:
+            rows = [[esc(w.worker), esc(w.machine), str(w.finished), str(w.running),
+                     esc(", ".join(f"{d} {n}" for d, n in w.devices.items())),
+                     esc(f"{w.trials_per_min:g}"), esc(w.last_seen or "-"),
+                     "silent" if w.silent else "running" if w.running else "idle"]
+                    for w in fleet.workers]
+            out += [f"<h2>Workers</h2><p>{esc(f'{fleet.trials_per_min:g}')} trials/min over "
+                    "the last 10 minutes</p>",
+                    _table(["worker", "machine", "finished", "running", "devices",
+                            "trials/min", "last seen (UTC)", "state"], rows, "workers")]
+        return out
 
     @staticmethod
     def _poll(name: str, version: dict[str, Any]) -> tuple[str, str]:
