@@ -96,6 +96,7 @@ class Study:
     def __init__(self, row: StudyRow, storage: AutotuneStorage) -> None:
         self._row = row
         self.storage = storage
+        self._reader: tuple[Any, Any] | None = None
         self.space: SearchSpace = parse_space(json.loads(row.space_json), check_files=False,
                                               source=f"study {row.study_name!r}")
 
@@ -132,6 +133,15 @@ class Study:
     def _optuna_study(self, sampler: Any = None) -> Any:
         import optuna
 
+        if sampler is None:
+            # One reader per storage connection: Optuna's cache in front of the database
+            # keeps finished trials, so reading a long study again fetches only what
+            # changed (a fresh load_study re-reads every trial: 0.8 s per completion at
+            # 1000 trials, measured)
+            rdb = self.storage.optuna
+            if self._reader is None or self._reader[0] is not rdb:
+                self._reader = (rdb, optuna.load_study(study_name=self.name, storage=rdb))
+            return self._reader[1]
         return optuna.load_study(study_name=self.name, storage=self.storage.optuna,
                                  sampler=sampler)
 

@@ -114,8 +114,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--trials", type=int, default=80)
     parser.add_argument("--asktell", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", default="123", help="which sections to run, e.g. 2")
     args = parser.parse_args(argv)
 
+    if "1" in args.parts:
+        workers_section(args)
+    if "2" in args.parts:
+        overhead_section(args)
+    if "3" in args.parts:
+        jobs_section(args)
+
+
+def workers_section(args: argparse.Namespace) -> None:
     print(f"1. trials/min on PostgreSQL, {args.trials} trials of the fast workload")
     base = None
     for workers in (1, 2, 4, 8):
@@ -123,6 +133,8 @@ def main(argv: list[str]) -> None:
         base = base or rate
         print(f"   {workers} worker(s): {rate:6.0f} trials/min ({rate / base:.2f}x of 1)")
 
+
+def overhead_section(args: argparse.Namespace) -> None:
     print(f"2. driver overhead per trial, {args.asktell} trials, ms (first 100 / last 100)")
     for mode in ("sqlite", "postgresql"):
         with tempfile.TemporaryDirectory() as tmp, \
@@ -133,6 +145,8 @@ def main(argv: list[str]) -> None:
               f"{plain[0]:6.1f} / {plain[1]:6.1f}; ratio {ours[0] / plain[0]:.1f}x / "
               f"{ours[1] / plain[1]:.1f}x")
 
+
+def jobs_section(args: argparse.Namespace) -> None:
     print(f"3. --jobs 1 against --jobs 2, 1-thread study, 12 trials, {args.rounds} rounds")
     walls: dict[int, list[float]] = {1: [], 2: []}
     contended: dict[int, int] = {1: 0, 2: 0}
