@@ -546,3 +546,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_worker_is_proposed_only_its_own_devices() -> None:
+    """``--devices cuda:1``: Optuna's PartialFixedSampler pins the device of every trial
+    this worker asks for, whatever TPE would have proposed."""
+    from types import SimpleNamespace
+
+    from autotune._trial_runner import _device_pin
+
+    data = fast_space()
+    data["params"]["device"] = ["cpu", "cuda:0", "cuda:1"]
+    space = parse_space(data)
+    ostudy = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study = SimpleNamespace(space=space)
+    assert _device_pin(study, ostudy, ["cpu", "cuda:0", "cuda:1"]) is None  # nothing to pin
+    pin = _device_pin(study, ostudy, worker_devices(space, ["cuda:1", "npu:0"]))
+    assert pin is not None
+    seen = []
+    for _ in range(6):
+        pin()
+        trial = ostudy.ask(space.distributions())
+        seen.append(trial.params["device"])
+        ostudy.tell(trial, 1.0)
+    assert seen == ["cuda:1"] * 6
+    both = _device_pin(study, ostudy, ["cuda:0", "cuda:1"])
+    assert both is not None
+    picked = []
+    for _ in range(4):
+        both()
+        trial = ostudy.ask(space.distributions())
+        picked.append(trial.params["device"])
+        ostudy.tell(trial, 1.0)
+    assert picked == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # its devices in turn
