@@ -571,18 +571,27 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
 
 #: Seconds a creator waits for another process's half-created study to be complete.
 CONCURRENT_CREATE_WAIT_S = 30.0
+#: Seconds after which an Optuna study without autotune's stamp counts as foreign.
+FOREIGN_AFTER_S = 2.0
 
 
 def _created_by_another(store: AutotuneStorage, name: str) -> StudyRow:
     """The autotune row of study ``name``, whose Optuna study exists: another process is
     creating it (Optuna's study first, then autotune's row), so wait for the row. Without
     one after :data:`CONCURRENT_CREATE_WAIT_S` the Optuna study was not made by autotune."""
-    deadline = time.monotonic() + CONCURRENT_CREATE_WAIT_S
+    import optuna
+
+    start = time.monotonic()
     while True:
         row = store.get_study(name)
         if row is not None:
             return row
-        if time.monotonic() >= deadline:
+        waited = time.monotonic() - start
+        # An autotune creator stamps the Optuna study within milliseconds of creating it;
+        # a study without the stamp after FOREIGN_AFTER_S was made by someone else.
+        stamped = "autotune_space" in optuna.load_study(
+            study_name=name, storage=store.optuna).user_attrs
+        if waited >= CONCURRENT_CREATE_WAIT_S or (not stamped and waited >= FOREIGN_AFTER_S):
             raise StudyExistsError(f"an Optuna study named {name!r} (not made by autotune) "
                                    f"already exists in {store.url}")
         time.sleep(0.1)
