@@ -35,7 +35,9 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
                         category=UserWarning)
 
 #: Seconds between heartbeats of a running trial (``$AUTOTUNE_HEARTBEAT_S`` overrides it).
-HEARTBEAT_S = 5
+#: With :data:`GRACE_INTERVALS` a trial is reaped after 60 s of silence: long enough that
+#: a database restart of a few tens of seconds does not look like dead workers.
+HEARTBEAT_S = 15
 #: A trial whose last heartbeat is this many intervals old is reaped.
 GRACE_INTERVALS = 4
 #: User attribute naming the trial a retry re-runs (a crash's or a lost worker's).
@@ -120,9 +122,13 @@ def reap_lost_trials(study: Study, ostudy: Any) -> list[int]:
                        budget_s=study.storage.retry_s)
     numbers = []
     for trial_id in reaped:
-        trial = retrying(lambda tid=trial_id: storage.get_trial(tid),  # type: ignore[misc]
-                         "reading a lost trial", budget_s=study.storage.retry_s)
-        _record_lost(study, ostudy, trial)
+        try:
+            trial = retrying(lambda tid=trial_id: storage.get_trial(tid),  # type: ignore[misc]
+                             "reading a lost trial", budget_s=study.storage.retry_s)
+            _record_lost(study, ostudy, trial)
+        except Exception:  # recording another worker's loss must not stop this worker
+            _logger.warning("could not record lost trial (id %d)", trial_id, exc_info=True)
+            continue
         numbers.append(trial.number)
     return sorted(numbers + orphans)
 

@@ -209,7 +209,17 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
                 recorder.mark_running(trial)
                 config = trial_config(study.space, trial.params, seed=study.seed or 0,
                                       budget=budget)
-                result = recorder.record(trial, config, run_config(config, launcher))
+                run = run_config(config, launcher)
+                try:
+                    result = recorder.record(trial, config, run)
+                except _ReapedMeanwhile:
+                    # this worker was cut off from the database for longer than the
+                    # grace period and another worker reaped the trial (its retry is
+                    # queued): not this worker's to record, and no reason to stop
+                    _logger.warning("trial %d was reaped while this worker could not reach "
+                                    "the database; its retry measures it again",
+                                    trial.number)
+                    continue
         except BaseException as e:
             _tell_fail_quietly(ostudy, trial, e)
             raise
@@ -294,7 +304,13 @@ class Recorder:
                                 trial.set_user_attr(WORKER_ATTR, self.worker)))
 
     def _retrying(self, operation: Callable[[], Any]) -> Any:
-        return retrying(operation, "recording a trial", budget_s=self.study.storage.retry_s)
+        import optuna
+
+        try:
+            return retrying(operation, "recording a trial",
+                            budget_s=self.study.storage.retry_s)
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            raise _ReapedMeanwhile(str(e)) from e
 
     def _tell(self, trial: Any, values: list[float] | None = None, **kwargs: Any) -> None:
         """``tell``, retried through a lost connection; a retry that finds the trial
@@ -311,8 +327,10 @@ class Recorder:
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
                 finished = isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or \
                     str(e).startswith("Cannot tell a ")  # Optuna's words for a told trial
-                if attempts == 1 or not finished:
+                if not finished:
                     raise
+                if attempts == 1:  # finished before our first tell: the reaper's doing
+                    raise _ReapedMeanwhile(str(e)) from e
 
         self._retrying(tell)
 
@@ -414,6 +432,10 @@ class Recorder:
                 sorted({p.energy_source for p in front if p.energy_source})),
         )
         return points, snapshot
+
+
+class _ReapedMeanwhile(Exception):
+    """The trial being recorded was finished by another worker's reaper."""
 
 
 def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:

@@ -242,7 +242,7 @@ class Study:
         self.storage.prepare_for_writing()
         # reached: from here on a lost connection is a fault to ride out, not an error
         self.storage.retry_s = max(self.storage.retry_s, retry_budget_s())
-        with self.storage.pooled():
+        with self.storage.pooled(jobs):
             return self._optimize(n_trials, timeout, start, sampler=sampler,
                                   callbacks=callbacks, launcher=launcher,
                                   recheck_every=recheck_every, jobs=jobs, slots=slots,

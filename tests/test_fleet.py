@@ -41,6 +41,7 @@ from autotune.exceptions import StudyError
 from autotune.profiling.fingerprint import machine_fingerprint
 from autotune.space import parse_space
 from autotune.storage._retry import is_transient, retrying
+from autotune.testing import FakeLauncher
 from autotune.testing.storages import StorageSupplier, admin_connect, optuna_storage
 
 NUMPY = "autotune.testing.fake_backend:NumpyBackend"
@@ -579,3 +580,26 @@ def test_a_worker_is_proposed_only_its_own_devices() -> None:
         picked.append(trial.params["device"])
         ostudy.tell(trial, 1.0)
     assert picked == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # its devices in turn
+
+
+def test_a_worker_whose_trial_was_reaped_meanwhile_goes_on(tmp_path: Path) -> None:
+    """Cut off from the database past the grace period, a worker finds its trial reaped
+    when it records it: it is the retry's to measure, not an error that stops the worker."""
+    from autotune._run import run_config, trial_config
+    from autotune._trial_runner import _ReapedMeanwhile, _recorder
+
+    url = f"sqlite:///{tmp_path}/meanwhile.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url,
+                               seed=0) as study:
+        study.storage.prepare_for_writing()
+        ostudy = study._optuna_study()
+        trial = ostudy.ask(study.space.distributions())
+        recorder = _recorder(study, ostudy)
+        config = trial_config(study.space, trial.params, seed=0)
+        run = run_config(config, FakeLauncher())
+        ostudy._storage.set_trial_state_values(trial._trial_id,
+                                               optuna.trial.TrialState.FAIL)  # the reaper
+        with pytest.raises(_ReapedMeanwhile):
+            recorder.record(trial, config, run)
+        results = study.optimize(n_trials=2, launcher=FakeLauncher(), recheck_every=0)
+        assert [r.state for r in results] == ["ok", "ok"]  # the study goes on

@@ -145,7 +145,12 @@ def run_on_ray(study: Study, address: str, *, jobs: int, n_trials: int | None,
         while True:
             finished, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S) \
                 if pending else ([], [])
-            outcomes.extend(ray.get(finished))
+            for ref in finished:
+                try:
+                    outcomes.append(ray.get(ref))
+                except ray.exceptions.RayError as e:  # a lost node, a crashed task
+                    outcomes.append({"host": "?", "returncode": -1,
+                                     "stderr": f"{type(e).__name__}: {e}"})
             for trial in study.trials():
                 if trial.number in before or trial.number in reported or \
                         trial.state in ("running", "waiting"):

@@ -285,9 +285,12 @@ class WarmLauncher:
         return [w.pid for w in self._workers.values()]
 
     def close(self) -> None:
-        """Kill every worker."""
-        while self._workers:
-            _, worker = self._workers.popitem()
+        """Kill every worker (safe while a trial thread discards one: Ctrl-C in --jobs)."""
+        while True:
+            try:
+                _, worker = self._workers.popitem()
+            except KeyError:
+                return
             worker.close()
 
     def __enter__(self) -> WarmLauncher:

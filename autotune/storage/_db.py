@@ -110,7 +110,7 @@ class AutotuneStorage:
 
     def __init__(self, url: str | None = None, *, retry_s: float = 0.0) -> None:
         self.url = resolve_storage_url(url)
-        self._pooled = False
+        self._pooled, self._pool_jobs = False, 1
         #: Seconds a transient fault is retried for (0: a command's first contact fails at
         #: once, with one line; a running study sets the budget of a long-lived worker).
         self.retry_s = retry_s
@@ -130,8 +130,10 @@ class AutotuneStorage:
             # a long-lived worker: connecting costs more than the statements it runs (34
             # connects per trial, a third of a fast trial's driver time, measured); a
             # connection the server dropped is noticed by the ping, not by a trial
-            kwargs = {"pool_size": 2, "max_overflow": 8, "pool_pre_ping": True,
-                      "pool_recycle": 300}
+            # per job: its loop, its heartbeat thread and the front's lock (whose holder
+            # reads through both engines while the others wait)
+            kwargs = {"pool_size": 2, "max_overflow": 4 * self._pool_jobs + 4,
+                      "pool_pre_ping": True, "pool_recycle": 300}
         if sqlite_path(self.url) is not None:
             kwargs["connect_args"] = {"timeout": 30}
         return kwargs
@@ -160,14 +162,15 @@ class AutotuneStorage:
             raise StorageError(f"storage {self.url!r}: {_one_line(e)}") from None
 
     @contextmanager
-    def pooled(self) -> Iterator[None]:
+    def pooled(self, jobs: int = 1) -> Iterator[None]:
         """Keep connections open between transactions inside the block (a running study
-        talks to the database every few milliseconds); they are closed at its end."""
+        talks to the database every few milliseconds; ``jobs`` of them at once); they are
+        closed at its end."""
         if self._pooled:
             yield
             return
         self.close()
-        self._pooled = True
+        self._pooled, self._pool_jobs = True, max(1, jobs)
         try:
             yield
         finally:
