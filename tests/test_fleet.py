@@ -43,6 +43,7 @@ from autotune.space import parse_space
 from autotune.storage._retry import is_transient, retrying
 from autotune.testing import FakeLauncher
 from autotune.testing.storages import StorageSupplier, admin_connect, optuna_storage
+from tests.processes import alive, children
 
 NUMPY = "autotune.testing.fake_backend:NumpyBackend"
 TINY = "autotune.testing.workloads:tiny"
@@ -140,12 +141,12 @@ def test_a_worker_killed_mid_trial_is_reaped_and_its_trial_run_once(
         assert time.monotonic() < deadline and doomed.poll() is None, finish(doomed)
         time.sleep(0.1)
     time.sleep(0.5)  # its warm worker is measuring now
-    helpers = _children(doomed.pid)
+    helpers = children(doomed.pid)
     assert helpers, "the worker runs its trial in a warm worker process of its own"
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate()  # reaped, its pipes closed
     # the trial process dies with its worker (PR_SET_PDEATHSIG), holding no core
-    _wait_until(lambda: not any(_alive(p) for p in helpers), 10, "the trial process to end")
+    _wait_until(lambda: not any(alive(p) for p in helpers), 10, "the trial process to end")
     lost = [t for t in ostudy.get_trials(deepcopy=False)
             if t.state == optuna.trial.TrialState.RUNNING]
     assert len(lost) == 1
@@ -450,27 +451,6 @@ def test_filesystem_type_reads_the_longest_mount_point(tmp_path: Path) -> None:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_until(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -564,22 +544,20 @@ def test_a_worker_is_proposed_only_its_own_devices() -> None:
     assert _device_pin(study, ostudy, ["cpu", "cuda:0", "cuda:1"]) is None  # nothing to pin
     pin = _device_pin(study, ostudy, worker_devices(space, ["cuda:1", "npu:0"]))
     assert pin is not None
-    seen = []
-    for _ in range(6):
-        pin()
-        trial = ostudy.ask(space.distributions())
-        seen.append(trial.params["device"])
-        ostudy.tell(trial, 1.0)
-    assert seen == ["cuda:1"] * 6
+
+    def devices_asked(pin: Any, n: int) -> list[str]:
+        seen = []
+        for _ in range(n):
+            pin()
+            trial = ostudy.ask(space.distributions())
+            seen.append(trial.params["device"])
+            ostudy.tell(trial, 1.0)
+        return seen
+
+    assert devices_asked(pin, 6) == ["cuda:1"] * 6
     both = _device_pin(study, ostudy, ["cuda:0", "cuda:1"])
     assert both is not None
-    picked = []
-    for _ in range(4):
-        both()
-        trial = ostudy.ask(space.distributions())
-        picked.append(trial.params["device"])
-        ostudy.tell(trial, 1.0)
-    assert picked == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # its devices in turn
+    assert devices_asked(both, 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # in turn
 
 
 def test_a_worker_whose_trial_was_reaped_meanwhile_goes_on(tmp_path: Path) -> None:

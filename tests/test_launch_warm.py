@@ -21,6 +21,7 @@ import autotune
 from autotune.config import TrialConfig
 from autotune.launch import ProcessLauncher, WarmLauncher
 from autotune.space import Budget
+from tests.processes import alive, group_members, process_state
 
 NUMPY = "autotune.testing.fake_backend:NumpyBackend"
 TINY = "autotune.testing.workloads:tiny"
@@ -36,33 +37,6 @@ def _config(workload: str = TINY, *, threads: int | None = 1, batch_size: int = 
                        batch_size=batch_size, precision="fp32", learning_rate=0.01,
                        optimizer="sgd", pruning_ratio=0.0, threads=threads, budget=budget,
                        execution="eager")
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live processes in process group ``pgid`` (a worker and whatever it started)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
 
 
 @pytest.fixture
@@ -92,9 +66,9 @@ def test_idle_worker_is_stopped_between_trials(launcher: WarmLauncher) -> None:
     # stopped (T): an idle framework's thread pools cannot steal CPU from a measuring worker
     # (SIGSTOP is delivered asynchronously: give the kernel a moment)
     deadline = time.monotonic() + 2.0
-    while _process_state(pid) != "T" and time.monotonic() < deadline:
+    while process_state(pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _process_state(pid) == "T"
+    assert process_state(pid) == "T"
     assert launcher.run(_config()).status == "ok"
 
 
@@ -115,14 +89,14 @@ def test_least_recently_used_worker_is_closed_beyond_max_workers() -> None:
         old = first.result["worker"]["pid"]
         assert warm.run(_config(threads=2)).status == "ok"
         assert warm.worker_pids() != [old]
-        assert not _alive(old)
+        assert not alive(old)
 
 
 def test_worker_is_recycled_after_n_trials() -> None:
     with WarmLauncher(recycle_after=2) as warm:
         pids = [warm.run(_config()).result["worker"]["pid"] for _ in range(3)]
         assert pids[0] == pids[1] != pids[2]
-        assert not _alive(pids[0])
+        assert not alive(pids[0])
         assert warm.started == 2
 
 
@@ -131,7 +105,7 @@ def test_failed_trial_replaces_the_worker(launcher: WarmLauncher) -> None:
     raised = launcher.run(_config("autotune.testing.workloads:raising"))
     assert raised.status == "fail" and raised.failure_kind == "model_error"
     assert "data file is corrupt" in raised.reason and "Traceback" in raised.traceback
-    assert not _alive(ok.result["worker"]["pid"])  # a failed worker is never reused
+    assert not alive(ok.result["worker"]["pid"])  # a failed worker is never reused
     after = launcher.run(_config())
     assert after.status == "ok"
     assert after.result["worker"]["pid"] != ok.result["worker"]["pid"]
@@ -142,7 +116,7 @@ def test_infeasible_trial_replaces_the_worker(launcher: WarmLauncher) -> None:
     # the numpy backend refuses bf16: an "unsupported" outcome, data for the sampler
     odd = launcher.run(dataclasses.replace(_config(), precision="bf16"))
     assert odd.status == "infeasible" and odd.failure_kind == "unsupported"
-    assert not _alive(ok.result["worker"]["pid"])
+    assert not alive(ok.result["worker"]["pid"])
 
 
 def test_segfaulting_worker_is_reported_and_replaced(launcher: WarmLauncher) -> None:
@@ -187,10 +161,10 @@ def test_close_leaves_no_process_behind() -> None:
     warm = WarmLauncher()
     assert warm.run(_config()).status == "ok"
     (pid,) = warm.worker_pids()
-    assert _alive(pid)
+    assert alive(pid)
     warm.close()
-    assert not _alive(pid)
-    assert _group_members(pid) == []
+    assert not alive(pid)
+    assert group_members(pid) == []
     assert warm.worker_pids() == []
 
 
@@ -224,7 +198,7 @@ def _worker_processes() -> set[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"autotune.launch._worker" in cmdline and _alive(int(entry.name)) and \
+            if b"autotune.launch._worker" in cmdline and alive(int(entry.name)) and \
                     _ours(int(entry.name)):
                 found.add(int(entry.name))
     return found

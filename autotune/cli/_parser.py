@@ -78,24 +78,22 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
 
 
-def _positive_float(text: str) -> float:
+def _float_at_least(text: str, low: float, *, strict: bool, wanted: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        value = math.nan
+    if not (value > low if strict else value >= low):  # NaN is neither
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _float_at_least(text, 0.0, strict=True, wanted="a positive number")
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _float_at_least(text, 0.0, strict=False, wanted="a number >= 0")
 
 
 def _resource(text: str) -> tuple[str, float]:
