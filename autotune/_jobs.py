@@ -169,6 +169,8 @@ class Quota:
     started: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    #: set on Ctrl-C: a trial whose worker ended with the run is recorded ``interrupted``
+    interrupted: threading.Event = field(default_factory=threading.Event)
 
     def claim(self) -> bool:
         """Take one trial of the quota; ``False`` when it is used up or the run stops."""

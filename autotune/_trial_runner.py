@@ -28,8 +28,9 @@ from autotune._liveness import (
     MACHINE_ATTR,
     RETRY_ATTR,
     WORKER_ATTR,
+    Reaper,
+    enqueue_once,
     heartbeat,
-    reap_lost_trials,
     worker_name,
 )
 from autotune._run import RunResult, run_config, trial_config
@@ -124,6 +125,8 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
             for callback in callbacks or ():
                 callback(result)
 
+    finished = [threading.Event() for _ in launchers]
+
     def job(index: int) -> None:
         try:
             ostudy = make_ostudy(index)
@@ -134,24 +137,39 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
         except BaseException as e:
             errors.append(e)
             quota.stop.set()
+        finally:
+            finished[index].set()
 
     threads = [threading.Thread(target=job, args=(i,), name=f"autotune-job-{i + 1}")
                for i in range(len(launchers))]
     for thread in threads:
         thread.start()
     try:
-        for thread in threads:
-            thread.join()
+        _wait(finished)
     except BaseException:  # Ctrl-C: no new trial; the running ones end with their workers
+        quota.interrupted.set()  # before the workers end: their trials are interrupted
         quota.stop.set()
         for launcher in launchers:
             launcher.close()
-        for thread in threads:
-            thread.join()
+        _wait(finished)
         raise
+    finally:
+        for thread in threads:
+            thread.join()  # ending now: their last act was to set their event
     if errors:
         raise errors[0]
     return sorted(results, key=lambda r: r.number)
+
+
+def _wait(finished: Sequence[threading.Event]) -> None:
+    """Wait until every job has set its event, in short sleeps. Not ``Thread.join``: a
+    signal the kernel hands to another thread (SIGTERM, Ctrl-C) runs its Python handler
+    only once the main thread wakes, which a join without a timeout never does, and on
+    Python 3.11 a join (or ``is_alive``) that the handler's KeyboardInterrupt cuts short
+    may mark a running thread as stopped (bpo-45274's fix), so the run would end while
+    a job still records its trial."""
+    while not all(event.is_set() for event in finished):
+        time.sleep(0.1)
 
 
 def _recorder(study: Study, ostudy: Any, worker: str | None = None) -> Recorder:
@@ -163,7 +181,8 @@ def _recorder(study: Study, ostudy: Any, worker: str | None = None) -> Recorder:
 def _device_pin(study: Study, ostudy: Any,
                 devices: Sequence[str] | None) -> Callable[[], None] | None:
     """What to do before each ask so the sampler proposes only ``devices`` (cycled, one
-    per trial, through Optuna's PartialFixedSampler); ``None`` when nothing is pinned."""
+    per trial, through Optuna's PartialFixedSampler); ``None`` when nothing is pinned.
+    Queued trials (retries) of other devices are left in the queue for their workers."""
     import optuna
 
     from autotune._jobs import space_devices
@@ -173,6 +192,7 @@ def _device_pin(study: Study, ostudy: Any,
         return None
     base = ostudy.sampler
     turn = itertools.cycle(list(devices))
+    _take_from_queue_only(ostudy, set(devices))
 
     def pin() -> None:
         with warnings.catch_warnings():  # experimental since 2.4, still so
@@ -180,6 +200,36 @@ def _device_pin(study: Study, ostudy: Any,
             ostudy.sampler = optuna.samplers.PartialFixedSampler({"device": next(turn)}, base)
 
     return pin
+
+
+def _take_from_queue_only(ostudy: Any, devices: set[str]) -> None:
+    """Make ``ostudy.ask()`` take from the queue only trials whose device is one of
+    ``devices``: a queued trial's parameters win over the sampler's, so a retry of a
+    ``cuda:0`` trial asked for by a CPU-only worker would otherwise run where it cannot.
+    This replaces Optuna's private ``Study._pop_waiting_trial_id`` (same logic, plus the
+    filter); ``tests/test_fleet.py`` checks it against the installed Optuna."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    storage = ostudy._storage
+    if not callable(getattr(ostudy, "_pop_waiting_trial_id", None)):
+        raise RuntimeError("this Optuna has no Study._pop_waiting_trial_id: autotune cannot "
+                           "keep other devices' queued trials from a pinned worker")
+
+    def pop_waiting_trial_id() -> int | None:
+        for trial in storage.get_all_trials(ostudy._study_id, deepcopy=False,
+                                            states=(states.WAITING,)):
+            device = trial.system_attrs.get("fixed_params", {}).get("device")
+            if device is not None and device not in devices:
+                continue  # another worker's to run
+            try:  # as Optuna: whoever moves it to RUNNING first runs it
+                if storage.set_trial_state_values(trial._trial_id, state=states.RUNNING):
+                    return int(trial._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    ostudy._pop_waiting_trial_id = pop_waiting_trial_id
 
 
 def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
@@ -191,6 +241,7 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
     the results (a job hands them to its callback instead)."""
     budget = effective_budget(study.space)
     distributions = study.space.distributions()
+    reaper = Reaper(study, ostudy)
     results: list[TrialResult] = []
     done = 0
     while quota.claim():
@@ -198,30 +249,34 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
             break
         if pin is not None:
             pin()
-        reap_lost_trials(study, ostudy)  # trials of workers that died: failed, re-queued
+        reaper.reap()  # trials of workers that died: failed, recorded, re-queued
         trial = retrying(lambda: ostudy.ask(distributions), "asking for a trial",
                          budget_s=study.storage.retry_s)
         # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
         # must not stay RUNNING forever: it is told FAIL and the error goes on (and should
         # this process die instead, its heartbeats stop and another process reaps it).
         try:
+            # claimed before the first heartbeat: a trial with heartbeats always names
+            # its worker and machine, which its reaper's record needs
+            recorder.mark_running(trial)
             with heartbeat(ostudy._storage, trial._trial_id):
-                recorder.mark_running(trial)
                 config = trial_config(study.space, trial.params, seed=study.seed or 0,
                                       budget=budget)
                 run = run_config(config, launcher)
-                try:
-                    result = recorder.record(trial, config, run)
-                except _ReapedMeanwhile:
-                    # this worker was cut off from the database for longer than the
-                    # grace period and another worker reaped the trial (its retry is
-                    # queued): not this worker's to record, and no reason to stop
-                    _logger.warning("trial %d was reaped while this worker could not reach "
-                                    "the database; its retry measures it again",
-                                    trial.number)
-                    continue
+                if quota.interrupted.is_set() and run.state != "ok":
+                    raise KeyboardInterrupt  # its worker ended with the run, not by itself
+                result = recorder.record(trial, config, run)
+        except _ReapedMeanwhile:
+            # this worker was cut off from the database for longer than the grace period
+            # (or its claim came after the orphan watch) and another worker reaped the
+            # trial: not this worker's to record, and no reason to stop
+            _logger.warning("trial %d was reaped while this worker could not reach the "
+                            "database; its retry measures it again", trial.number)
+            continue
         except BaseException as e:
-            _tell_fail_quietly(ostudy, trial, e)
+            # an error while the run is interrupted is the interruption's doing (the
+            # worker it waited on was killed under it)
+            _tell_fail_quietly(ostudy, trial, e, interrupted=quota.interrupted.is_set())
             raise
         done += 1
         if keep:
@@ -394,8 +449,8 @@ class Recorder:
             # A crash may be transient (retried once). A timeout or a SIGKILL (the OOM
             # killer) would strike again: retrying would only spend the budget twice.
             if kind == "crash" and RETRY_ATTR not in trial.user_attrs:
-                self._retrying(lambda: self.ostudy.enqueue_trial(
-                    trial.params, user_attrs={RETRY_ATTR: trial.number}))
+                enqueue_once(self.ostudy, trial.params, {RETRY_ATTR: trial.number},
+                             RETRY_ATTR, trial.number, budget_s=self.study.storage.retry_s)
         if values is not None:
             self._update_front(trial.number)
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),
@@ -438,12 +493,14 @@ class _ReapedMeanwhile(Exception):
     """The trial being recorded was finished by another worker's reaper."""
 
 
-def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException) -> None:
-    """Mark ``trial`` FAIL after an error between ask and tell; never mask that error."""
+def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException, *,
+                       interrupted: bool = False) -> None:
+    """Mark ``trial`` FAIL after an error between ask and tell (``interrupted``: the run
+    is being interrupted); never mask that error."""
     import optuna
 
     try:
-        trial.set_user_attr("failure_kind", "interrupted" if isinstance(
+        trial.set_user_attr("failure_kind", "interrupted" if interrupted or isinstance(
             error, KeyboardInterrupt) else "storage")
         trial.set_user_attr("reason", f"{type(error).__name__}: {error}"[:2000])
         ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

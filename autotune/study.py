@@ -34,7 +34,7 @@ from autotune.pareto import FrontSnapshot, pareto_front
 from autotune.space import SearchSpace, check_measurable, load_space, one_line, parse_space
 from autotune.storage import AutotuneStorage
 from autotune.storage._models import StudyRow
-from autotune.storage._retry import retry_budget_s
+from autotune.storage._retry import retry_budget_s, retrying
 
 _logger = logging.getLogger(__name__)
 
@@ -131,7 +131,6 @@ class Study:
         self.close()
 
     def _optuna_study(self, sampler: Any = None) -> Any:
-        import optuna
 
         if sampler is None:
             # One reader per storage connection: Optuna's cache in front of the database
@@ -140,10 +139,18 @@ class Study:
             # 1000 trials, measured)
             rdb = self.storage.optuna
             if self._reader is None or self._reader[0] is not rdb:
-                self._reader = (rdb, optuna.load_study(study_name=self.name, storage=rdb))
+                self._reader = (rdb, self._load(rdb))
             return self._reader[1]
-        return optuna.load_study(study_name=self.name, storage=self.storage.optuna,
-                                 sampler=sampler)
+        return self._load(self.storage.optuna, sampler)
+
+    def _load(self, rdb: Any, sampler: Any = None) -> Any:
+        """Optuna's study on ``rdb``, through lost connections once the storage was
+        reached (``storage.retry_s``)."""
+        import optuna
+
+        return retrying(lambda: optuna.load_study(study_name=self.name, storage=rdb,
+                                                  sampler=sampler),
+                        "loading the study", budget_s=self.storage.retry_s)
 
     def check_space(self, space: SearchSpace) -> None:
         """Raise :class:`SpaceMismatchError` unless ``space`` searches what the study does."""
@@ -326,7 +333,9 @@ class Study:
         import optuna
 
         states = optuna.trial.TrialState
-        otrials = self._optuna_study().get_trials(deepcopy=False)
+        ostudy = self._optuna_study()
+        otrials = retrying(lambda: ostudy.get_trials(deepcopy=False), "reading the trials",
+                           budget_s=self.storage.retry_s)
         # a trial reaped after its worker died was never told by it: its failure is in
         # autotune's measurement row only (worker_lost)
         unexplained = any(t.state == states.FAIL and "failure_kind" not in t.user_attrs

@@ -32,10 +32,12 @@ from autotune._jobs import (
 )
 from autotune._liveness import (
     MACHINE_ATTR,
+    REQUEUE_ATTR,
     RETRY_ATTR,
     WORKER_ATTR,
+    Reaper,
+    enqueue_once,
     orphan_after_s,
-    reap_lost_trials,
 )
 from autotune.exceptions import StudyError
 from autotune.profiling.fingerprint import machine_fingerprint
@@ -108,7 +110,7 @@ def test_eight_workers_times_25_trials_on_one_study(postgres: str) -> None:
                           seed=0).close()
     procs = [worker(postgres, "--n-trials", "25") for _ in range(8)]
     outcomes = [finish(p) for p in procs]
-    assert all(code == 0 for code, _ in outcomes), [o for c, o in outcomes if c][:1]
+    assert all(code == 0 for code, _ in outcomes), [o[-3000:] for c, o in outcomes if c][:1]
     assert states(postgres) == {"COMPLETE": 200}  # nothing RUNNING, failed or waiting
     with autotune.load_study("fleet", storage=postgres) as study:
         numbers = [t.number for t in study.trials()]
@@ -198,7 +200,7 @@ def test_every_connection_terminated_mid_study_loses_nothing(postgres: str) -> N
             terminated += sum(1 for (ok,) in rows if ok)
             time.sleep(0.05)
     outcomes = [finish(p) for p in procs]
-    assert all(code == 0 for code, _ in outcomes), [o for c, o in outcomes if c][:1]
+    assert all(code == 0 for code, _ in outcomes), [o[-3000:] for c, o in outcomes if c][:1]
     assert terminated > 0  # the workers really lost connections
     assert states(postgres).get("COMPLETE") == 30  # every worker's share, nothing lost
     with autotune.load_study("fleet", storage=postgres) as study:
@@ -209,9 +211,10 @@ def test_every_connection_terminated_mid_study_loses_nothing(postgres: str) -> N
         if states(postgres).get("RUNNING"):
             os.environ["AUTOTUNE_HEARTBEAT_S"] = "1"
             try:
+                reaper = Reaper(study, study._optuna_study())
+                assert reaper.reap() == []  # watched from now, whatever the start times say
                 time.sleep(orphan_after_s() + 1)
-                ostudy = study._optuna_study()
-                assert reap_lost_trials(study, ostudy)
+                assert reaper.reap()
             finally:
                 del os.environ["AUTOTUNE_HEARTBEAT_S"]
             assert set(states(postgres)) <= {"COMPLETE", "FAIL"}
@@ -355,14 +358,15 @@ def test_a_trial_without_heartbeats_is_reaped_once_and_its_retry_not_again(
             return trial
 
         trial = ask()
-        assert reap_lost_trials(study, ostudy) == []  # within the grace: still alive
+        reaper = Reaper(study, ostudy)
+        assert reaper.reap() == []  # within the grace: still alive
         time.sleep(5)
-        assert reap_lost_trials(study, ostudy) == [trial.number]
-        assert reap_lost_trials(study, ostudy) == []  # once
+        assert reaper.reap() == [trial.number]
+        assert reaper.reap() == [] and Reaper(study, ostudy).reap() == []  # once
         retry = ask()  # the queued configuration
         assert retry.user_attrs[RETRY_ATTR] == trial.number and retry.params == trial.params
         time.sleep(5)
-        assert reap_lost_trials(study, ostudy) == [retry.number]
+        assert reaper.reap() == [retry.number]
         waiting = [t for t in ostudy.get_trials() if t.state.name == "WAITING"]
         assert waiting == []  # a lost retry is not queued a third time
         lost = {t.number: t for t in study.trials()}
@@ -581,3 +585,167 @@ def test_a_worker_whose_trial_was_reaped_meanwhile_goes_on(tmp_path: Path) -> No
             recorder.record(trial, config, run)
         results = study.optimize(n_trials=2, launcher=FakeLauncher(), recheck_every=0)
         assert [r.state for r in results] == ["ok", "ok"]  # the study goes on
+
+
+def _claimed_trial(study: autotune.Study, ostudy: Any) -> Any:
+    """A trial asked and claimed as the trial loop does, whose worker then "dies"."""
+    machine = study.storage.upsert_machine(machine_fingerprint(), "test-machine")
+    trial = ostudy.ask(study.space.distributions())
+    trial.set_user_attr(MACHINE_ATTR, machine)
+    trial.set_user_attr(WORKER_ATTR, "node-7:4242")
+    ostudy._storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def test_a_reaper_that_died_after_failing_a_trial_leaves_it_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state change is committed, the record is not (the reaper was killed, or the
+    reply was lost): the next reaper records it and queues it once, and of two reapers
+    recording it at once only the one whose row is stored queues it."""
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
+    url = f"sqlite:///{tmp_path}/died.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url,
+                               seed=0) as study:
+        study.storage.prepare_for_writing()
+        ostudy = study._optuna_study()
+        first, second = _claimed_trial(study, ostudy), _claimed_trial(study, ostudy)
+        for trial in (first, second):  # what the dead reaper managed to do
+            ostudy._storage.set_trial_state_values(trial._trial_id,
+                                                   optuna.trial.TrialState.FAIL)
+        # one reaper records trial 1 while another, racing it, already stored its row
+        # for trial 2 (its own token): this one must not queue trial 2 as well
+        other = optuna.load_study(study_name="fleet", storage=study.storage.optuna)
+        from autotune._liveness import _record_lost
+        assert _record_lost(study, other, ostudy.get_trials()[second.number])
+        assert Reaper(study, ostudy).reap() == [first.number]
+        assert Reaper(study, ostudy).reap() == []  # recorded: nothing to do again
+        lost = {t.number: t for t in study.trials()}
+        assert lost[first.number].failure_kind == lost[second.number].failure_kind \
+            == "worker_lost"
+        queued = [t.user_attrs[RETRY_ATTR] for t in ostudy.get_trials()
+                  if t.state == optuna.trial.TrialState.WAITING]
+        assert sorted(queued) == [first.number, second.number]  # each once
+
+
+def test_a_retried_enqueue_whose_reply_was_lost_queues_once(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path}/enqueue.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url) as study:
+        ostudy = study._optuna_study()
+        real = ostudy.enqueue_trial
+        calls = []
+
+        def committed_then_lost(*args: Any, **kwargs: Any) -> None:
+            calls.append(1)
+            real(*args, **kwargs)
+            if len(calls) == 1:  # the commit went through; its reply did not
+                raise OperationalError("COMMIT", {}, Exception("server closed the "
+                                                               "connection unexpectedly"))
+
+        ostudy.enqueue_trial = committed_then_lost
+        params = {"batch_size": 8, "learning_rate": 0.01}
+        assert enqueue_once(ostudy, params, {RETRY_ATTR: 3}, RETRY_ATTR, 3, budget_s=10) \
+            is False  # the retry found the first attempt's trial
+        assert len(calls) == 1 and len(ostudy.get_trials()) == 1
+        assert not enqueue_once(ostudy, params, {RETRY_ATTR: 3}, RETRY_ATTR, 3, budget_s=10)
+
+
+def test_orphans_are_timed_by_the_reaper_and_a_queued_one_is_put_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ask whose reply was lost: nobody claims the trial. It is failed after the
+    reaper watched it for the orphan period, by its own clock (a start time from a
+    machine in another time zone says nothing), and a trial that came from the queue
+    goes back there, still a retry."""
+    import datetime
+
+    from autotune import _liveness
+
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
+    monkeypatch.setattr(_liveness, "orphan_after_s", lambda: 2)
+    url = f"sqlite:///{tmp_path}/orphan.db"
+    with autotune.create_study("fleet", parse_space(fast_space()), storage=url) as study:
+        study.storage.prepare_for_writing()
+        ostudy = study._optuna_study()
+        ostudy.enqueue_trial({"batch_size": 16, "learning_rate": 0.01},
+                             user_attrs={RETRY_ATTR: 0})
+        popped = ostudy.ask(study.space.distributions())  # its reply "lost": never claimed
+        fresh = ostudy.ask(study.space.distributions())
+        from optuna.storages._rdb import models
+
+        with study.storage.optuna.scoped_session() as session:  # asked on a clock 9 h behind
+            row = session.get(models.TrialModel, popped._trial_id)
+            row.datetime_start = datetime.datetime.now() - datetime.timedelta(hours=9)
+            session.commit()
+        reaper = Reaper(study, ostudy)
+        assert reaper.reap() == []  # first seen now: watched, not judged by the start time
+        time.sleep(2.5)
+        assert reaper.reap() == sorted([popped.number, fresh.number])
+        trials = {t.number: t for t in ostudy.get_trials()}
+        assert trials[popped.number].state == trials[fresh.number].state == \
+            optuna.trial.TrialState.FAIL
+        back = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
+        assert len(back) == 1 and back[0].params == {}  # queued: params fixed, not suggested
+        assert back[0].system_attrs["fixed_params"] == {"batch_size": 16,
+                                                         "learning_rate": 0.01}
+        assert back[0].user_attrs[RETRY_ATTR] == 0  # still the retry of trial 0
+        assert back[0].user_attrs[REQUEUE_ATTR] == popped.number
+        reasons = {t.number: t.reason for t in study.trials()}
+        assert reasons[popped.number].endswith("put back in the queue")
+        assert reasons[fresh.number].endswith("not queued again: it never ran")
+
+
+def test_a_pinned_worker_leaves_other_devices_queued_trials_alone() -> None:
+    """A retry keeps its device (queued parameters win over the sampler): a worker
+    pinned to other devices leaves it in the queue for a worker that has its device."""
+    from types import SimpleNamespace
+
+    from autotune._trial_runner import _device_pin
+
+    data = fast_space()
+    data["params"]["device"] = ["cpu", "cuda:0"]
+    space = parse_space(data)
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    ostudy = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(0))
+    ostudy.enqueue_trial({"device": "cuda:0", "batch_size": 8}, user_attrs={RETRY_ATTR: 0})
+    ostudy.enqueue_trial({"device": "cpu", "batch_size": 16}, user_attrs={RETRY_ATTR: 1})
+    pin = _device_pin(SimpleNamespace(space=space), ostudy, ["cpu"])
+    assert pin is not None
+    asked = []
+    for _ in range(3):
+        pin()
+        trial = ostudy.ask(space.distributions())
+        asked.append((trial.params["device"], trial.user_attrs.get(RETRY_ATTR)))
+        ostudy.tell(trial, 1.0)
+    assert asked == [("cpu", 1), ("cpu", None), ("cpu", None)]
+    waiting = ostudy.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs[RETRY_ATTR] for t in waiting] == [0]  # cuda:0's worker runs it
+    cuda = optuna.load_study(study_name=ostudy.study_name, storage=storage)
+    trial = cuda.ask(space.distributions())  # an unpinned worker takes it
+    assert trial.params["device"] == "cuda:0" and trial.user_attrs[RETRY_ATTR] == 0
+
+
+def test_an_interrupted_run_of_several_jobs_records_its_trials_interrupted(
+        tmp_path: Path) -> None:
+    """Ctrl-C (here SIGTERM, handled the same) ends every job's worker: their trials are
+    ``interrupted``, not crashes, and nothing is queued to run again."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    url = f"sqlite:///{tmp_path}/stop.db"
+    space = {"workload": "autotune.testing.workloads:hanging", "mode": "train",
+             "objectives": {"throughput_sps": "maximize"}, "params": {"threads": 1},
+             "budget": {"trial_seconds": 60}}
+    autotune.create_study("fleet", parse_space(space), storage=url).close()
+    driver = subprocess.Popen([sys.executable, "-m", "autotune", "study", "run", "fleet",
+                               "--storage", url, "--jobs", "2", "--n-trials", "4",
+                               "--quiet", "--recheck-every", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until(lambda: states(url).get("RUNNING", 0) == 2, 60, "both jobs to start a trial")
+    time.sleep(2)  # the hanging workload is inside its step now
+    driver.send_signal(signal.SIGTERM)
+    code, out = finish(driver, timeout=60)
+    assert code == 130 and "interrupted" in out and "Traceback" not in out, out
+    with optuna_storage(url) as storage:
+        trials = optuna.load_study(study_name="fleet", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"], (out, [t.user_attrs for t in trials])
+    assert [t.user_attrs["failure_kind"] for t in trials] == ["interrupted"] * 2

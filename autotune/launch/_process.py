@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,9 +74,18 @@ class ProcessLauncher:
         self.python = python
         #: The cores its workers may use (``None``: the driver's).
         self.cpus = None if cpus is None else tuple(cpus)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._running: set[subprocess.Popen[bytes]] = set()
 
     def close(self) -> None:
-        """Nothing to release: every worker is gone when its :meth:`run` returns."""
+        """Kill the workers still running (a trial thread of ``--jobs`` waits on one when
+        the run is interrupted); a :meth:`run` after this starts none."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for proc in running:
+            kill_group(proc)
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Run ``config`` to completion, failure or its ``budget.trial_seconds`` limit."""
@@ -89,13 +99,17 @@ class ProcessLauncher:
             # writes to its working directory (MindSpore's rank_0/ logs) goes away with it;
             # the driver's directory stays importable for custom workloads.
             env = worker_environment(config.budget.memory_mb, self.cpus)
-            with open(stderr_path, "wb") as stderr:
+            with open(stderr_path, "wb") as stderr, self._lock:
+                if self._closed:
+                    return closed_outcome()
                 proc = subprocess.Popen(
                     [self.python, "-m", "autotune.launch._worker", str(config_path),
                      str(result_path)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                     start_new_session=True, env=env, cwd=tmp,
                 )
+                self._running.add(proc)
+            try:
                 timed_out = False
                 try:
                     proc.wait(timeout=config.budget.trial_seconds)
@@ -107,10 +121,19 @@ class ProcessLauncher:
                     raise
                 finally:
                     kill_group(proc)  # helpers the worker left behind
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
             wall = time.perf_counter() - start
             stderr_tail = stderr_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
             return _outcome(proc.returncode, timed_out, result_path, stderr_tail, wall,
                             config.budget.trial_seconds)
+
+
+def closed_outcome() -> WorkerOutcome:
+    """What a launcher closed by an ending run answers a trial it no longer starts."""
+    return WorkerOutcome("fail", failure_kind="interrupted",
+                         reason="not started: the run is ending (its launcher was closed)")
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

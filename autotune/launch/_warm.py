@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from autotune.config import TrialConfig
 from autotune.launch._process import (
     STDERR_TAIL_CHARS,
     WorkerOutcome,
+    closed_outcome,
     kill_group,
     outcome_of,
     worker_environment,
@@ -87,6 +89,7 @@ class WarmWorker:
         finally:
             os.close(reply_w)
         self._reply = reply_r
+        self._closed = False
         self.startup: dict[str, Any] = {}
 
     @property
@@ -132,8 +135,18 @@ class WarmWorker:
         return outcome_of(reply, returncode=None, timed_out=False,
                           stderr_tail=self._stderr_tail(stderr_offset), wall=wall, limit_s=limit)
 
+    def kill(self) -> None:
+        """SIGKILL the worker's process group, leaving its pipes open: safe from another
+        thread than the one reading its reply (which then sees it gone)."""
+        if self.proc.returncode is None:  # once reaped, its pid may belong to another
+            kill_group(self.proc)
+
     def close(self) -> None:
-        """Kill the worker's process group and remove its directory."""
+        """Kill the worker's process group and remove its directory (once: a second call
+        must not close a descriptor number that is another file's by then)."""
+        if self._closed:
+            return
+        self._closed = True
         kill_group(self.proc)
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -235,30 +248,60 @@ class WarmLauncher:
         self.cpus = None if cpus is None else tuple(cpus)
         self._workers: OrderedDict[WorkerKey, WarmWorker] = OrderedDict()
         self.started = 0  # workers started so far (replacements included)
+        # close() from another thread (Ctrl-C in --jobs) must not miss a worker that a
+        # trial thread is starting at that moment, nor let one start after it
+        self._lock = threading.Lock()
+        self._closed = False
+        self._busy: set[WorkerKey] = set()  # workers running a trial now
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Run ``config`` on its warm worker, starting one if needed."""
         key = worker_key(config)
+        with self._lock:
+            if self._closed:
+                return closed_outcome()
+            worker, evicted = self._take(key)
+            self._busy.add(key)
+        try:
+            for each in evicted:
+                each.close()
+            return self._run_on(key, worker, config)
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+                closed_meanwhile = self._closed
+            if closed_meanwhile:  # close() only killed it: its pipes are this thread's
+                worker.close()
+
+    def _take(self, key: WorkerKey) -> tuple[WarmWorker, list[WarmWorker]]:
+        """The worker for ``key`` (a new one, not yet started, if it has none) and the
+        workers that make way for it; called holding the lock."""
+        evicted = []
         worker = self._workers.get(key)
         if worker is not None and worker.proc.poll() is not None:
             # It died while idle (e.g. the OOM killer chose it): not this trial's doing.
-            self._discard(key)
+            evicted.append(self._workers.pop(key))
             worker = None
+        if worker is not None:
+            self._workers.move_to_end(key)
+            return worker, evicted
+        # An accelerator's memory is held by the framework in its worker (TensorFlow takes
+        # nearly all of it at the first op): one warm worker per device, or the next
+        # backend's trial would be out of memory for no reason of its own.
+        if key[1] != "cpu":
+            evicted += [self._workers.pop(k) for k in list(self._workers) if k[1] == key[1]]
+        while len(self._workers) >= self.max_workers:
+            evicted.append(self._workers.popitem(last=False)[1])
+        worker = WarmWorker(key, self.python, self.cpus)
+        self.started += 1
+        self._workers[key] = worker
+        return worker, evicted
+
+    def _run_on(self, key: WorkerKey, worker: WarmWorker, config: TrialConfig,
+                ) -> WorkerOutcome:
         startup_s = 0.0
-        if worker is None:
-            # An accelerator's memory is held by the framework in its worker (TensorFlow
-            # takes nearly all of it at the first op): one warm worker per device, or the
-            # next backend's trial would be out of memory for no reason of its own.
-            if key[1] != "cpu":
-                for other in [k for k in self._workers if k[1] == key[1]]:
-                    self._discard(other)
-            while len(self._workers) >= self.max_workers:
-                _, oldest = self._workers.popitem(last=False)
-                oldest.close()
+        if not worker.startup:
             t0 = time.perf_counter()
-            worker = WarmWorker(key, self.python, self.cpus)
-            self.started += 1
-            self._workers[key] = worker
             try:
                 failed = worker.start()
             except BaseException:  # Ctrl-C: its late "ready" must not answer a trial
@@ -268,7 +311,6 @@ class WarmLauncher:
                 self._discard(key)
                 return failed
             startup_s = time.perf_counter() - t0
-        self._workers.move_to_end(key)
         try:
             outcome = worker.run(config)
         except BaseException:  # Ctrl-C mid-trial: its late reply must not answer the next
@@ -282,16 +324,23 @@ class WarmLauncher:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and diagnostics)."""
-        return [w.pid for w in self._workers.values()]
+        with self._lock:
+            return [w.pid for w in self._workers.values()]
 
     def close(self) -> None:
-        """Kill every worker (safe while a trial thread discards one: Ctrl-C in --jobs)."""
-        while True:
-            try:
-                _, worker = self._workers.popitem()
-            except KeyError:
-                return
-            worker.close()
+        """Kill every worker; none starts after this. Safe from another thread than the
+        trials' (Ctrl-C in --jobs): a worker in the middle of a trial is only killed, and
+        the trial's thread, seeing it gone, closes it."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.items())
+            self._workers.clear()
+            busy = set(self._busy)
+        for key, worker in workers:
+            if key in busy:
+                worker.kill()
+            else:
+                worker.close()
 
     def __enter__(self) -> WarmLauncher:
         return self
@@ -300,6 +349,7 @@ class WarmLauncher:
         self.close()
 
     def _discard(self, key: WorkerKey) -> None:
-        worker = self._workers.pop(key, None)
+        with self._lock:
+            worker = self._workers.pop(key, None)
         if worker is not None:
             worker.close()

@@ -150,7 +150,7 @@ class AutotuneStorage:
 
         from autotune._liveness import grace_period_s, heartbeat_interval_s
 
-        try:
+        def connect() -> Any:
             # heartbeats: experimental since Optuna 2.9, still so
             with self._schema_lock(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -158,6 +158,9 @@ class AutotuneStorage:
                     self.url, engine_kwargs=self._engine_kwargs(),
                     heartbeat_interval=heartbeat_interval_s(),
                     grace_period=grace_period_s())
+
+        try:  # reconnecting after pooled() ends may meet a lost connection too
+            return retrying(connect, f"connecting to {self.url}", budget_s=self.retry_s)
         except (SQLAlchemyError, RuntimeError) as e:
             raise StorageError(f"storage {self.url!r}: {_one_line(e)}") from None
 
@@ -383,16 +386,21 @@ class AutotuneStorage:
             return json.loads(row.fingerprint_json) if row else {}
 
     @_retried
-    def add_measurement(self, row: MeasurementRow) -> None:
-        """Store one trial's outcome (once: a retry after a commit whose reply was lost
-        finds the row there and is done)."""
+    def add_measurement(self, row: MeasurementRow) -> bool:
+        """Store one trial's outcome, once. Returns whether the stored row is this one:
+        ``True`` when it was inserted now or by an earlier attempt whose commit reply was
+        lost (a retry finds it there), ``False`` when another writer's row (another
+        ``raw_json``) holds the trial's place."""
         with self._errors():
             try:
                 with Session(self.engine, expire_on_commit=False) as s, s.begin():
                     s.add(row)
+                return True
             except IntegrityError:
-                if self.measurement(row.study_id, row.trial_number) is None:
+                stored = self.measurement(row.study_id, row.trial_number)
+                if stored is None:
                     raise
+                return stored.raw_json == row.raw_json and stored.reason == row.reason
 
     @_retried
     def measurements(self, study_id: int) -> list[MeasurementRow]:
