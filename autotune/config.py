@@ -6,6 +6,7 @@ launcher and the profiling loop all import their shared names from this module.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -79,10 +80,15 @@ class Budget:
         warmup_max_s: longest warm-up before measuring anyway (warm-up ends earlier once
             step times are stable); warm-up steps are never counted.
         window_min_s: the measured window lasts at least this long...
-        window_min_steps: ...and at least this many steps...
-        window_max_s: ...and is extended until the spread (IQR/median) falls under
-            ``target_spread`` or this long has passed (or the trial budget runs out).
-        target_spread: IQR/median at which the window stops extending.
+        window_min_steps: ...and at least this many steps (more when a latency
+            percentile is an objective or constraint: p95 needs 132)...
+        window_max_s: ...and is extended until the estimate is precise enough (see
+            ``target_ci``) or this long has passed (or the trial budget runs out).
+        target_ci: the window stops once the 95 % confidence interval of the median step
+            time (what throughput and latency are computed from) is within +-this share
+            of it: 0.02 is +-2 %. The spread of single steps is not the stopping rule: on
+            a shared CPU it stays at 10-20 % however long one measures, while the
+            median's interval keeps narrowing.
         train_epochs: training budget in train mode: accuracy is measured after exactly
             this many epochs over the training split.
         memory_mb: optional cap on memory the trial may allocate beyond what the framework
@@ -91,10 +97,10 @@ class Budget:
 
     trial_seconds: float = 30.0
     warmup_max_s: float = 3.0
-    window_min_s: float = 1.0
+    window_min_s: float = 0.3
     window_min_steps: int = 20
     window_max_s: float = 4.0
-    target_spread: float = 0.10
+    target_ci: float = 0.02
     train_epochs: int = 3
     memory_mb: int | None = None
 
@@ -195,6 +201,9 @@ class TrialConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
-        data["budget"] = Budget(**data["budget"])
+        # a configuration stored by an earlier version may carry retired budget keys
+        # (target_spread): it is measured as a budget of this version would be
+        known = {f.name for f in dataclasses.fields(Budget)}
+        data["budget"] = Budget(**{k: v for k, v in data["budget"].items() if k in known})
         data["workload_kwargs"] = dict(data.get("workload_kwargs") or {})
         return cls(**data)

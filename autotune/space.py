@@ -295,7 +295,7 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
     _check_mode_metrics(mode, objectives, constraints, where)
     if ref.factory == "gpt":
         _check_gpt_lengths(ref.kwargs, mode, params, where)
-    budget = _parse_budget(section("budget"), where)
+    budget = _parse_budget(section("budget"), where, stored=not check_files)
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise where.fail("description", "must be text")
@@ -560,12 +560,24 @@ def check_measurable(budget: Budget, source: str = "<space>") -> None:
             f"{SAFETY_MARGIN_S:g} s safety margin)"))
 
 
-def _parse_budget(raw: Any, where: _Where) -> Budget:
+#: Budget keys of earlier versions: what replaced each (a stored space drops them).
+_RETIRED_BUDGET_KEYS = {
+    "target_spread": "the window stops on the confidence interval of the median step time "
+                     "now, not on the spread of single steps: use target_ci (default 0.02, "
+                     "+-2 %)",
+}
+
+
+def _parse_budget(raw: Any, where: _Where, *, stored: bool = False) -> Budget:
     if not isinstance(raw, Mapping):
         raise where.fail("budget", f"must be a mapping, got {raw!r}")
     allowed = {f.name: f for f in fields(Budget)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in _RETIRED_BUDGET_KEYS:
+            if stored:  # a study made before: readable, and measured as it is now
+                continue
+            raise where.fail(f"budget.{key}", f"no longer used: {_RETIRED_BUDGET_KEYS[key]}")
         if key not in allowed:
             raise where.fail(f"budget.{key}", f"unknown key; allowed: {', '.join(allowed)}")
         if key == "memory_mb" and value is None:  # explicit "no cap", the default

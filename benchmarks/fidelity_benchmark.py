@@ -109,7 +109,7 @@ class Options:
     peer_max_run_time: float = 5.0
     trial_seconds: float = 30.0
     train_epochs: int = 1
-    #: extra ``budget:`` settings for autotune's window (e.g. window_min_s, target_spread)
+    #: extra ``budget:`` settings for autotune's window (e.g. window_min_s, target_ci)
     budget: dict[str, float] = dataclasses.field(default_factory=dict)
     gc_disabled: bool = False
 
@@ -320,7 +320,7 @@ def flagged(autotune: dict[str, Any]) -> bool:
     a stop reason other than ``stable`` (the spread never fell under the target), foreign
     load on its cores in the final window, or a warning about the window or warm-up."""
     suspect = [w for w in autotune["warnings"] if not w.startswith(_BENIGN_WARNINGS)]
-    return bool(autotune["noise"] != "ok" or autotune["stop_reason"] != "stable"
+    return bool(autotune["noise"] != "ok" or autotune["stop_reason"] != "ci_met"
                 or autotune["contended"] or suspect)
 
 
@@ -435,7 +435,7 @@ def _flag_text(autotune: dict[str, Any]) -> str:
     parts = []
     if autotune["noise"] != "ok":
         parts.append(autotune["noise"])
-    if autotune["stop_reason"] != "stable":
+    if autotune["stop_reason"] != "ci_met":
         parts.append(autotune["stop_reason"])
     if autotune["contended"]:
         parts.append("contended")
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-epochs", type=int, default=Options.train_epochs)
     parser.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                         help="autotune budget setting for the window, e.g. window_min_s=3 or "
-                             "target_spread=0.05 (repeatable)")
+                             "target_ci=0.01 (repeatable)")
     parser.add_argument("--gc-disabled", action="store_true",
                         help="diagnostic: disable Python's GC during autotune's run_profile "
                              "(timeit, and so the peer, always does)")

@@ -38,7 +38,7 @@ BUDGETS = {
     "quickstart budget (window 1-2 s)": {},
     "10 s trial budget (window >= 6 s)": {"trial_seconds": 10, "warmup_max_s": 1,
                                           "window_min_s": 6, "window_max_s": 7,
-                                          "target_spread": 0.10},
+                                          "target_ci": 0.02},
 }
 KNOBS = [
     {"batch_size": 64, "optimizer": "adam", "learning_rate": 1e-3, "threads": 1},

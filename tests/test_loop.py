@@ -23,7 +23,7 @@ import pytest
 from autotune.config import TrialConfig
 from autotune.profiling import loop
 from autotune.profiling.contention import ContentionMonitor, ContentionReading, combine
-from autotune.profiling.loop import SPREAD_CHECK_EVERY, WARMUP_MIN_S, run_profile
+from autotune.profiling.loop import CI_CHECK_EVERY, WARMUP_MIN_S, run_profile
 from autotune.profiling.measurement import Measurement
 from autotune.profiling.power import NullMeter
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
@@ -103,10 +103,10 @@ def _config(budget: Budget) -> TrialConfig:
 
 
 def _budget(**overrides: Any) -> Budget:
-    """A small budget: sub-second windows, lenient spread target."""
+    """A small budget: sub-second windows, the default +-2 % target."""
     values: dict[str, Any] = {"trial_seconds": 10, "warmup_max_s": 0.3, "window_min_s": 0.05,
                               "window_min_steps": 8, "window_max_s": 0.3,
-                              "target_spread": 0.10}
+                              "target_ci": 0.02}
     values.update(overrides)
     return Budget(**values)
 
@@ -239,7 +239,7 @@ class _RealAsyncDevice:
 def test_synchronisation_on_the_real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "WARMUP_MIN_S", 0.03)
     budget = _budget(warmup_max_s=0.1, window_min_s=0.05, window_max_s=0.1,
-                     target_spread=0.5)
+                     target_ci=0.5)
     device = _RealAsyncDevice(waits=True)
     raw = run_profile(cast(Any, device), _config(budget), NullMeter(), time.perf_counter() + 5)
     times = raw["step_times_s"]
@@ -307,10 +307,10 @@ def test_ramping_warmup_stops_at_warmup_max_s(clock: _Clock) -> None:
 
 
 def _first_check_after(min_s: float, min_steps: int, step: float) -> int:
-    """The first spread check at which both minimums are met, for constant steps."""
-    n = SPREAD_CHECK_EVERY
+    """The first interval check at which both minimums are met, for constant steps."""
+    n = CI_CHECK_EVERY
     while n < min_steps or n * step < min_s:
-        n += SPREAD_CHECK_EVERY
+        n += CI_CHECK_EVERY
     return n
 
 
@@ -321,9 +321,9 @@ def test_constant_steps_stop_stable_right_after_the_minimums(
     budget = _budget(window_min_s=min_s, window_min_steps=min_steps, window_max_s=2.0)
     raw = _run(_Stub(clock, lambda i: FAST_S), budget)
     n = len(raw["step_times_s"])
-    assert raw["stop_reason"] == "stable"
+    assert raw["stop_reason"] == "ci_met"
     assert not raw["warnings"]
-    assert n % SPREAD_CHECK_EVERY == 0
+    assert n % CI_CHECK_EVERY == 0
     assert n >= min_steps
     assert raw["window_s"] >= min_s
     # right after: at the first spread check where both minimums are met
@@ -342,9 +342,29 @@ def test_noisy_steps_extend_the_window_to_window_max_s(clock: _Clock) -> None:
     assert 0.4 <= raw["window_s"] <= 0.4 + 10 * MS + EPS
     # the same mean step time without noise stops at window_min_s, with fewer steps
     stable = _run(_Stub(clock, lambda i: 5.5 * MS), budget)
-    assert stable["stop_reason"] == "stable"
-    assert stable["window_s"] < 0.1 + SPREAD_CHECK_EVERY * 5.5 * MS
+    assert stable["stop_reason"] == "ci_met"
+    assert stable["window_s"] < 0.1 + CI_CHECK_EVERY * 5.5 * MS
     assert len(raw["step_times_s"]) > len(stable["step_times_s"])
+
+
+def test_the_window_stops_on_the_medians_interval_not_the_spread(clock: _Clock) -> None:
+    """Steps whose spread never falls under 10 % (a shared CPU: IQR/median about 0.2):
+    the window ends as soon as the median is known to +-2 %, long before window_max_s."""
+    from autotune.profiling.stats import relative_ci_halfwidth, spread
+
+    budget = _budget(window_min_s=0.05, window_min_steps=8, window_max_s=5.0)
+    rng = random.Random(7)
+    steps = [rng.gauss(1.0, 0.15) * MS for _ in range(20000)]
+    raw = _run(_Stub(clock, lambda i: steps[i]), budget)
+    times = raw["step_times_s"]
+    assert raw["stop_reason"] == "ci_met"
+    assert spread(times) > 0.10  # the old rule would have run to window_max_s
+    assert relative_ci_halfwidth(times) <= 0.02
+    assert relative_ci_halfwidth(times[:-CI_CHECK_EVERY]) > 0.02  # and not a check later
+    assert raw["window_s"] < 1.0  # a fraction of the 5 s window_max_s
+    tighter = _run(_Stub(clock, lambda i: steps[i]), _budget(
+        window_min_s=0.05, window_min_steps=8, window_max_s=5.0, target_ci=0.005))
+    assert len(tighter["step_times_s"]) > 4 * len(times)  # 4x narrower: ~16x the steps
 
 
 def test_deadline_ends_the_window_before_it_passes(clock: _Clock) -> None:
@@ -458,7 +478,7 @@ def test_contended_window_is_measured_again(clock: _Clock) -> None:
     assert raw["remeasured"] == 1
     assert raw["warnings"] == [f"re-measured: {_final(BUSY).reason}"]
     assert raw["contention"] == asdict(_final(QUIET))  # the final window's
-    assert raw["stop_reason"] == "stable"
+    assert raw["stop_reason"] == "ci_met"
     # the result holds the second window's steps only
     n = _first_check_after(0.05, 8, FAST_S)
     assert len(raw["step_times_s"]) == n
@@ -514,9 +534,9 @@ _WORKER_FIELDS = {"process_start_s": 0.0, "import_s": 0.0, "setup_s": 0.0,
 def test_p90_needs_64_steps_through_measurement(clock: _Clock) -> None:
     p90_min = PERCENTILE_MIN_SAMPLES[90]
     assert p90_min == 64
-    budget = _budget(window_min_s=0.0, window_min_steps=p90_min - SPREAD_CHECK_EVERY)
+    budget = _budget(window_min_s=0.0, window_min_steps=p90_min - CI_CHECK_EVERY)
     few = _run(_Stub(clock, lambda i: 1 * MS), budget)
-    assert len(few["step_times_s"]) == p90_min - SPREAD_CHECK_EVERY
+    assert len(few["step_times_s"]) == p90_min - CI_CHECK_EVERY
     m = Measurement.from_worker({**few, **_WORKER_FIELDS}, samples_per_step=BATCH, mode="infer")
     assert m.metrics()["latency_p90_ms"] is None
     assert m.missing_reasons()["latency_p90_ms"] == "56 steps measured; p90 needs 64"

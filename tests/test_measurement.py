@@ -41,7 +41,7 @@ def _raw(**overrides: Any) -> dict[str, Any]:
         "window_s": sum(STEP_TIMES),
         "warmup_s": 0.133,
         "eval_s": 0.02,
-        "stop_reason": "stable",
+        "stop_reason": "ci_met",
         "train_steps": 300,
         "budget_steps": 300,
         "accuracy": 0.91,
@@ -88,7 +88,7 @@ def test_fields_copied_from_raw() -> None:
     assert m.energy_samples == 2
     assert m.accuracy == 0.91
     assert m.threads == 4
-    assert m.stop_reason == "stable"
+    assert m.stop_reason == "ci_met"
     assert m.versions == {"torch": "2.13.0"}
     assert m.warnings == ("something to say",)
 
@@ -189,7 +189,7 @@ def test_summary_names_and_provenance() -> None:
     assert s["steps_measured"] == 25
     assert s["latency_unit"] == "per optimizer step"
     assert s["threads"] == 4
-    assert s["stop_reason"] == "stable"
+    assert s["stop_reason"] == "ci_met"
     assert s["noise"] in ("ok", "noisy", "very_noisy")
     assert s["missing"] == m.missing_reasons()
     assert _measure(mode="infer").summary()["latency_unit"] == "per batch"
@@ -410,7 +410,7 @@ def test_evaluation_inside_the_window_is_cut_out_of_time_and_energy() -> None:
     space = parse_space({"workload": "mlp", "mode": "train",
                          "objectives": {"throughput_sps": "maximize"}})
     budget = Budget(trial_seconds=30, warmup_max_s=0.3, window_min_s=1.0, window_min_steps=5,
-                    window_max_s=1.5, train_epochs=1, target_spread=1e-9)
+                    window_max_s=1.5, train_epochs=1, target_ci=1e-9)
     config = TrialConfig.from_params(space, {"batch_size": 8, "threads": 1})
     config = TrialConfig(**{**vars(config), "budget": budget})
     raw = run_profile(_SlowEvalBackend(), config, EstimatedCpuMeter(),  # type: ignore[arg-type]

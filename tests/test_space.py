@@ -437,6 +437,21 @@ def test_budget_defaults_and_values() -> None:
     assert with_cap.budget.memory_mb == 512
 
 
+def test_the_retired_target_spread_is_refused_in_a_file_and_dropped_from_a_stored_space(
+) -> None:
+    from autotune.config import TrialConfig
+
+    with pytest.raises(SpaceError, match=r"my_space.yaml: budget.target_spread: no longer "
+                                         r"used: .* use target_ci \(default 0.02"):
+        parse_space(edited(("budget.target_spread", 0.1)), source=SOURCE)
+    stored = parse_space(edited(("budget.target_spread", 0.1)), source=SOURCE,
+                         check_files=False)  # a study made by an earlier version
+    assert stored.budget == parse_space(BASE, source=SOURCE).budget
+    config = TrialConfig.from_params(stored, {}).to_dict()
+    config["budget"]["target_spread"] = 0.1  # a measurement row of that version
+    assert TrialConfig.from_dict(config).budget.target_ci == 0.02
+
+
 # -- fingerprint ---------------------------------------------------------------------------
 
 

@@ -171,3 +171,18 @@ def test_is_stable_tolerance_and_window() -> None:
 
 def test_is_stable_zero_times_are_not_stable() -> None:
     assert not is_stable([0.0] * 10)
+
+
+def test_relative_ci_halfwidth_is_the_median_intervals_half_width_over_the_median() -> None:
+    from autotune.profiling.stats import relative_ci_halfwidth
+
+    rng = np.random.default_rng(3)
+    for n in (6, 7, 50, 333, 4000):
+        values = list(rng.lognormal(0.0, 0.3, n))
+        ci = median_ci(values)
+        assert ci is not None
+        expected = (ci[1] - ci[0]) / (2 * float(np.median(values)))
+        # selection picks the same order statistics as median_ci's sort
+        assert relative_ci_halfwidth(values) == pytest.approx(expected, rel=1e-12)
+    assert relative_ci_halfwidth([1.0] * 5) == math.inf
+    assert relative_ci_halfwidth([2.0] * 50) == 0.0

@@ -105,7 +105,7 @@ def test_correlation_is_undefined_below_two_points_or_without_a_ranking() -> Non
 
 def test_confirmation_budget_scales_the_window_and_leaves_room() -> None:
     base = autotune.Budget(trial_seconds=20, warmup_max_s=2, window_min_s=0.5,
-                           window_max_s=3, window_min_steps=20, target_spread=0.1)
+                           window_max_s=3, window_min_steps=20, target_ci=0.02)
     longer = confirmation_budget(base, 3.0)
     assert longer.window_min_s == pytest.approx(1.5)
     assert longer.window_max_s == pytest.approx(9)
@@ -114,7 +114,7 @@ def test_confirmation_budget_scales_the_window_and_leaves_room() -> None:
     assert longer.trial_seconds >= minimum_trial_seconds(longer)
     assert longer.trial_seconds > longer.warmup_max_s + longer.window_max_s
     # what ends warm-up and a stable window is unchanged
-    assert (longer.warmup_max_s, longer.target_spread, longer.train_epochs) == (2, 0.1, 3)
+    assert (longer.warmup_max_s, longer.target_ci, longer.train_epochs) == (2, 0.02, 3)
     assert confirmation_budget(base, 1.0) == base
 
 

@@ -1,7 +1,8 @@
 """The measured loop of one trial, run inside the worker process.
 
 warm-up (until step times are stable; never counted) -> measured window (each step timed
-between synchronised clock reads; extended until the spread is small or the budget ends;
+between synchronised clock reads; extended until the median step time's confidence
+interval is narrow enough or the budget ends;
 measured again once if another process used our cores) -> quality. In train mode accuracy
 is taken after exactly ``train_epochs`` epochs, wherever that falls; the evaluation is
 excluded from the step times and from the energy window.
@@ -17,14 +18,15 @@ from autotune.config import WARMUP_MIN_S
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
-from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES, is_stable, spread
+from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES, is_stable, relative_ci_halfwidth
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
     from autotune.config import Budget, TrialConfig
 
-#: How often (in steps) the window checks its spread; the check itself is not timed.
-SPREAD_CHECK_EVERY = 8
+#: How often (in steps) the window checks its confidence interval; the check itself is
+#: not timed (a selection of three order statistics, linear in the steps so far).
+CI_CHECK_EVERY = 8
 
 
 class _Trainer:
@@ -79,7 +81,8 @@ class _Window:
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
                     monitor: ContentionMonitor | None, deadline: float,
                     min_steps: int | None = None) -> _Window:
-    """Time synchronised steps until the spread is small, ``window_max_s`` or the deadline.
+    """Time synchronised steps until the median's confidence interval is within
+    ``budget.target_ci``, ``window_max_s`` or the deadline.
 
     An evaluation falling inside the window (train mode's budget reached) is cut out of
     the window's time, energy and contention reading.
@@ -126,9 +129,9 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             break
         long_enough = elapsed >= budget.window_min_s and len(times) >= (
             min_steps or budget.window_min_steps)
-        if long_enough and len(times) % SPREAD_CHECK_EVERY == 0 and \
-                spread(times) <= budget.target_spread:
-            stop_reason = "stable"
+        if long_enough and len(times) % CI_CHECK_EVERY == 0 and \
+                relative_ci_halfwidth(times) <= budget.target_ci:
+            stop_reason = "ci_met"
             break
         if long_enough and elapsed >= budget.window_max_s:
             stop_reason = "window_max_s"

@@ -42,12 +42,30 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     if n < 6:
         return None
     arr = np.sort(np.asarray(values, dtype=float))
-    # Normal approximation of the binomial(n, 1/2) ranks bounding the median.
+    lo, hi = _median_ci_ranks(n, confidence)
+    return float(arr[lo]), float(arr[hi])
+
+
+def _median_ci_ranks(n: int, confidence: float) -> tuple[int, int]:
+    """The ranks (0-based, in sorted order) bounding the median's interval: the normal
+    approximation of the binomial(n, 1/2) distribution of ranks."""
     z = {0.90: 1.645, 0.95: 1.96, 0.99: 2.576}.get(confidence, 1.96)
     half = z * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half))
-    return float(arr[lo]), float(arr[hi])
+    return max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
+
+
+def relative_ci_halfwidth(values: Sequence[float], confidence: float = 0.95) -> float:
+    """Half the width of the median's confidence interval over the median (0.02: the
+    median is known to +-2 %); ``inf`` with too few samples."""
+    n = len(values)
+    if n < 6:
+        return math.inf
+    lo, hi = _median_ci_ranks(n, confidence)
+    middle = sorted({(n - 1) // 2, n // 2})  # one rank for an odd count, two for an even
+    # a few order statistics by selection: linear, where median_ci's sort is n log n
+    picked = np.partition(np.asarray(values, dtype=float), sorted({lo, hi, *middle}))
+    median = float(np.mean(picked[middle]))
+    return float(picked[hi] - picked[lo]) / (2 * median) if median > 0 else math.inf
 
 
 def is_stable(values: Sequence[float], window: int = 5, tolerance: float = 0.10) -> bool:

@@ -216,7 +216,7 @@ class FakeLauncher:
             "warmup_s": float(warmup.sum()),
             "first_step_s": float(warmup[0]) * 3,
             "eval_s": 0.001,
-            "stop_reason": "stable",
+            "stop_reason": "ci_met",
             # every warm-up and window step trains; a short window is topped up to the budget
             "train_steps": max(budget_steps or 0, len(warmup) + n),
             "budget_steps": budget_steps,
