@@ -217,3 +217,22 @@ def test_a_factory_returning_the_wrong_type_fails_each_trial_and_the_study_goes_
     assert [r.failure_kind for r in results] == ["model_error", "model_error"]
     assert all("returned dict, not an autotune.ModelSpec" in r.reason for r in results)
     assert len(optuna.load_study(study_name="wrong", storage=url).trials) == 2
+
+
+def test_a_torch_worker_imports_dynamo_only_when_a_trial_needs_it() -> None:
+    """torch._dynamo costs 1.1-2 s: an inference worker never needs it, the first
+    optimizer brings it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from autotune.backends._torch import TorchBackend\n"
+            "b = TorchBackend()\n"
+            "before = 'torch._dynamo' in sys.modules\n"
+            "import torch\n"
+            "b.model = torch.nn.Linear(4, 2)\n"
+            "b.make_optimizer('sgd', 0.1)\n"
+            "print(before, 'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -63,10 +63,10 @@ class TorchBackend(FrameworkBackend):
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
             import torch
 
-            # Building the first optimizer imports torch._dynamo (about 2 s here). It is a
-            # one-time framework cost, so it is paid here and recorded as import time, not
-            # charged to the model build.
-            import torch._dynamo
+            # Not imported here: torch._dynamo (1.1-2 s) comes with the first optimizer or
+            # torch.compile, so a worker serving inference trials of a model that needs no
+            # training never pays it; a training worker pays it once, in its first trial's
+            # set-up (never in a measured window)
 
         self.torch = torch
         self.device: Any = None
