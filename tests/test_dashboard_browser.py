@@ -334,7 +334,9 @@ def test_newcomer_quickstart_then_dashboard(browser: Any, tmp_path: Path) -> Non
         assert done.returncode == 0, done.stderr[-2000:]
     storage = f"sqlite:///{tmp_path / 'studies' / 'autotune.db'}"
     front = _front(storage, "quickstart")
-    assert front, "three real quickstart trials should leave a front"
+    with autotune.load_study("quickstart", storage=storage) as study:
+        outcomes = [(t.state, t.failure_kind, t.reason[:200]) for t in study.trials()]
+    assert front, f"three real quickstart trials should leave a front: {outcomes}"
 
     server = subprocess.Popen([*cli, "dashboard", "--port", "0"], cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
