@@ -46,7 +46,7 @@ _MACHINE_KEYS = ("cpu_model", "cpu_flags", "logical_cores", "physical_cores",
 
 
 def measure(workload: str, mode: str, *, budget: dict[str, Any] | None = None,
-            seed: int = 0, **knobs: Any) -> Measurement:
+            seed: int = 0, launcher: Launcher | None = None, **knobs: Any) -> Measurement:
     """Run one trial of ``workload`` in ``mode`` with ``knobs`` (named as in a space file:
     backend, device, batch_size, precision, learning_rate, optimizer, pruning_ratio,
     pruning_structure, execution, threads) and return its :class:`Measurement`.
@@ -54,7 +54,9 @@ def measure(workload: str, mode: str, *, budget: dict[str, Any] | None = None,
     Knobs are validated like a space file (a training knob in infer mode is an error).
     Raises :class:`OutOfMemoryError`, :class:`UnsupportedConfigError` or
     :class:`NonFiniteLossError` when the configuration cannot be measured, and
-    :class:`AutotuneError` when the worker crashes or times out.
+    :class:`AutotuneError` when the worker crashes or times out. ``launcher`` (e.g. a
+    :class:`~autotune.launch.WarmLauncher` kept open over many calls) replaces the fresh
+    worker process each call starts by default; it stays open.
     """
     space = parse_space({"workload": workload, "mode": mode,
                          "objectives": {"throughput_sps": "maximize"},
@@ -62,8 +64,8 @@ def measure(workload: str, mode: str, *, budget: dict[str, Any] | None = None,
                         source="measure")
     check_measurable(space.budget, "measure")
     config = trial_config(space, {}, seed=seed)
-    with launcher_for(None, ProcessLauncher) as launcher:
-        return _measurement_of(run_config(config, launcher))
+    with launcher_for(launcher, ProcessLauncher) as active:
+        return _measurement_of(run_config(config, active))
 
 
 def _measurement_of(run: RunResult, *, context: str = "", stored: str = "") -> Measurement:

@@ -14,7 +14,7 @@ import autotune
 from autotune.backends import resolve_execution
 from autotune.cli import main
 from autotune.config import TrialConfig
-from autotune.launch import ProcessLauncher
+from autotune.launch import WarmLauncher
 from autotune.space import parse_space
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ ACCURACY_TOLERANCE = 0.05
 TF_FORWARD_FLOPS_TOLERANCE = 0.02
 
 
-def _run(backend: str, workload: str, mode: str) -> dict[str, object]:
+def _run(workers: WarmLauncher, backend: str, workload: str, mode: str) -> dict[str, object]:
     # MindSpore's CPU convolutions are slow (the tuner shows it): one cnn epoch (8 passes
     # over the digits) there takes about as long as three MLP epochs.
     epochs = 1 if workload == "cnn" else 3
@@ -50,19 +50,20 @@ def _run(backend: str, workload: str, mode: str) -> dict[str, object]:
                                              "optimizer": "adam", "learning_rate": 1e-3,
                                              "threads": 2})
     config = replace(config, execution=resolve_execution(backend, config.execution))
-    outcome = ProcessLauncher().run(config)
+    outcome = workers.run(config)
     assert outcome.status == "ok", (backend, outcome.reason, outcome.traceback[-2000:])
     return outcome.result
 
 
 @pytest.mark.parametrize(("workload", "tolerance"), [("digits_mlp", ACCURACY_TOLERANCE),
                                                      ("cnn", 0.08)])
-def test_same_workload_same_size_flops_and_comparable_accuracy(workload: str,
-                                                               tolerance: float) -> None:
+def test_same_workload_same_size_flops_and_comparable_accuracy(
+        workload: str, tolerance: float, framework_workers: WarmLauncher) -> None:
     """Parameters and FLOPs are counted on each framework's own model (torch's
-    FlopCounterMode, TensorFlow's graph profiler, MindSpore's flops_collection)."""
-    train = {b: _run(b, workload, "train") for b in BACKENDS}
-    infer = {b: _run(b, workload, "infer") for b in BACKENDS}
+    FlopCounterMode, TensorFlow's graph profiler, MindSpore's flops_collection), each in
+    a worker of its own framework."""
+    train = {b: _run(framework_workers, b, workload, "train") for b in BACKENDS}
+    infer = {b: _run(framework_workers, b, workload, "infer") for b in BACKENDS}
     params = {b: r["model"]["param_count"] for b, r in train.items()}  # type: ignore[index]
     assert len(set(params.values())) == 1, params
     forward = {b: r["model"]["flops_per_sample"] for b, r in infer.items()}  # type: ignore[index]
@@ -77,8 +78,8 @@ def test_same_workload_same_size_flops_and_comparable_accuracy(workload: str,
     assert max(acc.values()) - min(acc.values()) <= tolerance, acc
 
 
-def test_one_study_over_three_backends(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_study_over_three_backends(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       framework_workers: WarmLauncher) -> None:
     url = f"sqlite:///{tmp_path}/three.db"
     space = parse_space({
         "workload": "digits_mlp", "mode": "infer",
@@ -92,7 +93,7 @@ def test_one_study_over_three_backends(tmp_path: Path,
         ostudy = optuna.load_study(study_name="three", storage=url)
         for backend in BACKENDS:  # one trial on each, whatever the sampler prefers
             ostudy.enqueue_trial({"backend": backend})
-        results = study.optimize(n_trials=3)
+        results = study.optimize(n_trials=3, launcher=framework_workers)
     assert sorted(r.params["backend"] for r in results) == sorted(BACKENDS)
     assert all(r.state == "ok" for r in results), [(r.params, r.reason) for r in results]
     capsys.readouterr()

@@ -513,7 +513,8 @@ def test_cli_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.slow
-def test_real_torch_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_torch_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                        framework_workers: Any) -> None:
     """A real two-trial torch study, then recommend and gate (measured in a real worker)."""
     url = f"sqlite:///{tmp_path}/real.db"
     space = {"workload": "mlp", "mode": "infer",
@@ -526,7 +527,7 @@ def test_real_torch_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         ostudy = s._optuna_study()
         for batch in (16, 256):
             ostudy.enqueue_trial({"batch_size": batch, "threads": 1})
-        s.optimize(n_trials=2, recheck_every=0)
+        s.optimize(n_trials=2, recheck_every=0, launcher=framework_workers)
         assert [t.state for t in s.trials()] == ["ok", "ok"]
     target = tmp_path / "prod.yaml"
     assert main(["recommend", "real", "--storage", url, "--write-config", str(target),

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -91,13 +92,12 @@ TF_FORWARD_FLOPS_TOLERANCE = 0.06
 
 
 @pytest.mark.slow
-def test_flops_per_token_agree_on_every_framework() -> None:
+def test_flops_per_token_agree_on_every_framework(framework_workers: Any) -> None:
     """Each framework's own counter on its own built gpt, in a worker of its own: torch's
     FlopCounterMode, MindSpore's flops_collection and TensorFlow's graph profiler."""
     from dataclasses import replace
 
     from autotune.backends import resolve_execution
-    from autotune.launch import ProcessLauncher
 
     untrained = {"factory": f"{ROOT / 'tests/models/untrained.py'}:build",
                  "kwargs": {"name": "gpt"}}  # FLOPs do not depend on the weights
@@ -109,7 +109,7 @@ def test_flops_per_token_agree_on_every_framework() -> None:
     for framework in FRAMEWORKS:
         config = trial_config(space, {"backend": framework}, seed=0)
         config = replace(config, execution=resolve_execution(framework, config.execution))
-        outcome = ProcessLauncher().run(config)
+        outcome = framework_workers.run(config)
         assert outcome.status == "ok", (framework, outcome.reason)
         model = outcome.result["model"]
         assert model["param_count"] == GPTConfig().param_count(), framework
@@ -317,7 +317,8 @@ def test_predicted_memory_is_within_a_stated_factor_of_the_measured() -> None:
 
 
 @pytest.mark.slow
-def test_a_generate_study_completes_on_every_framework(tmp_path: Path) -> None:
+def test_a_generate_study_completes_on_every_framework(tmp_path: Path,
+                                                       framework_workers: Any) -> None:
     url = f"sqlite:///{tmp_path}/gen.db"
     space = parse_space({
         "workload": {"factory": "gpt", "kwargs": {"epoch_sequences": 512}},
@@ -330,7 +331,7 @@ def test_a_generate_study_completes_on_every_framework(tmp_path: Path) -> None:
         ostudy = optuna.load_study(study_name="gen", storage=url)
         for backend in FRAMEWORKS:
             ostudy.enqueue_trial({"backend": backend})
-        results = study.optimize(n_trials=3)
+        results = study.optimize(n_trials=3, launcher=framework_workers)
     assert all(r.state == "ok" for r in results), [(r.params, r.reason) for r in results]
     for r in results:
         m = r.metrics
@@ -346,7 +347,7 @@ def test_a_generate_study_completes_on_every_framework(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_slo_recommendation_meets_it_or_names_the_binding_slo(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], framework_workers: Any) -> None:
     url = f"sqlite:///{tmp_path}/slo.db"
     space = parse_space({
         "workload": "gpt", "mode": "generate",
@@ -359,7 +360,7 @@ def test_slo_recommendation_meets_it_or_names_the_binding_slo(
         for bs in (1, 16):
             for kv in ("dynamic", "off"):
                 ostudy.enqueue_trial({"batch_size": bs, "kv_cache": kv})
-        study.optimize(n_trials=4)
+        study.optimize(n_trials=4, launcher=framework_workers)
         tpots = sorted(t.metrics["tpot_p95_ms"] for t in study.trials()
                        if t.state == "ok" and t.metrics["tpot_p95_ms"] is not None)
         assert len(tpots) >= 2, tpots
@@ -392,7 +393,8 @@ def test_slo_recommendation_meets_it_or_names_the_binding_slo(
 
 
 @pytest.mark.slow
-def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path) -> None:
+def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path,
+                                                       framework_workers: Any) -> None:
     pytest.importorskip("transformers")
     url = f"sqlite:///{tmp_path}/hf.db"
     space = autotune.load_space(ROOT / "examples/models/hf_gpt2.yaml")
@@ -405,7 +407,7 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path) -> None:
         ostudy = optuna.load_study(study_name="hf", storage=url)
         for kv in ("dynamic", "static"):
             ostudy.enqueue_trial({"kv_cache": kv})
-        results = study.optimize(n_trials=2)
+        results = study.optimize(n_trials=2, launcher=framework_workers)
     assert all(r.state == "ok" for r in results), [(r.params, r.reason) for r in results]
     for r in results:
         assert r.metrics["decode_tokens_per_s"] > 0 and r.metrics["ttft_p50_ms"] > 0
@@ -417,10 +419,10 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "infer"])
-def test_a_hugging_face_gpt2_trains_and_infers(mode: str) -> None:
+def test_a_hugging_face_gpt2_trains_and_infers(mode: str, framework_workers: Any) -> None:
     pytest.importorskip("transformers")
     m = autotune.measure({"factory": f"{ROOT / 'examples/models/hf_gpt2.py'}:build"}, mode,
-                         backend="torch", threads=2, batch_size=8,
+                         backend="torch", threads=2, batch_size=8, launcher=framework_workers,
                          budget={**SHORT, "train_epochs": 1})
     metrics = m.metrics()
     assert metrics["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
@@ -432,22 +434,25 @@ def test_a_hugging_face_gpt2_trains_and_infers(mode: str) -> None:
 
 
 @pytest.mark.slow
-def test_structured_pruning_of_the_gpt_shows_its_cost_in_perplexity() -> None:
+def test_structured_pruning_of_the_gpt_shows_its_cost_in_perplexity(
+        framework_workers: Any) -> None:
     budget = {**SHORT, "trial_seconds": 90}
     kept = {}
     for ratio in (0.0, 0.5):
         m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 512}}, "infer",
                              backend="torch", threads=2, batch_size=8, budget=budget,
-                             pruning_ratio=ratio, pruning_structure="structured")
+                             launcher=framework_workers, pruning_ratio=ratio,
+                             pruning_structure="structured")
         kept[ratio] = (m.model["param_count"], m.metrics()["perplexity"])
     assert kept[0.5][0] < kept[0.0][0]  # heads and MLP channels removed
     assert kept[0.5][1] > kept[0.0][1]  # without fine-tuning, the text is harder to predict
 
 
 @pytest.mark.slow
-def test_activation_checkpointing_trains_the_gpt() -> None:
+def test_activation_checkpointing_trains_the_gpt(framework_workers: Any) -> None:
     m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 128}}, "train",
                          backend="torch", threads=2, batch_size=16, checkpointing="blocks",
+                         launcher=framework_workers,
                          budget={**SHORT, "train_epochs": 1})
     assert m.metrics()["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
     assert m.metrics()["perplexity"] is not None and m.metrics()["perplexity"] < 256

@@ -49,11 +49,12 @@ def _study(tmp_path: Path, name: str, yaml_name: str) -> autotune.Study:
                                  seed=0)
 
 
-def _run(study: autotune.Study, configs: list[dict[str, Any]]) -> list[autotune.TrialResult]:
+def _run(study: autotune.Study, configs: list[dict[str, Any]],
+         workers: Any) -> list[autotune.TrialResult]:
     ostudy = optuna.load_study(study_name=study.name, storage=study.storage.optuna)
     for params in configs:
         ostudy.enqueue_trial(params)
-    return study.optimize(n_trials=len(configs), recheck_every=0)
+    return study.optimize(n_trials=len(configs), recheck_every=0, launcher=workers)
 
 
 def _own_count(framework: str, factory_file: Path, **kwargs: Any) -> int:
@@ -92,7 +93,7 @@ def _check(results: list[autotune.TrialResult], own: int, structured: set[int] =
             m["factory"].endswith(":build(width=128)")
 
 
-def test_a_users_torch_cnn(tmp_path: Path) -> None:
+def test_a_users_torch_cnn(tmp_path: Path, framework_workers: Any) -> None:
     pytest.importorskip("torch_pruning")
     study = _study(tmp_path, "torch_cnn", "torch_cnn.yaml")
     results = _run(study, [
@@ -102,7 +103,7 @@ def test_a_users_torch_cnn(tmp_path: Path) -> None:
          "pruning_ratio": 0.25, "pruning_structure": "unstructured"},
         {"batch_size": 64, "precision": "fp32", "threads": 2, "execution": "eager",
          "pruning_ratio": 0.5, "pruning_structure": "structured"},
-    ])
+    ], framework_workers)
     own = _own_count("torch", tmp_path / "torch_cnn.py", width=16)
     _check(results, own, structured={2})
     assert results[2].metrics["flops_per_sample"] < results[0].metrics["flops_per_sample"]
@@ -111,7 +112,7 @@ def test_a_users_torch_cnn(tmp_path: Path) -> None:
     assert len({json.loads(r.config_json)["factory_hash"] for r in rows}) == 1
 
 
-def test_a_users_keras_model(tmp_path: Path) -> None:
+def test_a_users_keras_model(tmp_path: Path, framework_workers: Any) -> None:
     pytest.importorskip("tensorflow")
     study = _study(tmp_path, "keras_model", "keras_model.yaml")
     results = _run(study, [
@@ -119,11 +120,11 @@ def test_a_users_keras_model(tmp_path: Path) -> None:
          "pruning_ratio": 0.0},
         {"batch_size": 128, "precision": _half("bf16"), "threads": 2, "execution": "xla",
          "pruning_ratio": 0.25},
-    ])
+    ], framework_workers)
     _check(results, _own_count("tensorflow", tmp_path / "keras_model.py", width=16))
 
 
-def test_a_users_mindspore_cell(tmp_path: Path) -> None:
+def test_a_users_mindspore_cell(tmp_path: Path, framework_workers: Any) -> None:
     pytest.importorskip("mindspore")
     study = _study(tmp_path, "ms_cell", "mindspore_cell.yaml")
     results = _run(study, [
@@ -131,14 +132,15 @@ def test_a_users_mindspore_cell(tmp_path: Path) -> None:
          "pruning_ratio": 0.0},
         {"batch_size": 128, "precision": _half("fp16"), "threads": 2, "execution": "eager",
          "pruning_ratio": 0.25},
-    ])
+    ], framework_workers)
     _check(results, _own_count("mindspore", tmp_path / "mindspore_cell.py", width=128))
 
 
-def test_a_changed_factory_file_stops_the_study(tmp_path: Path) -> None:
+def test_a_changed_factory_file_stops_the_study(tmp_path: Path, framework_workers: Any) -> None:
     study = _study(tmp_path, "torch_cnn", "torch_cnn.yaml")
     _run(study, [{"batch_size": 32, "precision": "fp32", "threads": 1, "execution": "eager",
-                  "pruning_ratio": 0.0, "pruning_structure": "unstructured"}])
+                  "pruning_ratio": 0.0, "pruning_structure": "unstructured"}],
+         framework_workers)
     factory = tmp_path / "torch_cnn.py"
     factory.write_text(factory.read_text() + "\n# edited\n")
     with pytest.raises(autotune.StudyError, match="changed since trial 0"):

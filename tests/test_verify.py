@@ -390,7 +390,7 @@ def _space_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_verify_real_torch_trials(tmp_path: Path) -> None:
+def test_verify_real_torch_trials(tmp_path: Path, framework_workers: Any) -> None:
     """Two real screening trials, then confirmation runs in fresh worker processes."""
     space = {
         "workload": "mlp", "mode": "infer",
@@ -402,7 +402,7 @@ def test_verify_real_torch_trials(tmp_path: Path) -> None:
     study = autotune.create_study("real", autotune.parse_space(space),
                                   storage=_url(tmp_path), seed=1, sampler="random")
     try:
-        study.optimize(n_trials=3, recheck_every=0)
+        study.optimize(n_trials=3, recheck_every=0, launcher=framework_workers)
         report = verify(study, top=2, scale=2.0)
         assert report.verdict in ("held", "changed")
         for p in report.points:

@@ -212,11 +212,26 @@ CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+def check_batch(backend: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several checks in this process, in order; a check that raises is reported (its
+    traceback) and the next one runs."""
+    import traceback
+
+    results: dict[str, Any] = {}
+    for name, kwargs in checks.items():
+        try:
+            results[name] = CHECKS[name](backend, **kwargs)
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    return results
+
+
 def main(argv: list[str]) -> None:
-    """Entry point: BACKEND CHECK [JSON kwargs]."""
+    """Entry point: BACKEND CHECK [JSON kwargs] (CHECK ``batch``: ``{"checks": {...}}``)."""
     backend, check = argv[0], argv[1]
     kwargs = json.loads(argv[2]) if len(argv) > 2 else {}
-    result = CHECKS[check](backend, **kwargs)
+    result = check_batch(backend, **kwargs) if check == "batch" else \
+        CHECKS[check](backend, **kwargs)
     print("AUTOTUNE-CONFORMANCE " + json.dumps(result, default=str))
 
 
