@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,18 @@ def _space(tmp_path: Path, **overrides: Any) -> Path:
     return path
 
 
-def _children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+@pytest.fixture
+def new_children() -> Callable[[], list[psutil.Process]]:
+    """Processes started by this test and still alive: the session's shared warm framework
+    workers (stopped between trials, started by other tests) are not this test's."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    return lambda: [p for p in psutil.Process().children(recursive=True)
+                    if p.pid not in before]
 
 
-def test_cli_study_runs_real_trials_and_stores_front(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_study_runs_real_trials_and_stores_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        new_children: Callable[[], list[psutil.Process]]) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     space = _space(tmp_path)
     assert main(["study", "create", "e2e", "--space", str(space), "--storage", url,
@@ -97,7 +104,7 @@ def test_cli_study_runs_real_trials_and_stores_front(tmp_path: Path,
     ostudy = optuna.load_study(study_name="e2e", storage=url)
     assert {t.number for t in ostudy.best_trials} == {p["trial"] for p in out["front"]}
     assert ostudy.trials[0].user_attrs["throughput_sps"] > 0
-    assert not _children()
+    assert not new_children()
 
 
 def test_infer_int8_and_pruning_are_real(tmp_path: Path) -> None:
@@ -153,7 +160,8 @@ def test_infeasible_kinds_are_complete_trials_with_violated_constraint(
     assert study.pareto_front() == []
 
 
-def test_crash_is_fail_retried_once_and_study_goes_on(tmp_path: Path) -> None:
+def test_crash_is_fail_retried_once_and_study_goes_on(
+        tmp_path: Path, new_children: Callable[[], list[psutil.Process]]) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
     study = autotune.create_study(
         "crash", _space(tmp_path, workload="autotune.testing.workloads:crashing",
@@ -169,10 +177,11 @@ def test_crash_is_fail_retried_once_and_study_goes_on(tmp_path: Path) -> None:
     # Trial 2's retry did not fit in this run: it waits for the next one.
     assert len(trials) == 4 and trials[3].state == optuna.trial.TrialState.WAITING
     assert trials[3].user_attrs.get("autotune_retry_of") == 2
-    assert not _children()
+    assert not new_children()
 
 
-def test_hung_trial_is_killed_at_its_budget(tmp_path: Path) -> None:
+def test_hung_trial_is_killed_at_its_budget(
+        tmp_path: Path, new_children: Callable[[], list[psutil.Process]]) -> None:
     budget = {**FAST_BUDGET, "trial_seconds": 5}
     study = autotune.create_study(
         "hang", _space(tmp_path, workload="autotune.testing.workloads:hanging",
@@ -185,11 +194,11 @@ def test_hung_trial_is_killed_at_its_budget(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert result.state == "fail" and result.failure_kind == "timeout"
     assert elapsed < budget["trial_seconds"] + 2  # killed within budget plus a little
-    assert not _children()  # no orphan worker left behind
+    assert not new_children()  # no orphan worker left behind
 
 
 def test_a_factory_that_raises_is_a_fail_with_its_traceback_not_retried(
-        tmp_path: Path) -> None:
+        tmp_path: Path, new_children: Callable[[], list[psutil.Process]]) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
     study = autotune.create_study(
         "raise", _space(tmp_path, workload="autotune.testing.workloads:raising",
@@ -203,7 +212,7 @@ def test_a_factory_that_raises_is_a_fail_with_its_traceback_not_retried(
     # the user's bug would strike again: no retry is queued
     trials = optuna.load_study(study_name="raise", storage=url).trials
     assert [t.state.name for t in trials] == ["FAIL"]
-    assert not _children()
+    assert not new_children()
 
 
 def test_a_factory_returning_the_wrong_type_fails_each_trial_and_the_study_goes_on(
