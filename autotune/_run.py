@@ -91,11 +91,24 @@ def precheck(config: TrialConfig) -> str | None:
                 f"install it with: {entry.install_hint}")
     reason = capabilities(config.backend, config.device).check(
         config.mode, config.precision, config.execution)
+    if reason is None and config.device.startswith("sim:"):
+        reason = _simulated_reason(config)
     if reason is None and entry is not None:
         reason = entry.knob_reason(config.device, config.mode, config.knobs())
     if reason is not None:
         return f"{config.backend} on {config.device}: {reason}"
     return None
+
+
+def _simulated_reason(config: TrialConfig) -> str | None:
+    """Why a simulated device cannot run ``config`` (undeclared, or a precision it lacks)."""
+    from autotune import simulation
+
+    try:
+        sim = simulation.parse_simulator(config.workload_kwargs)
+        return simulation.unsupported_reason(sim, config)
+    except simulation.SimulationError as e:
+        return str(e)
 
 
 def _memory_limit(config: TrialConfig) -> tuple[int, str] | None:
@@ -119,6 +132,16 @@ def predicted_out_of_memory(config: TrialConfig) -> str | None:
     gpt's, :mod:`autotune.workloads._memory`) says the trial cannot fit; else ``None``."""
     from autotune.workloads._memory import predict_memory
 
+    if config.device.startswith("sim:"):  # the simulator's memory model is exact
+        from autotune import simulation
+
+        sim = simulation.parse_simulator(config.workload_kwargs)
+        need = simulation.memory_bytes(sim, config)
+        limit = simulation.memory_limit_bytes(sim, config)
+        if need <= limit:
+            return None
+        return (f"predicted: needs {need / 2**30:.2f} GiB of {limit / 2**30:.2f} GiB "
+                f"(simulated device {config.device})")
     prediction = predict_memory(config)
     limit = _memory_limit(config)
     if prediction is None or limit is None or prediction.total_bytes <= limit[0]:
@@ -142,7 +165,8 @@ def run_config(config: TrialConfig, launcher: Launcher) -> RunResult:
         return RunResult("infeasible", failure_kind="oom", reason=reason, launched=False)
     from autotune.launch import ProcessLauncher, WarmLauncher
 
-    if isinstance(launcher, (ProcessLauncher, WarmLauncher)):
+    if isinstance(launcher, (ProcessLauncher, WarmLauncher)) and \
+            not config.device.startswith("sim:"):
         # A real worker will compare the trial with the machine's peak: measure a missing
         # entry now, once per machine, outside the trial's budget.
         from autotune.profiling.peak import ensure_peak

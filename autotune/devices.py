@@ -69,6 +69,11 @@ class _Probe:
         if entry.probe is None:  # no probe of its own: the CPU, as every backend sees it
             from autotune.backends._probe import cpu_device
 
+            if "cpu" not in entry.device_kinds:  # the simulator: devices are declared
+                return BackendDevices(backend, True, entry.install_hint,
+                                      version=_version(entry.distribution),
+                                      notes=(f"{', '.join(entry.device_kinds)} devices are "
+                                             "declared in a space file, not found",))
             return BackendDevices(backend, True, entry.install_hint,
                                   version=_version(entry.distribution),
                                   devices=(Device(**cpu_device()),))
@@ -150,8 +155,8 @@ def resolve_devices(space: Any) -> Any:
     spec = space.param("device")
     wanted = list(spec.choices) if spec is not None and spec.kind in ("fixed", "categorical") \
         else [KNOB_DEFAULTS["device"]]
-    if all(d == "cpu" for d in wanted):
-        return space
+    if all(d == "cpu" or str(d).startswith("sim:") for d in wanted):
+        return space  # simulated devices exist by declaration (checked with the space)
     backend_spec = space.param("backend")
     backends = list(backend_spec.choices) if backend_spec else [KNOB_DEFAULTS["backend"]]
     from autotune.backends import unsupported_device_reason

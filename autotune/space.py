@@ -60,7 +60,7 @@ from autotune.config import KNOB_DEFAULTS as KNOB_DEFAULTS  # re-export: tests i
 from autotune.exceptions import SpaceError
 from autotune.objectives import DIRECTIONS, METRICS, MODE_METRICS, Constraint, Direction
 
-_DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+)$")
+_DEVICE_RE = re.compile(r"^(cpu|(cuda|tpu|npu):\d+|sim:[A-Za-z0-9_-]+)$")
 _TOP_LEVEL_KEYS = ("workload", "mode", "objectives", "constraints", "params", "budget",
                    "description")
 
@@ -295,6 +295,7 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
     _check_mode_metrics(mode, objectives, constraints, where)
     if ref.factory == "gpt":
         _check_gpt_lengths(ref.kwargs, mode, params, where)
+    _check_simulated(ref.factory, ref.kwargs, params, where)
     budget = _parse_budget(section("budget"), where, stored=not check_files)
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -380,6 +381,35 @@ def _check_gpt_lengths(kwargs: Mapping[str, Any], mode: str, params: Sequence[Pa
                              "(workload.kwargs.context)")
 
 
+def _check_simulated(workload: str, kwargs: Mapping[str, Any], params: Sequence[ParamSpec],
+                     where: _Where) -> None:
+    """A simulated workload declares a valid simulator, and simulated devices (``sim:NAME``)
+    are declared by it and only run on the ``sim`` backend."""
+    from autotune import simulation
+
+    devices = next((p for p in params if p.name == "device"), None)
+    sim_devices = [str(d) for d in (devices.choices if devices is not None else ())
+                   if str(d).startswith("sim:")]
+    if workload != simulation.WORKLOAD:
+        if sim_devices:
+            raise where.fail("params.device", f"{sim_devices[0]} is a simulated device: it "
+                             "needs workload 'simulated' (a model and devices declared in "
+                             "the file; see autotune.simulation)")
+        return
+    try:
+        sim = simulation.parse_simulator(kwargs)
+        for device in sim_devices:
+            sim.device(device)
+    except simulation.SimulationError as e:
+        raise where.fail("workload", str(e)) from None
+    backend = next((p for p in params if p.name == "backend"), None)
+    if backend is None or [str(b) for b in backend.choices] != ["sim"] or \
+            len(sim_devices) != len(devices.choices if devices is not None else [None]):
+        raise where.fail("params", "the simulated workload runs on backend 'sim' and "
+                         "simulated devices only: set backend: sim and device: [sim:NAME, "
+                         "...]")
+
+
 # Per-knob value checks: (predicate, description of what is allowed).
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -398,7 +428,7 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
                     f"one of {', '.join(BACKENDS)}, or a third-party "
                     "'package.module:Class'"),
         "device": (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)),
-                   "cpu, cuda:N, tpu:N or npu:N"),
+                   "cpu, cuda:N, tpu:N, npu:N or sim:NAME (a simulated device)"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
         "precision": (lambda v: isinstance(v, str) and v in PRECISIONS,
                       f"one of {', '.join(PRECISIONS)}"),

@@ -18,7 +18,7 @@ import importlib
 import re
 from collections.abc import Mapping
 
-from autotune.backends import _spec_mindspore, _spec_tensorflow, _spec_torch
+from autotune.backends import _spec_mindspore, _spec_sim, _spec_tensorflow, _spec_torch
 from autotune.backends._base import Backend, Capabilities, cpu_capabilities
 from autotune.backends._spec import BackendLookupError, BackendSpec, default_spec
 
@@ -31,7 +31,8 @@ __all__ = ["BACKENDS", "BEST_EXECUTION", "Backend", "BackendEntry", "BackendLook
 BackendEntry = BackendSpec
 
 BACKENDS: Mapping[str, BackendSpec] = {
-    spec.name: spec for spec in (_spec_torch.SPEC, _spec_tensorflow.SPEC, _spec_mindspore.SPEC)
+    spec.name: spec for spec in (_spec_torch.SPEC, _spec_tensorflow.SPEC, _spec_mindspore.SPEC,
+                                 _spec_sim.SPEC)
 }
 
 #: What ``execution: auto`` means per registered backend (each spec's ``best_execution``):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from autotune.backends._spec import BackendSpec
     from autotune.config import TrialConfig
+    from autotune.profiling.meters_base import PowerMeter
     from autotune.workloads import ModelSpec
 
 
@@ -143,6 +145,24 @@ class Backend(ABC):
     framework: str = ""
     #: how errors name the workload (set by the worker: the factory and its kwargs)
     factory_label: str = "the factory"
+    #: whether steps cost simulated time (:mod:`autotune.backends._sim`): no contention
+    #: monitor, the backend's own power meter and declared peak
+    simulated: ClassVar[bool] = False
+
+    def clock(self) -> float:
+        """Seconds on the clock the measured loop times steps with: the real
+        ``time.perf_counter()``, or a simulator's virtual time."""
+        return time.perf_counter()
+
+    def power_meter(self) -> PowerMeter | None:
+        """A meter of the backend's own (the simulator's power model); ``None``: the
+        device's meter (:func:`autotune.profiling.power.meter_for_device`)."""
+        return None
+
+    def declared_peak(self) -> dict[str, Any] | None:
+        """The device's peak as the backend declares it (a simulated device's); ``None``:
+        the machine's measured peak (``autotune peak``) is used."""
+        return None
 
     def configure(self, config: TrialConfig) -> None:  # noqa: B027 - optional hook
         """Set the runtime up for ``config`` before the workload's factory runs."""

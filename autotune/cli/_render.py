@@ -53,7 +53,9 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
 
     knobs = _knob_columns(study)
     metrics = [m for m in _metric_columns(study) if m != "pct_of_peak"]
-    table = Table(title=f"Pareto front of {study.name!r}: {len(front)} configuration(s)",
+    simulated = any(p.metrics.get("energy_source") == "simulated" for p in front)
+    table = Table(title=f"Pareto front of {study.name!r}: {len(front)} configuration(s)"
+                        f"{' (SIMULATED, not measured)' if simulated else ''}",
                   title_justify="left")
     table.add_column("trial", justify="right")
     checked = any(p.stability != "unchecked" for p in front)
@@ -75,12 +77,18 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
             if m in ("energy_per_sample_j", "power_w") and p.metrics.get("energy_source") == \
                     "estimated" and text != "-":
                 text += " est"
+            if m in ("energy_per_sample_j", "power_w") and p.metrics.get("energy_source") == \
+                    "simulated" and text != "-":
+                text += " sim"
             cells.append(text)
         table.add_row(*cells, *_facts(p.metrics))
     console.print(table)
     if any(p.metrics.get("energy_source") == "estimated" for p in front):
         console.print("est: energy estimated from process CPU time (no energy counter "
                       "on this machine), not measured", style="dim")
+    if any(p.metrics.get("energy_source") == "simulated" for p in front):
+        console.print("sim: simulated by autotune.simulation from the devices the space file "
+                      "declares, not measured", style="yellow")
     sources = sorted({p.energy_source for p in front if p.energy_source})
     if len(sources) > 1 and any(m in ("power_w", "energy_per_sample_j")
                                 for m in study.space.objective_names):
@@ -91,7 +99,8 @@ def _print_front(console: Any, study: Any, front: list[Any]) -> None:
     if drifting:
         console.print(f"drifting: trial(s) {', '.join(drifting)} measured "
                       "differently when re-checked; not picked as leaders", style="yellow")
-    if any(p.metrics.get("pct_of_peak") is not None for p in front):
+    if any(p.metrics.get("pct_of_peak") is not None and
+           p.metrics.get("energy_source") != "simulated" for p in front):
         console.print("% peak: achieved FLOP/s (FLOPs counted on the model x throughput) "
                       "over this machine's measured GEMM peak at the trial's precision and "
                       "threads (autotune peak)", style="dim")
@@ -131,6 +140,8 @@ def _trial_line(result: Any) -> str:
         quality = m.get("accuracy") if name == "accuracy" else m.get("quality")
         peak = m.get("pct_of_peak")
         roofline = f", {peak:.0f} % of peak" if isinstance(peak, float) else ""
+        if m.get("energy_source") == "simulated":  # never read as a measurement
+            flag += " (simulated)"
         if m.get("decode_tokens_per_s") is not None:  # generate mode: what LLM users read
             return (f"trial {result.number}: {_fmt(m.get('decode_tokens_per_s'))} tokens/s "
                     f"decode, TTFT p50 {_fmt(m.get('ttft_p50_ms'))} ms, TPOT p50 "

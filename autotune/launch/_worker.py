@@ -224,11 +224,13 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         if prediction is not None:
             model_info.update(predicted_memory_bytes=prediction.total_bytes,
                               predicted_memory_parts=dict(prediction.parts))
-        model_info.update(factory=ref.label(), factory_hash=config.factory_hash,
-                          peak=_peak_record(config.device, config.precision,
-                                            state.pinned_threads))
-        result = run_profile(backend, config, meter_for_device(config.device), deadline,
-                             ContentionMonitor())
+        peak = backend.declared_peak() or _peak_record(config.device, config.precision,
+                                                       state.pinned_threads)
+        model_info.update(factory=ref.label(), factory_hash=config.factory_hash, peak=peak)
+        # a simulator has its own power model, and no other process shares its time
+        meter = backend.power_meter() or meter_for_device(config.device)
+        monitor = None if backend.simulated else ContentionMonitor()
+        result = run_profile(backend, config, meter, deadline, monitor)
         device_peak = backend.peak_memory_bytes()
         versions = backend.versions()
     finally:

@@ -51,10 +51,10 @@ class _Trainer:
 
     def evaluate(self) -> None:
         """Held-out accuracy now, timed apart."""
-        t0 = time.perf_counter()
+        t0 = self.backend.clock()
         self.accuracy = self.backend.evaluate()
         self.evaluated = True
-        self.eval_s = time.perf_counter() - t0
+        self.eval_s = self.backend.clock() - t0
 
     def after_step(self) -> None:
         """Count a step outside the measured window and evaluate if due."""
@@ -94,7 +94,8 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     loads: list[ContentionReading] = []
     warnings: list[str] = []
     stop_reason = "deadline"
-    window_start = time.perf_counter()
+    clock = backend.clock  # real time, or a simulator's
+    window_start = clock()
     excluded_s = 0.0
 
     def begin() -> None:
@@ -110,10 +111,10 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     begin()
     while True:
         backend.synchronize()
-        s = time.perf_counter()
+        s = clock()
         samples += backend.step()
         backend.synchronize()
-        times.append(time.perf_counter() - s)
+        times.append(clock() - s)
         generation = getattr(backend, "last_generation", None)
         if generation is not None:
             generations.append(generation)
@@ -122,7 +123,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             trainer.evaluate()
             excluded_s += trainer.eval_s
             begin()
-        now = time.perf_counter()
+        now = clock()
         elapsed = now - window_start - excluded_s
         if now + times[-1] >= deadline:  # the next step would end past the deadline
             warnings.append("the trial budget ended the measured window")
@@ -136,7 +137,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         if long_enough and elapsed >= budget.window_max_s:
             stop_reason = "window_max_s"
             break
-    window_end = time.perf_counter()  # before the meters' reads (npu-smi's may block)
+    window_end = clock()  # before the meters' reads (npu-smi's may block)
     end()
     return _Window(
         times=times, samples=samples,
@@ -151,13 +152,15 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
                 deadline: float, monitor: ContentionMonitor | None = None) -> dict[str, Any]:
     """Warm up, measure and evaluate an already set-up ``backend``.
 
-    ``deadline`` is a ``time.perf_counter()`` value by which the loop must have returned;
+    ``deadline`` is a ``backend.clock()`` value (``time.perf_counter()`` unless
+    simulated) by which the loop must have returned;
     no step is started that would, at the last step's pace, end past it. With a
     ``monitor``, a window during which another process used this process's cores is
     measured again once if the deadline allows, else flagged.
     Returns the raw result (step times in seconds, energy reading, accuracy...).
     """
     budget = config.budget
+    clock = backend.clock  # real time, or a simulator's
     warnings: list[str] = []
     if config.mode == "train":
         trainer = _Trainer(backend, budget.train_epochs * backend.steps_per_epoch)
@@ -168,23 +171,23 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     # The first step is timed apart: in graph/xla modes it includes compilation, and on
     # any backend one-time kernel initialisation; it must not cut warm-up short.
     backend.synchronize()
-    s = time.perf_counter()
+    s = clock()
     backend.step()
     backend.synchronize()
-    first_step_s = time.perf_counter() - s
+    first_step_s = clock() - s
     trainer.after_step()
 
     # Warm-up: excluded from every statistic, but it trains (counts towards the budget).
     warmup: list[float] = []
-    w_start = time.perf_counter()
+    w_start = clock()
     while True:
         backend.synchronize()
-        s = time.perf_counter()
+        s = clock()
         backend.step()
         backend.synchronize()
-        warmup.append(time.perf_counter() - s)
+        warmup.append(clock() - s)
         trainer.after_step()
-        now = time.perf_counter()
+        now = clock()
         if now - w_start >= WARMUP_MIN_S and is_stable(warmup):
             break
         if now - w_start >= budget.warmup_max_s:
@@ -194,7 +197,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         if now + 2 * warmup[-1] >= deadline:
             warnings.append("the trial budget ended the warm-up before it was stable")
             break
-    warmup_s = time.perf_counter() - w_start
+    warmup_s = clock() - w_start
 
     # Measured window; measured again (once) if another process used our cores meanwhile.
     # In generate mode it lasts (deadline permitting) until enough requests were measured
@@ -206,7 +209,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps)
     remeasured = 0
     if window.contention is not None and window.contention.contended and \
-            time.perf_counter() + window.window_s + window.excluded_s < deadline:
+            clock() + window.window_s + window.excluded_s < deadline:
         warnings.append(f"re-measured: {window.contention.reason}")
         remeasured = 1
         window = _measure_window(backend, budget, trainer, meter, monitor, deadline,
@@ -219,11 +222,11 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     # Finish the training budget (untimed) if the window ended before it.
     if trainer.budget_steps is not None:
         last = times[-1]
-        while not trainer.evaluated and time.perf_counter() + last < deadline:
-            s = time.perf_counter()
+        while not trainer.evaluated and clock() + last < deadline:
+            s = clock()
             backend.step()
             trainer.after_step()
-            last = time.perf_counter() - s
+            last = clock() - s
         if not trainer.evaluated:
             warnings.append(
                 f"training budget of {trainer.budget_steps} steps not reached within the "

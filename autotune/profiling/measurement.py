@@ -394,6 +394,8 @@ class Measurement:
             "phases_s": self.phases_s,
             "worker": self.worker,
             "energy_source": self.energy_source,
+            # a simulator's figures (autotune.simulation) are never measurements
+            "simulated": bool(self.model.get("simulated")),
             "energy_model": self.energy_model,
             "energy_fallback_reason": self.energy_fallback_reason,
             "memory_source": self.memory_source,

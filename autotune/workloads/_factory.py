@@ -29,6 +29,7 @@ BUILTIN: Mapping[str, str] = {
     "digits_mlp": "autotune.workloads._builtin:digits_mlp",
     "cnn": "autotune.workloads._builtin:cnn",
     "gpt": "autotune.workloads._gpt:gpt",
+    "simulated": "autotune.simulation:simulated_workload",
 }
 #: What each built-in is, for ``--help`` and errors.
 BUILTIN_DESCRIPTIONS: Mapping[str, str] = {
@@ -37,6 +38,8 @@ BUILTIN_DESCRIPTIONS: Mapping[str, str] = {
     "cnn": "small ResNet-style CNN (conv + batch norm + residual blocks) on the 8x8 digits",
     "gpt": "byte-level GPT-style decoder (pre-norm blocks, causal attention, tied embeddings, "
            "KV cache) on the Python standard library's sources; quality: perplexity",
+    "simulated": "a model and devices declared in the space file, run by the 'sim' backend "
+                 "in simulated time (planning and search experiments; not measurements)",
 }
 
 
