@@ -59,9 +59,11 @@ class TrialResult:
     """One trial as autotune sees it.
 
     ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
-    unsupported, diverged: recorded complete with worst-case values), ``fail`` (crash,
-    timeout, killed worker), ``running``, or ``waiting`` (a crashed trial's single retry,
-    queued; it runs first in the next run if this one ended before it).
+    unsupported, diverged: recorded complete with worst-case values), ``pruned`` (stopped
+    early: its confidence box was dominated by the front; ``reason`` says by what),
+    ``fail`` (crash, timeout, killed worker), ``running``, or ``waiting`` (a crashed
+    trial's single retry, queued; it runs first in the next run if this one ended before
+    it).
     """
 
     number: int
@@ -262,6 +264,7 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
             with heartbeat(ostudy._storage, trial._trial_id):
                 config = trial_config(study.space, trial.params, seed=study.seed or 0,
                                       budget=budget)
+                config = dataclasses.replace(config, screen=screen_for(study, config))
                 run = run_config(config, launcher)
                 if quota.interrupted.is_set() and run.state != "ok":
                     raise KeyboardInterrupt  # its worker ended with the run, not by itself
@@ -287,6 +290,28 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
             recheck_front(study, launcher, after_trials=trial_count(ostudy),
                           deadline=None if timeout is None else start + timeout)
     return results
+
+
+def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
+    """What ``config`` is screened against (:mod:`autotune.profiling.screening`): the
+    study's confirmed front now, drifting points left out (their figures are in doubt);
+    ``None`` when early stopping is off or there is no front yet. With an energy
+    objective only points of the same device count: energy of another device may come
+    from another source (a counter against an estimate), which is not comparable."""
+    if not config.budget.early_stop or config.mode == "generate":
+        return None
+    from autotune.profiling.screening import Screen
+
+    names = study.space.objective_names
+    uses_energy = any(m in ("power_w", "energy_per_sample_j") for m in names)
+    front = [p for p in study.pareto_front() if p.stability != "drifting" and
+             (not uses_energy or p.config.get("device") == config.device)]
+    points = tuple(tuple(float(p.values[n]) for n in names) for p in front)
+    points = tuple(p for p in points if all(math.isfinite(v) for v in p))
+    if not points:
+        return None
+    return Screen(objectives=tuple(names), directions=tuple(study.space.directions),
+                  front=points).to_dict()
 
 
 def recheck_front(study: Study, launcher: Launcher, *, after_trials: int = 0,
@@ -408,18 +433,33 @@ class Recorder:
                 state, kind = "infeasible", "missing_metric"
                 reason = "; ".join(f"{o}: {m.missing_reasons().get(o, 'not measured')}"
                                    for o in missing)
+        pruned = run.measurement is not None and bool(run.measurement.pruned)
+        if pruned:
+            assert run.measurement is not None
+            state, kind, reason = "pruned", None, run.measurement.pruned["reason"]
         values: list[float] | None = None
         feasible = False
         # autotune's row first: a trial Optuna calls finished always has its measurement.
+        # The screen is not part of the configuration (a re-run measures it in full).
+        stored_config = dataclasses.replace(config, screen=None)
         self.study.storage.add_measurement(MeasurementRow(
             study_id=self.study.id, trial_number=trial.number, machine_id=self.machine_id,
             state=state, failure_kind=kind, reason=reason, traceback=run.traceback,
-            config_json=json.dumps(config.to_dict()), metrics_json=json.dumps(summary),
+            config_json=json.dumps(stored_config.to_dict()), metrics_json=json.dumps(summary),
             raw_json=json.dumps(raw), wall_s=run.wall_s,
         ))
         self._retrying(lambda: trial.set_user_attr("wall_s", round(run.wall_s, 3)))
         self._retrying(lambda: trial.set_user_attr("fixed_knobs", space.fixed_params()))
-        if state in ("ok", "infeasible"):
+        if pruned:
+            # data for the sampler (TPE ranks pruned trials below complete ones), never a
+            # front point: its figures come from the screening part of a window only
+            headline = {k: v for k, v in summary.items()
+                        if k not in ("missing", "energy_model")}
+            self._retrying(lambda: trial.set_user_attr("metrics", headline))
+            self._retrying(lambda: trial.set_user_attr("pruned_reason", reason[:2000]))
+            self._tell(trial, state=optuna.trial.TrialState.PRUNED)
+            _logger.info("trial %d pruned: %s", trial.number, reason)
+        elif state in ("ok", "infeasible"):
             def value(metric: str) -> float:
                 v = summary.get(metric) if state == "ok" else None
                 return float(v) if v is not None else self.worst(metric)
@@ -509,4 +549,4 @@ def _tell_fail_quietly(ostudy: Any, trial: Any, error: BaseException, *,
 
 
 __all__ = ["FAILURE_CONSTRAINT", "Recorder", "TrialResult", "effective_budget",
-           "recheck_front", "run_jobs", "run_trials"]
+           "recheck_front", "run_jobs", "run_trials", "screen_for"]

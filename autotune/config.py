@@ -93,6 +93,9 @@ class Budget:
             this many epochs over the training split.
         memory_mb: optional cap on memory the trial may allocate beyond what the framework
             and model need; beyond it a trial is out of memory (like a device of that size).
+        early_stop: stop a trial as soon as its measurement's 95 % confidence box is
+            dominated by the study's front (recorded pruned, never on the front; see
+            :mod:`autotune.profiling.screening`); ``false`` measures every trial in full.
     """
 
     trial_seconds: float = 30.0
@@ -103,6 +106,7 @@ class Budget:
     target_ci: float = 0.02
     train_epochs: int = 3
     memory_mb: int | None = None
+    early_stop: bool = True
 
 
 class SpaceLike(Protocol):
@@ -158,6 +162,10 @@ class TrialConfig:
     attention: str = "auto"
     weight_quant: str = "none"
     checkpointing: str = "off"
+    #: what the trial is screened against (:class:`autotune.profiling.screening.Screen`
+    #: as a dict: the study's front when it was launched); ``None``: measured in full. Not
+    #: part of the configuration: a stored configuration never carries it.
+    screen: Mapping[str, Any] | None = None
 
     @classmethod
     def from_params(cls, space: SpaceLike, params: dict[str, Any], *,

@@ -170,7 +170,10 @@ class SearchSpace:
             "objectives": dict(self.objectives),
             "constraints": {c.metric: f"{c.op} {c.bound!r}" for c in self.constraints},
             "params": params,
-            "budget": {k: v for k, v in asdict(self.budget).items() if v is not None},
+            # early_stop only when off: spaces stored before it existed keep their
+            # fingerprint (they searched with the same default)
+            "budget": {k: v for k, v in asdict(self.budget).items()
+                       if v is not None and not (k == "early_stop" and v)},
             "description": self.description,
         }
 
@@ -611,6 +614,11 @@ def _parse_budget(raw: Any, where: _Where, *, stored: bool = False) -> Budget:
         if key not in allowed:
             raise where.fail(f"budget.{key}", f"unknown key; allowed: {', '.join(allowed)}")
         if key == "memory_mb" and value is None:  # explicit "no cap", the default
+            continue
+        if key == "early_stop":
+            if not isinstance(value, bool):
+                raise where.fail(f"budget.{key}", f"must be true or false, got {value!r}")
+            values[key] = value
             continue
         integer = key in ("window_min_steps", "train_epochs", "memory_mb")
         valid = (_is_int(value) if integer else _is_number(value)) and value > 0

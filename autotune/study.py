@@ -353,6 +353,9 @@ class Study:
                 state = "running"
             elif t.state == states.WAITING:  # a retry queued for the next run
                 state = "waiting"
+            elif t.state == states.PRUNED:  # stopped early, dominated by the front
+                state = "pruned"
+                reason = reason or t.user_attrs.get("pruned_reason", "")
             else:
                 state = "fail"
             feasible = t.state == states.COMPLETE and all(
@@ -432,7 +435,7 @@ class Study:
         running = [t.datetime_start for t in otrials
                    if t.state == optuna.trial.TrialState.RUNNING and t.datetime_start]
         counts = {s: sum(t.state == s for t in trials)
-                  for s in ("ok", "infeasible", "fail", "running", "waiting")}
+                  for s in ("ok", "infeasible", "pruned", "fail", "running", "waiting")}
         front = self.pareto_front()
         best: dict[str, float | None] = {}
         leaders: dict[str, dict[str, Any]] = {}

@@ -150,6 +150,10 @@ def _trial_line(result: Any) -> str:
         return (f"trial {result.number}: {_fmt(m.get('throughput_sps'))} samples/s, "
                 f"p50 {_fmt(m.get('latency_p50_ms'))} ms, {name} {_fmt(quality)}{roofline}"
                 f"{flag} | {params}")
+    if result.state == "pruned":
+        m = result.metrics
+        return (f"trial {result.number}: pruned after {m.get('steps_measured')} steps, "
+                f"{result.reason} | {params}")
     return f"trial {result.number}: {result.state} ({result.failure_kind}) {result.reason} | " \
            f"{params}"
 

@@ -215,7 +215,8 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     s = study.summary()
     console.print(f"study {s['name']!r}: workload {s['workload']} ({s['mode']}), "
                   f"sampler {s['sampler']}, trials ok {s['trials']['ok']} / infeasible "
-                  f"{s['trials']['infeasible']} / failed {s['trials']['fail']}"
+                  f"{s['trials']['infeasible']} / pruned {s['trials']['pruned']} / failed "
+                  f"{s['trials']['fail']}"
                   + (f"; constraints: {', '.join(s['constraints'])}" if s["constraints"] else ""),
                   highlight=False, markup=False)
     if args.all:
@@ -285,8 +286,9 @@ def _show_live(study: Any, console: Any, interval: float) -> int:
         s = study.summary()
         t = s["trials"]
         best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items() if v is not None)
-        head = (f"study {s['name']!r}: ok {t['ok']}, infeasible {t['infeasible']}, failed "
-                f"{t['fail']}, running {t['running']}; front {s['front_size']}"
+        head = (f"study {s['name']!r}: ok {t['ok']}, infeasible {t['infeasible']}, pruned "
+                f"{t['pruned']}, failed {t['fail']}, running {t['running']}; front "
+                f"{s['front_size']}"
                 + (f" | {best}" if best else ""))
         return Group(head, _fleet_table(study))
 

@@ -10,7 +10,7 @@ excluded from the step times and from the energy window.
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from autotune.config import WARMUP_MIN_S
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
+from autotune.profiling.screening import Screen, describe, dominated_by, optimistic_corner
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES, is_stable, relative_ci_halfwidth
 
 if TYPE_CHECKING:
@@ -76,13 +77,18 @@ class _Window:
     warnings: list[str]
     #: generate mode: per measured step, each token's time since the step began
     generations: list[list[float]]
+    #: set when the screen stopped the window: why, and the front point that dominated
+    pruned: dict[str, Any] | None = None
 
 
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
                     monitor: ContentionMonitor | None, deadline: float,
-                    min_steps: int | None = None) -> _Window:
+                    min_steps: int | None = None, screen: Screen | None = None,
+                    samples_per_step: int = 1) -> _Window:
     """Time synchronised steps until the median's confidence interval is within
-    ``budget.target_ci``, ``window_max_s`` or the deadline.
+    ``budget.target_ci``, ``window_max_s`` or the deadline; with a ``screen``, stop
+    early once the trial's confidence box is dominated by the screen's front (checked
+    after ``screen.min_steps`` steps and each time the step count doubles).
 
     An evaluation falling inside the window (train mode's budget reached) is cut out of
     the window's time, energy and contention reading.
@@ -109,6 +115,8 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             loads.append(monitor.end())
 
     begin()
+    next_screen = screen.min_steps if screen is not None else None
+    pruned: dict[str, Any] | None = None
     while True:
         backend.synchronize()
         s = clock()
@@ -128,6 +136,15 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         if now + times[-1] >= deadline:  # the next step would end past the deadline
             warnings.append("the trial budget ended the measured window")
             break
+        if next_screen is not None and screen is not None and len(times) >= next_screen:
+            next_screen *= 2  # rungs at min_steps, 2x, 4x...: a few checks per trial
+            if "energy_per_sample_j" in screen.objectives:
+                end()  # the energy so far; the window goes on in a new segment
+                begin()
+            pruned = _screened(screen, times, samples_per_step, trainer, readings, samples)
+            if pruned is not None:
+                stop_reason = "pruned"
+                break
         long_enough = elapsed >= budget.window_min_s and len(times) >= (
             min_steps or budget.window_min_steps)
         if long_enough and len(times) % CI_CHECK_EVERY == 0 and \
@@ -144,8 +161,25 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         window_s=window_end - window_start - excluded_s, excluded_s=excluded_s,
         stop_reason=stop_reason, energy=combine(readings),
         contention=combine_loads(loads) if loads else None, warnings=warnings,
-        generations=generations,
+        generations=generations, pruned=pruned,
     )
+
+
+def _screened(screen: Screen, times: list[float], samples_per_step: int, trainer: _Trainer,
+              readings: list[EnergyReading], samples: int) -> dict[str, Any] | None:
+    """The pruning record when the window so far is dominated by the screen's front."""
+    known = {}
+    if trainer.evaluated and trainer.accuracy is not None:  # infer mode: measured already
+        known = {"accuracy": trainer.accuracy, "quality": trainer.accuracy}
+    energy = combine(readings).energy_j if readings else None
+    corner = optimistic_corner(screen.objectives, screen.directions, times,
+                               samples_per_step, known, energy, samples)
+    point = dominated_by(screen, corner)
+    if point is None:
+        return None
+    return {"reason": describe(screen, corner, point), "dominated_by": list(point),
+            "corner": [c if math.isfinite(c) else None for c in corner],
+            "steps": len(times)}
 
 
 def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
@@ -206,21 +240,25 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     if config.mode == "generate":
         min_steps = max(budget.window_min_steps,
                         -(-PERCENTILE_MIN_SAMPLES[95] // max(1, config.batch_size)))
-    window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps)
+    screen = Screen.from_dict(config.screen) if config.screen else None
+    window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps,
+                             screen, config.batch_size)
     remeasured = 0
-    if window.contention is not None and window.contention.contended and \
+    if window.pruned is None and window.contention is not None and \
+            window.contention.contended and \
             clock() + window.window_s + window.excluded_s < deadline:
         warnings.append(f"re-measured: {window.contention.reason}")
         remeasured = 1
         window = _measure_window(backend, budget, trainer, meter, monitor, deadline,
-                                 min_steps)
+                                 min_steps, screen, config.batch_size)
     if window.contention is not None and window.contention.contended:
         warnings.append(window.contention.reason)
     warnings.extend(window.warnings)
     times = window.times
 
-    # Finish the training budget (untimed) if the window ended before it.
-    if trainer.budget_steps is not None:
+    # Finish the training budget (untimed) if the window ended before it (a pruned
+    # trial is not finished: it will not be on the front whatever its accuracy).
+    if trainer.budget_steps is not None and window.pruned is None:
         last = times[-1]
         while not trainer.evaluated and clock() + last < deadline:
             s = clock()
@@ -250,4 +288,5 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         "accuracy": trainer.accuracy,
         "energy": asdict(window.energy),
         "warnings": warnings,
+        "pruned": window.pruned,
     }

@@ -74,6 +74,16 @@ class Measurement:
     generations: tuple[tuple[float, ...], ...] = ()
     #: the worker's resident memory when the trial began (before the model was built)
     baseline_rss_bytes: int = 0
+    #: a trial stopped early because its confidence box was dominated by the front
+    #: (:mod:`autotune.profiling.screening`): ``reason``, ``dominated_by``, ``corner``;
+    #: empty for a trial measured over its full window
+    pruned: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fidelity(self) -> str:
+        """``screen`` (stopped after the screening part of the window: pruned) or
+        ``confirmed`` (the full window)."""
+        return "screen" if self.pruned else "confirmed"
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -118,6 +128,7 @@ class Measurement:
             warmup_step_times_s=tuple(raw.get("warmup_step_times_s", ())),
             generations=tuple(tuple(g) for g in raw.get("generations", ())),
             baseline_rss_bytes=int(raw.get("baseline_rss_bytes") or 0),
+            pruned=dict(raw.get("pruned") or {}),
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -384,6 +395,7 @@ class Measurement:
             "decode_tokens_ci": list(self.decode_tokens_ci or ()) or None,
             "sustained_throughput_sps": self.sustained_throughput_sps,
             "steps_measured": len(self.step_times_s),
+            "fidelity": self.fidelity,
             "latency_unit": ("per optimizer step" if self.mode == "train" else
                              "per batch of requests (prompt + every new token)"
                              if self.mode == "generate" else "per batch"),
