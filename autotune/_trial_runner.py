@@ -192,14 +192,21 @@ def _device_pin(study: Study, ostudy: Any,
     if devices is None or list(devices) == space_devices(study.space) \
             or study.space.param("device") is None:
         return None
-    base = ostudy.sampler
+    from autotune._feasibility import FeasibleSampler
+
+    outer = ostudy.sampler
+    # the feasibility pre-screen stays outermost: it checks whole configurations, the
+    # pinned device included
+    screened = isinstance(outer, FeasibleSampler)
+    base = outer.base if screened else outer
     turn = itertools.cycle(list(devices))
     _take_from_queue_only(ostudy, set(devices))
 
     def pin() -> None:
         with warnings.catch_warnings():  # experimental since 2.4, still so
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ostudy.sampler = optuna.samplers.PartialFixedSampler({"device": next(turn)}, base)
+            fixed = optuna.samplers.PartialFixedSampler({"device": next(turn)}, base)
+            ostudy.sampler = outer.with_base(fixed) if screened else fixed
 
     return pin
 

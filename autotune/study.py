@@ -267,7 +267,7 @@ class Study:
         name = sampler or self.sampler
         if jobs > 1:
             def make_ostudy(job: int) -> Any:  # a sampler each: its own seed and state
-                return self._optuna_study(make_sampler(
+                return self._optuna_study(self._searching_sampler(
                     name, None if run_seed is None else run_seed + 1000 * job))
 
             factory = launcher_factory or (lambda cores: WarmLauncher(cpus=cores))
@@ -280,7 +280,7 @@ class Study:
             finally:
                 for each in launchers:
                     each.close()
-        ostudy = self._optuna_study(make_sampler(name, run_seed))
+        ostudy = self._optuna_study(self._searching_sampler(name, run_seed))
         active: Launcher = launcher if launcher is not None else WarmLauncher()
         try:
             return _trial_runner.run_trials(
@@ -289,6 +289,13 @@ class Study:
         finally:
             if launcher is None:  # a launcher passed in belongs to the caller
                 active.close()
+
+    def _searching_sampler(self, name: str, seed: int | None) -> Any:
+        """Sampler ``name`` behind the feasibility pre-screen (:mod:`autotune._feasibility`):
+        configurations known not to run are not proposed."""
+        from autotune._feasibility import feasible_sampler
+
+        return feasible_sampler(make_sampler(name, seed), self.space, seed=self.seed or 0)
 
     def plan_jobs(self, jobs: int = 1, devices: Sequence[str] | None = None,
                   ) -> tuple[list[tuple[int, ...]], list[list[str]]]:

@@ -49,7 +49,7 @@ def no_native_16bit(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_registered_specs_are_what_the_backend_classes_declare() -> None:
     """Reading a spec imports no framework (checked in a fresh interpreter)."""
-    assert list(BACKENDS) == ["torch", "tensorflow", "mindspore"]
+    assert list(BACKENDS) == ["torch", "tensorflow", "mindspore", "sim"]
     code = ("import sys, autotune.backends as b\n"
             "specs = [b.get_spec(n) for n in b.BACKENDS]\n"
             "caps = [b.capabilities(n, d) for n in b.BACKENDS for d in ('cpu', 'cuda:0')]\n"

@@ -231,6 +231,10 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         meter = backend.power_meter() or meter_for_device(config.device)
         monitor = None if backend.simulated else ContentionMonitor()
         result = run_profile(backend, config, meter, deadline, monitor)
+        if backend.simulated:
+            from autotune.simulation import SIMULATED_NOTE
+
+            result["warnings"].append(SIMULATED_NOTE)
         device_peak = backend.peak_memory_bytes()
         versions = backend.versions()
     finally:
