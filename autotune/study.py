@@ -504,7 +504,7 @@ def missing_backends_warning(study: str, backends: list[str]) -> str:
     one = len(backends) == 1
     return (f"{_backends_phrase(backends)} of study {study!r} "
             f"{'is' if one else 'are'} not installed here: "
-            f"{'its' if one else 'their'} trials are recorded as unsupported; install "
+            f"{'its' if one else 'their'} configurations are not proposed here; install "
             f"{'it' if one else 'them'} with: {install_command(backends)}")
 
 

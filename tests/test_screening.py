@@ -93,5 +93,5 @@ def test_early_stop_off_measures_every_trial_in_full(tmp_path: Path) -> None:
 
 
 def test_early_stop_must_be_a_boolean() -> None:
-    with pytest.raises(SpaceError, match="budget.early_stop: must be true or false, got 'no'"):
+    with pytest.raises(SpaceError, match=r"budget\.early_stop: must be true or false, got 'no'"):
         parse_space(sim_space(budget={"trial_seconds": 600, "early_stop": "no"}))

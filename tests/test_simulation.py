@@ -13,9 +13,9 @@ import yaml
 import autotune
 from autotune import simulation
 from autotune.cli import main
+from autotune.config import TrialConfig
 from autotune.exceptions import SpaceError
 from autotune.pareto import hypervolume
-from autotune.config import TrialConfig
 from autotune.space import parse_space
 
 MODEL = {"flops_per_sample": 2.0e9, "params": 5.0e6, "activation_bytes_per_sample": 4.0e6,
