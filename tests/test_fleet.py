@@ -49,8 +49,10 @@ from tests.processes import alive, children
 
 NUMPY = "autotune.testing.fake_backend:NumpyBackend"
 TINY = "autotune.testing.workloads:tiny"
+# early stopping off: these tests count complete trials of a fleet (tests/test_screening.py
+# covers pruning)
 FAST = {"trial_seconds": 30, "warmup_max_s": 0.02, "window_min_s": 0.02,
-        "window_min_steps": 5, "window_max_s": 0.05, "train_epochs": 1}
+        "window_min_steps": 5, "window_max_s": 0.05, "train_epochs": 1, "early_stop": False}
 
 
 def fast_space(**budget: Any) -> dict[str, Any]:
