@@ -137,10 +137,10 @@ def predicted_out_of_memory(config: TrialConfig) -> str | None:
 
         sim = simulation.parse_simulator(config.workload_kwargs)
         need = simulation.memory_bytes(sim, config)
-        limit = simulation.memory_limit_bytes(sim, config)
-        if need <= limit:
+        capacity = simulation.memory_limit_bytes(sim, config)
+        if need <= capacity:
             return None
-        return (f"predicted: needs {need / 2**30:.2f} GiB of {limit / 2**30:.2f} GiB "
+        return (f"predicted: needs {need / 2**30:.2f} GiB of {capacity / 2**30:.2f} GiB "
                 f"(simulated device {config.device})")
     prediction = predict_memory(config)
     limit = _memory_limit(config)

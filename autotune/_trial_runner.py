@@ -429,7 +429,8 @@ class Recorder:
         import optuna
 
         space = self.study.space
-        state, kind, reason = run.state, run.failure_kind, run.reason
+        state: str = run.state
+        kind, reason = run.failure_kind, run.reason
         summary: dict[str, Any] = {}
         raw: dict[str, Any] = {}
         if run.measurement is not None:
