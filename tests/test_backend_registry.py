@@ -31,7 +31,8 @@ from tests.thirdparty_backend import TARGET, NoSpecBackend, ThirdPartyBackend
 
 TINY = "autotune.testing.workloads:tiny"
 BUDGET = {"trial_seconds": 8, "warmup_max_s": 0.3, "window_min_s": 0.05,
-          "window_min_steps": 8, "window_max_s": 0.2, "train_epochs": 1}
+          "window_min_steps": 8, "window_max_s": 0.2, "train_epochs": 1,
+          "early_stop": False}  # every trial here is checked complete: none pruned
 
 
 def _space(backend: Any, **params: Any) -> dict[str, Any]:

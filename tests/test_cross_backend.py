@@ -87,7 +87,7 @@ def test_one_study_over_three_backends(tmp_path: Path, capsys: pytest.CaptureFix
         "constraints": {"accuracy": ">= 0.8"},
         "params": {"backend": list(BACKENDS), "batch_size": [32, 64], "threads": [1]},
         "budget": {"trial_seconds": 120, "window_max_s": 1, "warmup_max_s": 1,
-                   "train_epochs": 2},
+                   "train_epochs": 2, "early_stop": False},
     })
     with autotune.create_study("three", space, storage=url, seed=0) as study:
         ostudy = optuna.load_study(study_name="three", storage=url)

@@ -338,7 +338,10 @@ def test_devices_cli_reports_every_backend(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["devices", "--json"]) == 0
     reports = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(reports) == {"torch", "tensorflow", "mindspore"}
+    assert set(reports) == {"torch", "tensorflow", "mindspore", "sim"}
+    sim = reports.pop("sim")  # simulated devices are declared in a space, never discovered
+    assert sim["installed"] and sim["devices"] == [] and "declared in a space file" in \
+        sim["notes"][0], sim
     for r in reports.values():
         assert r["installed"] and r["error"] is None, r
         assert r["devices"][0]["id"] == "cpu"

@@ -25,8 +25,11 @@ from autotune.launch import ProcessLauncher
 
 pytestmark = pytest.mark.slow
 
+#: early stopping off: these tests check each trial's full measurement (the one below checks
+#: that a dominated real trial is stopped)
 FAST_BUDGET = {"trial_seconds": 40, "warmup_max_s": 1, "window_min_s": 0.3,
-               "window_max_s": 1, "window_min_steps": 10, "train_epochs": 1}
+               "window_max_s": 1, "window_min_steps": 10, "train_epochs": 1,
+               "early_stop": False}
 
 
 def _space(tmp_path: Path, **overrides: Any) -> Path:
@@ -105,6 +108,27 @@ def test_cli_study_runs_real_trials_and_stores_front(
     assert {t.number for t in ostudy.best_trials} == {p["trial"] for p in out["front"]}
     assert ostudy.trials[0].user_attrs["throughput_sps"] > 0
     assert not new_children()
+
+
+def test_a_real_trial_the_front_dominates_is_stopped_early(tmp_path: Path) -> None:
+    """Early stopping on by default, real torch: one sample per batch cannot come near the
+    throughput of 256 per batch, so the second trial is stopped at its first screen."""
+    space = autotune.parse_space({
+        "workload": "mlp", "mode": "infer", "objectives": {"throughput_sps": "maximize"},
+        "params": {"batch_size": [1, 256], "threads": 1},
+        "budget": {k: v for k, v in FAST_BUDGET.items() if k != "early_stop"},
+    })
+    url = f"sqlite:///{tmp_path}/p.db"
+    study = autotune.create_study("prune", space, storage=url, seed=0)
+    ostudy = optuna.load_study(study_name="prune", storage=url)
+    ostudy.enqueue_trial({"batch_size": 256})
+    ostudy.enqueue_trial({"batch_size": 1})
+    big, small = study.optimize(n_trials=2, recheck_every=0)
+    assert big.state == "ok" and big.metrics["fidelity"] == "confirmed", big.reason
+    assert small.state == "pruned", (small.state, small.reason)
+    assert small.reason.startswith("dominated by a front point")
+    assert small.metrics["fidelity"] == "screen"
+    assert [p.trial_number for p in study.pareto_front()] == [big.number]
 
 
 def test_infer_int8_and_pruning_are_real(tmp_path: Path) -> None:

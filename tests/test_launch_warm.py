@@ -210,7 +210,8 @@ def test_study_leaves_no_worker_behind(tmp_path: Path) -> None:
         "workload": TINY, "mode": "train", "objectives": {"throughput_sps": "maximize"},
         "params": {"backend": "torch", "batch_size": [16, 32], "threads": 1},
         "budget": {"trial_seconds": 8, "warmup_max_s": 0.3, "window_min_s": 0.05,
-                   "window_min_steps": 8, "window_max_s": 0.2, "train_epochs": 1},
+                   "window_min_steps": 8, "window_max_s": 0.2, "train_epochs": 1,
+                   "early_stop": False},
     })
     study = autotune.create_study("warm", space, storage=f"sqlite:///{tmp_path / 's.db'}")
     before = _worker_processes()
