@@ -253,6 +253,7 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
     reaper = Reaper(study, ostudy)
     results: list[TrialResult] = []
     done = 0
+    since_recheck, last_recheck = 0, start
     while quota.claim():
         if timeout is not None and time.monotonic() - start >= timeout:
             break
@@ -293,9 +294,14 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
             results.append(result)
         for callback in callbacks or ():
             callback(result)
-        if recheck_every and done % recheck_every == 0:
+        since_recheck += 1
+        # Drift is a change over time: a re-check seconds after the front was measured
+        # sees the same machine state, so it waits for the interval as well as the count.
+        if recheck_every and since_recheck >= recheck_every and \
+                time.monotonic() - last_recheck >= drift.RECHECK_MIN_INTERVAL_S:
             recheck_front(study, launcher, after_trials=trial_count(ostudy),
                           deadline=None if timeout is None else start + timeout)
+            since_recheck, last_recheck = 0, time.monotonic()
     return results
 
 

@@ -18,8 +18,13 @@ from typing import Any
 #: interval is drift. 10 % is the "noisy" spread: closer than that, two short windows on
 #: this kind of machine are not distinguishable.
 DRIFT_THRESHOLD = 0.10
-#: Re-check front points after every this many trials of a run (0 disables).
+#: Re-check front points after every this many trials of a run (0 disables)...
 RECHECK_EVERY = 10
+#: ...and no sooner than this many seconds after the run started or the last re-check:
+#: the drift seen here is a change of the machine's state over minutes; with trials of
+#: a fraction of a second, ten trials later is the same state (and re-checks cost a
+#: fifth of a short study's wall time).
+RECHECK_MIN_INTERVAL_S = 30.0
 #: Front points re-measured per check.
 RECHECK_POINTS = 2
 

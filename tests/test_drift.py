@@ -23,6 +23,12 @@ SPACE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_recheck_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake trials take milliseconds: re-checks here follow the trial count alone."""
+    monkeypatch.setattr(drift, "RECHECK_MIN_INTERVAL_S", 0.0)
+
+
 def _study(tmp_path: Path, data: dict[str, Any] = SPACE) -> autotune.Study:
     return autotune.create_study("d", autotune.parse_space(data),
                                  storage=sqlite_url(tmp_path / 'd.db'), seed=3)
@@ -180,6 +186,23 @@ def test_failed_recheck_is_inconclusive_not_a_crash(tmp_path: Path) -> None:
         rows = study.storage.rechecks(study._row.id)
         assert rows and all(r.verdict == "inconclusive" and r.state == "fail" for r in rows)
         assert "timeout" in rows[0].reason
+    finally:
+        dispose(study)
+
+
+def test_a_recheck_waits_for_its_interval(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten fast trials are seconds apart: no re-check until the interval has passed too."""
+    monkeypatch.setattr(drift, "RECHECK_MIN_INTERVAL_S", 3600.0)
+    study = _study(tmp_path)
+    try:
+        launcher = FakeLauncher()
+        study.optimize(n_trials=4, launcher=launcher, recheck_every=2)
+        assert len(launcher.calls) == 4  # trials only: nothing re-measured
+        assert study.storage.rechecks(study._row.id) == []
+        monkeypatch.setattr(drift, "RECHECK_MIN_INTERVAL_S", 0.0)
+        study.optimize(n_trials=2, launcher=launcher, recheck_every=2)
+        assert len(launcher.calls) > 6 and study.storage.rechecks(study._row.id)
     finally:
         dispose(study)
 

@@ -68,6 +68,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the study's sampler for this run")
     p.add_argument("--recheck-every", type=_non_negative_int, default=10, metavar="N",
                    help="re-measure up to two front configurations after every N trials "
+                        "(and at least 30 s after the last re-check: drift takes minutes) "
                         "and flag those that drifted (0: never; default 10)")
     p.add_argument("--fresh-workers", action="store_true",
                    help="start a fresh worker process for every trial (slower: pays the "
@@ -294,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a worker process and records it. Workers stay warm "
                                    "between trials of one backend, device and thread count "
                                    "(framework import is paid once) and are replaced after "
-                                   "any failed trial. Every --recheck-every trials, two "
-                                   "front configurations are measured again to catch drift. "
+                                   "any failed trial. Every --recheck-every trials (30 s "
+                                   "apart at least), two front configurations are measured "
+                                   "again to catch drift. "
                                    "Without --n-trials or --timeout, runs 10 trials.")
     _run_arguments(p)
     p.add_argument("--ray", metavar="ADDRESS",
