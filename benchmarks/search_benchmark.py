@@ -330,7 +330,8 @@ def run_autotune(opts: Options, db_dir: Path) -> dict[str, Any]:
               "stability": p.get("stability"),
               "flags": _flags(p.get("metrics") or {})}
              for p in shown["front"]]
-    states = {s: sum(t["state"] == s for t in trials) for s in ("ok", "infeasible", "fail")}
+    states = {s: sum(t["state"] == s for t in trials) for s in ("ok", "pruned", "infeasible",
+                                                                  "fail")}
     not_ok = [{"trial": t["number"], "state": t["state"], "params": t["params"],
                "failure_kind": t.get("failure_kind"), "reason": t.get("reason")}
               for t in trials if t["state"] != "ok"]
@@ -605,7 +606,8 @@ def print_report(saved: dict[str, Any]) -> None:
         infeasible_bf16 = sum(1 for t in tuned["not_ok"]
                               if t["state"] == "infeasible" and t["params"].get("precision")
                               == "bf16")
-        print(f"autotune: {tuned['trials']} trials: {st['ok']} ok, {st['infeasible']} "
+        print(f"autotune: {tuned['trials']} trials: {st['ok']} ok, "
+              f"{st.get('pruned', 0)} pruned (stopped early, dominated), {st['infeasible']} "
               f"infeasible ({infeasible_bf16} of them bf16), {st['fail']} failed; create "
               f"{tuned['create_s']:.1f} s + run {tuned['run_s']:.1f} s; foreign load "
               f"{tuned['foreign_cores']:.2f} core(s)")
@@ -630,7 +632,8 @@ def print_report(saved: dict[str, Any]) -> None:
             print(f"  GEMM peak measured inside `study run` (once per machine, not cached "
                   f"before): {', '.join(tuned['peak_measured_in_run'])}")
         for t in tuned["not_ok"]:
-            print(f"  trial {t['trial']} {t['state']} ({t['failure_kind']}): {t['reason']}")
+            kind = f" ({t['failure_kind']})" if t["failure_kind"] else ""
+            print(f"  trial {t['trial']} {t['state']}{kind}: {t['reason']}")
     if truth["foreign_cores"] > 0.2:
         print(f"ground truth: foreign load {truth['foreign_cores']:.2f} core(s): the true "
               "figures are disturbed")

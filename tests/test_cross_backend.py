@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -34,20 +35,32 @@ ACCURACY_TOLERANCE = 0.05
 TF_FORWARD_FLOPS_TOLERANCE = 0.02
 
 
-def _run(workers: WarmLauncher, backend: str, workload: str, mode: str) -> dict[str, object]:
-    # MindSpore's CPU convolutions are slow (the tuner shows it): one cnn epoch (8 passes
-    # over the digits) there takes about as long as three MLP epochs.
-    epochs = 1 if workload == "cnn" else 3
-    factory: object = workload
+#: The cnn compared here has one residual block (the built-in default has two): MindSpore's
+#: CPU convolutions are slow (an epoch of the default cnn took 51 s there, of this one 28 s)
+#: and the comparison needs convolutions, batch norm and a residual, not depth. At
+#: learning rate 3e-3 the three land at 0.86-0.90 after one epoch (measured).
+CNN = {"name": "cnn", "kwargs": {"channels": 16, "blocks": 1}, "learning_rate": 3e-3,
+       "min_accuracy": 0.80, "tolerance": 0.08}
+MLP = {"name": "digits_mlp", "kwargs": {}, "learning_rate": 1e-3, "min_accuracy": 0.85,
+       "tolerance": ACCURACY_TOLERANCE}
+
+
+def _run(workers: WarmLauncher, backend: str, workload: dict[str, Any],
+         mode: str) -> dict[str, object]:
+    # one cnn epoch is 8 passes over the digits: about as many steps as three MLP epochs
+    epochs = 1 if workload["name"] == "cnn" else 3
+    factory: object = {"factory": workload["name"], "kwargs": workload["kwargs"]}
     if mode == "infer":
         # forward FLOPs are a property of the built model: no base model to train first
-        factory = {"factory": f"{MODELS / 'untrained.py'}:build", "kwargs": {"name": workload}}
+        factory = {"factory": f"{MODELS / 'untrained.py'}:build",
+                   "kwargs": {"name": workload["name"], **workload["kwargs"]}}
     space = parse_space({"workload": factory, "mode": mode,
                          "objectives": {"throughput_sps": "maximize"},
                          "budget": {"trial_seconds": 240, "train_epochs": epochs,
                                     "window_max_s": 1, "warmup_max_s": 1}})
     config = TrialConfig.from_params(space, {"backend": backend, "batch_size": 64,
-                                             "optimizer": "adam", "learning_rate": 1e-3,
+                                             "optimizer": "adam",
+                                             "learning_rate": workload["learning_rate"],
                                              "threads": 2})
     config = replace(config, execution=resolve_execution(backend, config.execution))
     outcome = workers.run(config)
@@ -55,10 +68,9 @@ def _run(workers: WarmLauncher, backend: str, workload: str, mode: str) -> dict[
     return outcome.result
 
 
-@pytest.mark.parametrize(("workload", "tolerance"), [("digits_mlp", ACCURACY_TOLERANCE),
-                                                     ("cnn", 0.08)])
+@pytest.mark.parametrize("workload", [MLP, CNN], ids=["digits_mlp", "cnn"])
 def test_same_workload_same_size_flops_and_comparable_accuracy(
-        workload: str, tolerance: float, framework_workers: WarmLauncher) -> None:
+        workload: dict[str, Any], framework_workers: WarmLauncher) -> None:
     """Parameters and FLOPs are counted on each framework's own model (torch's
     FlopCounterMode, TensorFlow's graph profiler, MindSpore's flops_collection), each in
     a worker of its own framework."""
@@ -74,8 +86,8 @@ def test_same_workload_same_size_flops_and_comparable_accuracy(
     assert training["torch"] == training["mindspore"], training
     assert training["torch"] > 2 * forward["torch"]  # forward + backward
     acc = {b: float(r["accuracy"]) for b, r in train.items()}  # type: ignore[arg-type]
-    assert min(acc.values()) > 0.85, acc
-    assert max(acc.values()) - min(acc.values()) <= tolerance, acc
+    assert min(acc.values()) > workload["min_accuracy"], acc
+    assert max(acc.values()) - min(acc.values()) <= workload["tolerance"], acc
 
 
 def test_one_study_over_three_backends(tmp_path: Path, capsys: pytest.CaptureFixture[str],
