@@ -103,6 +103,11 @@ class FeasibleSampler:
         self.rejected = 0
         self._random: Any = None
         self._seen: set[tuple[tuple[str, Any], ...]] = set()
+        # what completed trials taught, kept across proposals: a completed trial does not
+        # change, so each is read once (the driver's work per trial stays flat as the
+        # study grows); trials other workers complete are new numbers, read when they come
+        self._found = OutOfMemoryBoundaries()
+        self._read: set[int] = set()
 
     # -- what makes a proposal infeasible ------------------------------------------------------
 
@@ -111,9 +116,10 @@ class FeasibleSampler:
 
         from autotune._run import trial_config
 
-        found = OutOfMemoryBoundaries()  # recomputed per proposal: other workers add trials
-        self._seen = set()
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.number in self._read:
+                continue
+            self._read.add(t.number)
             self._seen.add(_key(t.params))
             if "batch_size" not in t.params:
                 continue
@@ -121,8 +127,8 @@ class FeasibleSampler:
             if kind not in (None, "oom"):
                 continue
             config = trial_config(self.space, t.params, seed=self.seed)
-            found.observe(_group(config), int(t.params["batch_size"]), kind == "oom")
-        return found
+            self._found.observe(_group(config), int(t.params["batch_size"]), kind == "oom")
+        return self._found
 
     def _config(self, params: Mapping[str, Any]) -> Any:
         from autotune._run import trial_config
