@@ -67,3 +67,31 @@ def test_out_of_memory_seen_in_the_study_is_not_proposed_again(tmp_path: Path) -
     # without the pre-screen the sampler keeps proposing them: a third of the log range
     config = TrialConfig.from_params(space, {"batch_size": 4096})
     assert launcher.infeasible is not None and launcher.infeasible(config)
+
+
+def test_the_pre_screen_reads_each_completed_trial_once(tmp_path: Path,
+                                                        monkeypatch: Any) -> None:
+    """The driver's work per proposal must not grow with the study: a completed trial does
+    not change, so the boundaries it teaches are read from it once, not at every ask."""
+    import optuna
+
+    from autotune import _run
+    from autotune._feasibility import feasible_sampler
+
+    space = parse_space({
+        "workload": "mlp", "mode": "infer", "objectives": {"throughput_sps": "maximize"},
+        "params": {"batch_size": {"low": 1, "high": 4096, "log": True}, "threads": 1},
+    })
+    study = autotune.create_study("once", space, storage=f"sqlite:///{tmp_path}/o.db", seed=0)
+    study.optimize(n_trials=12, recheck_every=0,
+                   launcher=FakeLauncher(infeasible=lambda c: c.batch_size >= 256))
+    ostudy = optuna.load_study(study_name="once", storage=study.storage.url)
+    sampler = feasible_sampler(optuna.samplers.RandomSampler(seed=0), space)
+    reads: list[dict[str, Any]] = []
+    original = _run.trial_config
+    monkeypatch.setattr(_run, "trial_config",
+                        lambda s, params, **kw: reads.append(params) or original(s, params, **kw))
+    first = sampler._boundaries(ostudy)
+    assert len(reads) == 12  # every completed trial, once
+    assert first.oom  # and what they taught: the batch that ran out
+    assert sampler._boundaries(ostudy) is first and len(reads) == 12  # nothing new: no reads
