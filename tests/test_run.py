@@ -107,3 +107,27 @@ def test_result_of_an_outcome() -> None:
     outcome = FakeLauncher().run(config)
     run = RunResult.of(config, outcome)
     assert run.wall_s == outcome.wall_s and run.measurement is not None
+
+
+def test_an_allocation_failing_without_an_exception_is_oom_only_under_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """C code that fails an allocation without setting MemoryError surfaces as
+    ``SystemError: error return without exception set``: under the trial's memory cap that
+    is out of memory (data for the sampler), without a cap it stays a crash."""
+    from autotune.launch import _worker
+
+    def fails() -> dict[str, object]:
+        raise SystemError("error return without exception set")
+
+    monkeypatch.setattr(_worker, "_memory_capped", lambda: True)
+    capped = _worker._guarded(fails)
+    assert capped["status"] == "infeasible" and capped["failure_kind"] == "oom", capped
+    assert "under the trial's memory cap" in str(capped["reason"])
+    monkeypatch.setattr(_worker, "_memory_capped", lambda: False)
+    assert _worker._guarded(fails)["failure_kind"] == "crash"
+
+    def other() -> dict[str, object]:
+        raise SystemError("some other internal error")
+
+    monkeypatch.setattr(_worker, "_memory_capped", lambda: True)
+    assert _worker._guarded(other)["failure_kind"] == "crash"

@@ -292,9 +292,23 @@ def _guarded(run: Any) -> dict[str, Any]:
     except MemoryError as e:
         return {"status": "infeasible", "failure_kind": "oom",
                 "reason": f"out of memory: {e or 'allocation failed'}"}
+    except SystemError as e:
+        # C code whose allocation failed without setting MemoryError (seen in torch's
+        # bindings under the address-space cap): out of memory when the cap is on
+        if _memory_capped() and "without exception set" in str(e):
+            return {"status": "infeasible", "failure_kind": "oom",
+                    "reason": "out of memory: an allocation failed under the trial's memory "
+                              f"cap ({type(e).__name__}: {e})"}
+        return {"status": "crash", "failure_kind": "crash",
+                "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     except Exception as e:
         return {"status": "crash", "failure_kind": "crash",
                 "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _memory_capped() -> bool:
+    """Whether this process runs under an address-space cap (``budget.memory_mb``)."""
+    return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
 
 
 def _die_with_parent() -> None:
