@@ -321,9 +321,9 @@ def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
     # one recomputed from every trial: reading it costs the same at trial 10 and 1000
     drifting = {n for n, s in study.stability().items() if s == "drifting"}
     points_list = []
-    for number in study.storage.front_trial_numbers(study.id):
-        row = study.storage.measurement(study.id, number)
-        if row is None or number in drifting:
+    front = study.storage.front_trial_numbers(study.id)
+    for row in study.storage.measurements(study.id, front) if front else ():
+        if row.trial_number in drifting:
             continue
         if uses_energy and json.loads(row.config_json).get("device") != config.device:
             continue

@@ -95,3 +95,24 @@ def test_early_stop_off_measures_every_trial_in_full(tmp_path: Path) -> None:
 def test_early_stop_must_be_a_boolean() -> None:
     with pytest.raises(SpaceError, match=r"budget\.early_stop: must be true or false, got 'no'"):
         parse_space(sim_space(budget={"trial_seconds": 600, "early_stop": "no"}))
+
+
+def test_the_screen_is_the_stored_front_read_in_one_query(tmp_path: Path) -> None:
+    """What a trial is screened against is the front stored under the lock, read without
+    walking every trial: the same points the front recomputed from every trial has."""
+    from autotune._trial_runner import screen_for
+    from autotune.config import TrialConfig
+
+    study = _seeded_study(tmp_path, "stored", early_stop=False)
+    study.optimize(n_trials=4, recheck_every=0)
+    names = study.space.objective_names
+    screen = screen_for(study, TrialConfig.from_params(study.space, GOOD))
+    assert screen is None  # early stopping off: nothing to screen against
+    on = _seeded_study(tmp_path, "stored_on")
+    on.optimize(n_trials=4, recheck_every=0)
+    recomputed = sorted(tuple(p.values[n] for n in names) for p in on.pareto_front())
+    screen = screen_for(on, TrialConfig.from_params(on.space, GOOD))
+    assert screen is not None and sorted(map(tuple, screen["front"])) == recomputed
+    front = on.storage.front_trial_numbers(on.id)
+    rows = on.storage.measurements(on.id, front)
+    assert [r.trial_number for r in rows] == front

@@ -403,12 +403,15 @@ class AutotuneStorage:
                 return stored.raw_json == row.raw_json and stored.reason == row.reason
 
     @_retried
-    def measurements(self, study_id: int) -> list[MeasurementRow]:
-        """A study's measurement rows in trial order."""
+    def measurements(self, study_id: int,
+                     trial_numbers: Sequence[int] | None = None) -> list[MeasurementRow]:
+        """A study's measurement rows in trial order (only ``trial_numbers``'s, when
+        given: one query for a few rows, whatever the study's size)."""
+        query = select(MeasurementRow).where(MeasurementRow.study_id == study_id)
+        if trial_numbers is not None:
+            query = query.where(MeasurementRow.trial_number.in_(list(trial_numbers)))
         with self._errors(), Session(self.engine, expire_on_commit=False) as s:
-            rows = list(s.scalars(select(MeasurementRow)
-                                  .where(MeasurementRow.study_id == study_id)
-                                  .order_by(MeasurementRow.trial_number)))
+            rows = list(s.scalars(query.order_by(MeasurementRow.trial_number)))
             for row in rows:
                 s.expunge(row)
             return rows
