@@ -292,16 +292,14 @@ def _guarded(run: Any) -> dict[str, Any]:
     except MemoryError as e:
         return {"status": "infeasible", "failure_kind": "oom",
                 "reason": f"out of memory: {e or 'allocation failed'}"}
-    except SystemError as e:
+    except Exception as e:
         # C code whose allocation failed without setting MemoryError (seen in torch's
         # bindings under the address-space cap): out of memory when the cap is on
-        if _memory_capped() and "without exception set" in str(e):
+        if isinstance(e, SystemError) and "without exception set" in str(e) and \
+                _memory_capped():
             return {"status": "infeasible", "failure_kind": "oom",
                     "reason": "out of memory: an allocation failed under the trial's memory "
                               f"cap ({type(e).__name__}: {e})"}
-        return {"status": "crash", "failure_kind": "crash",
-                "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    except Exception as e:
         return {"status": "crash", "failure_kind": "crash",
                 "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
