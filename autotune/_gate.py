@@ -468,7 +468,7 @@ def _comparable_front(study: Study, metrics: Mapping[str, Any],
     """Front points to compare with: steady ones (drifting ones only when nothing else is
     left), that satisfy the extra conditions, with the same energy source when an
     objective is energy (energy from a meter and from a CPU-time model do not compare)."""
-    from autotune.study import ENERGY_METRICS
+    from autotune.objectives import ENERGY_METRICS
 
     front = study.pareto_front()
     # As the study's leaders: the front the trials would have without the drifting ones.

@@ -36,7 +36,7 @@ from autotune._liveness import (
 from autotune._run import RunResult, run_config, trial_config
 from autotune.config import Budget, TrialConfig
 from autotune.launch import Launcher
-from autotune.objectives import worst_value
+from autotune.objectives import ENERGY_METRICS, worst_value
 from autotune.pareto import hypervolume, reference_point
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.power import rated_device_power_w
@@ -316,11 +316,11 @@ def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
     from autotune.profiling.screening import Screen
 
     names = study.space.objective_names
-    uses_energy = any(m in ("power_w", "energy_per_sample_j") for m in names)
+    uses_energy = any(m in ENERGY_METRICS for m in names)
     # the stored front (kept under the study's lock after every completed trial), not
     # one recomputed from every trial: reading it costs the same at trial 10 and 1000
     drifting = {n for n, s in study.stability().items() if s == "drifting"}
-    points_list = []
+    points = []
     front = study.storage.front_trial_numbers(study.id)
     for row in study.storage.measurements(study.id, front) if front else ():
         if row.trial_number in drifting:
@@ -328,13 +328,13 @@ def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
         if uses_energy and json.loads(row.config_json).get("device") != config.device:
             continue
         metrics = json.loads(row.metrics_json)
-        if all(isinstance(metrics.get(n), int | float) for n in names):
-            points_list.append(tuple(float(metrics[n]) for n in names))
-    points = tuple(p for p in points_list if all(math.isfinite(v) for v in p))
+        if all(isinstance(metrics.get(n), int | float) and math.isfinite(metrics[n])
+               for n in names):
+            points.append(tuple(float(metrics[n]) for n in names))
     if not points:
         return None
     return Screen(objectives=tuple(names), directions=tuple(study.space.directions),
-                  front=points).to_dict()
+                  front=tuple(points)).to_dict()
 
 
 def recheck_front(study: Study, launcher: Launcher, *, after_trials: int = 0,
@@ -474,11 +474,10 @@ class Recorder:
         ))
         self._retrying(lambda: trial.set_user_attr("wall_s", round(run.wall_s, 3)))
         self._retrying(lambda: trial.set_user_attr("fixed_knobs", space.fixed_params()))
+        headline = {k: v for k, v in summary.items() if k not in ("missing", "energy_model")}
         if pruned:
             # data for the sampler (TPE ranks pruned trials below complete ones), never a
             # front point: its figures come from the screening part of a window only
-            headline = {k: v for k, v in summary.items()
-                        if k not in ("missing", "energy_model")}
             self._retrying(lambda: trial.set_user_attr("metrics", headline))
             self._retrying(lambda: trial.set_user_attr("pruned_reason", reason[:2000]))
             self._tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -494,8 +493,6 @@ class Recorder:
             for key, v in violations.items():
                 self._retrying(functools.partial(trial.set_constraint, key, v))
             feasible = all(v <= 0 for v in violations.values())
-            headline = {k: v for k, v in summary.items()
-                        if k not in ("missing", "energy_model")}
             self._retrying(lambda: trial.set_user_attr("metrics", headline))
             for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
                 if k in summary:

@@ -16,6 +16,9 @@ from typing import Literal
 
 Direction = Literal["maximize", "minimize"]
 DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")
+#: Metrics whose figure depends on how energy was read (a counter or an estimate from CPU
+#: time): points are compared on them only within one source.
+ENERGY_METRICS = ("power_w", "energy_per_sample_j")
 
 
 @dataclass(frozen=True)

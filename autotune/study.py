@@ -30,6 +30,7 @@ from autotune.exceptions import (
     StudyNotFoundError,
 )
 from autotune.launch import Launcher, WarmLauncher
+from autotune.objectives import ENERGY_METRICS
 from autotune.pareto import FrontSnapshot, pareto_front
 from autotune.space import SearchSpace, check_measurable, load_space, one_line, parse_space
 from autotune.storage import AutotuneStorage
@@ -41,7 +42,6 @@ _logger = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "nsga2", "random")
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 #: Objectives whose values depend on where the energy figure came from.
-ENERGY_METRICS = ("power_w", "energy_per_sample_j")
 
 
 @dataclass(frozen=True)

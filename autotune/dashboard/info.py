@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autotune.objectives import ENERGY_METRICS
+
 if TYPE_CHECKING:
     from autotune.study import FrontPoint, Study, TrialResult
 
-#: Objectives whose figure depends on where the energy reading came from.
-_ENERGY_METRICS = ("power_w", "energy_per_sample_j")
 #: Knobs shown on a log scale in parallel coordinates (they span orders of magnitude).
 _LOG_KNOBS = frozenset({"batch_size", "learning_rate"})
 
@@ -146,7 +146,7 @@ def _axes(study: Study, names: Sequence[str], trials: Sequence[TrialResult]) -> 
     directions = dict(study.space.objectives)
     axes = []
     for name in names:
-        estimated = name in _ENERGY_METRICS and any(
+        estimated = name in ENERGY_METRICS and any(
             t.metrics.get("energy_source") == "estimated" for t in trials)
         arrow = "↑" if directions[name] == "maximize" else "↓"
         label = f"{name} {arrow}" + (" (est)" if estimated else "")
@@ -198,7 +198,7 @@ def pareto_info(study: Study, objectives: Sequence[str] | None = None) -> Pareto
         lines = [f"<b>trial {t.number}</b> ({esc(group)})"]
         for axis, value in zip(axes, coords, strict=True):
             worst = " (worst: not measured)" if t.state == "infeasible" else ""
-            est = " (est)" if axis.name in _ENERGY_METRICS and \
+            est = " (est)" if axis.name in ENERGY_METRICS and \
                 t.metrics.get("energy_source") == "estimated" else ""
             lines.append(f"{esc(axis.name)}: {_fmt(value)}{est}{worst}")
         lines += [f"{esc(k)}: {esc(_fmt(v))}" for k, v in knobs.items() if v is not None]
