@@ -208,11 +208,12 @@ class FeasibleSampler:
         for draw in range(MAX_DRAWS):
             sampler = self.base if draw < BASE_DRAWS else self._uniform(optuna)
             params = self._propose(sampler, study, trial, search_space)
+            config = self._config(params)
             if "batch_size" in search_space and \
-                    self._memory_reason(self._config(params), boundaries) is not None:
+                    self._memory_reason(config, boundaries) is not None:
                 fitting = self.largest_fitting_batch(params, boundaries)
                 if fitting is not None:
-                    learned = boundaries.probe(_group(self._config(params)))
+                    learned = boundaries.probe(_group(config))
                     params["batch_size"] = fitting if learned is None else \
                         max(min(fitting, learned), int(search_space["batch_size"].low))
             reason = self.why_infeasible(params, boundaries)
