@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from autotune.config import TrialConfig
 from autotune.launch import Launcher, WorkerOutcome
 from autotune.profiling.measurement import Measurement
+from autotune.simulation import is_simulated
 
 if TYPE_CHECKING:
     from autotune.config import Budget
@@ -91,7 +92,7 @@ def precheck(config: TrialConfig) -> str | None:
                 f"install it with: {entry.install_hint}")
     reason = capabilities(config.backend, config.device).check(
         config.mode, config.precision, config.execution)
-    if reason is None and config.device.startswith("sim:"):
+    if reason is None and is_simulated(config.device):
         reason = _simulated_reason(config)
     if reason is None and entry is not None:
         reason = entry.knob_reason(config.device, config.mode, config.knobs())
@@ -132,7 +133,7 @@ def predicted_out_of_memory(config: TrialConfig) -> str | None:
     gpt's, :mod:`autotune.workloads._memory`) says the trial cannot fit; else ``None``."""
     from autotune.workloads._memory import predict_memory
 
-    if config.device.startswith("sim:"):  # the simulator's memory model is exact
+    if is_simulated(config.device):  # the simulator's memory model is exact
         from autotune import simulation
 
         sim = simulation.parse_simulator(config.workload_kwargs)
@@ -166,7 +167,7 @@ def run_config(config: TrialConfig, launcher: Launcher) -> RunResult:
     from autotune.launch import ProcessLauncher, WarmLauncher
 
     if isinstance(launcher, (ProcessLauncher, WarmLauncher)) and \
-            not config.device.startswith("sim:"):
+            not is_simulated(config.device):
         # A real worker will compare the trial with the machine's peak: measure a missing
         # entry now, once per machine, outside the trial's budget.
         from autotune.profiling.peak import ensure_peak

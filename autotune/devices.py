@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.backends import BACKENDS, BackendLookupError, get_spec
+from autotune.simulation import is_simulated
 
 PROBE_TIMEOUT_S = 120
 
@@ -155,7 +156,7 @@ def resolve_devices(space: Any) -> Any:
     spec = space.param("device")
     wanted = list(spec.choices) if spec is not None and spec.kind in ("fixed", "categorical") \
         else [KNOB_DEFAULTS["device"]]
-    if all(d == "cpu" or str(d).startswith("sim:") for d in wanted):
+    if all(d == "cpu" or is_simulated(d) for d in wanted):
         return space  # simulated devices exist by declaration (checked with the space)
     backend_spec = space.param("backend")
     backends = list(backend_spec.choices) if backend_spec else [KNOB_DEFAULTS["backend"]]

@@ -48,6 +48,13 @@ if TYPE_CHECKING:
 SIMULATED_NOTE = "simulated by autotune.simulation: not a measurement"
 #: The workload name of simulated studies.
 WORKLOAD = "simulated"
+#: a simulated device is named ``sim:NAME``
+DEVICE_PREFIX = "sim:"
+
+
+def is_simulated(device: object) -> bool:
+    """Whether ``device`` names a simulated device (``sim:NAME``)."""
+    return str(device).startswith(DEVICE_PREFIX)
 #: Bytes per value of each precision.
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 #: Quality lost to each precision (int8: post-training quantisation of an inference model).

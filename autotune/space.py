@@ -392,7 +392,7 @@ def _check_simulated(workload: str, kwargs: Mapping[str, Any], params: Sequence[
 
     devices = next((p for p in params if p.name == "device"), None)
     sim_devices = [str(d) for d in (devices.choices if devices is not None else ())
-                   if str(d).startswith("sim:")]
+                   if simulation.is_simulated(d)]
     if workload != simulation.WORKLOAD:
         if sim_devices:
             raise where.fail("params.device", f"{sim_devices[0]} is a simulated device: it "
