@@ -241,6 +241,11 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         backend.teardown()
         state.uncap_memory()
         _release_memory()
+        # What outlives a trial is the process's too (modules the framework imports on
+        # first use, its kernel caches): frozen like the imports, or the next trial's two
+        # collections walk it again (~120k objects after a first torch trial: 0.09 s a
+        # trial, a fifth of a short one, measured)
+        gc.freeze()
     result.update(timings)
     result.update(
         status="ok",
