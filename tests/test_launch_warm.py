@@ -292,3 +292,40 @@ def test_what_outlives_a_trial_is_frozen_so_the_next_collections_are_cheap() -> 
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["frozen"] > 100_000, counts  # torch's modules, frozen at start
     assert counts["tracked"] < 5_000, counts  # what the first trial left is frozen too
+
+
+def _task_cpus(pid: int) -> list[set[int]]:
+    """The cores each thread of process ``pid`` may run on."""
+    sets = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                cores: set[int] = set()
+                for part in line.split(":", 1)[1].strip().split(","):
+                    low, _, high = part.partition("-")
+                    cores.update(range(int(low), int(high or low) + 1))
+                sets.append(cores)
+    return sets
+
+
+@pytest.mark.slow
+def test_a_torch_worker_changes_its_thread_count_in_place() -> None:
+    """torch resizes its pool in place: one worker serves 1, 2 and again 1 thread, and
+    each time every thread of the process (the pool's included) is on that many cores."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    with WarmLauncher(cpus=cores) as warm:
+        outcomes = []
+        for threads in (1, 2, 1):
+            outcome = warm.run(_torch_config(threads=threads))
+            assert outcome.status == "ok", outcome.reason
+            assert outcome.result["threads"] == threads
+            assert outcome.result["worker"]["cpus"] == cores[:threads]
+            # stopped between trials: its threads are where the trial ran them
+            tasks = _task_cpus(outcome.result["worker"]["pid"])
+            assert len(tasks) >= threads and all(t == set(cores[:threads]) for t in tasks)
+            outcomes.append(outcome)
+        assert len({o.result["worker"]["pid"] for o in outcomes}) == 1
+        assert warm.started == 1
+        assert outcomes[1].result["import_s"] == 0.0  # no second framework import

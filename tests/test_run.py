@@ -113,21 +113,22 @@ def test_an_allocation_failing_without_an_exception_is_oom_only_under_the_cap(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """C code that fails an allocation without setting MemoryError surfaces as
     ``SystemError: error return without exception set``: under the trial's memory cap that
-    is out of memory (data for the sampler), without a cap it stays a crash."""
+    is out of memory (data for the sampler), without a cap it stays a crash. The trial
+    asks while its cap is on: the worker lifts the cap before its reply is written."""
+    from autotune.exceptions import OutOfMemoryError
     from autotune.launch import _worker
 
+    silent = SystemError("error return without exception set")
+    monkeypatch.setattr(_worker, "_memory_capped", lambda: True)
+    oom = _worker._allocation_failure(silent)
+    assert isinstance(oom, OutOfMemoryError)
+
     def fails() -> dict[str, object]:
-        raise SystemError("error return without exception set")
+        raise oom
 
-    monkeypatch.setattr(_worker, "_memory_capped", lambda: True)
-    capped = _worker._guarded(fails)
-    assert capped["status"] == "infeasible" and capped["failure_kind"] == "oom", capped
-    assert "under the trial's memory cap" in str(capped["reason"])
+    reply = _worker._guarded(fails)
+    assert reply["status"] == "infeasible" and reply["failure_kind"] == "oom", reply
+    assert "under the trial's memory cap" in str(reply["reason"])
+    assert _worker._allocation_failure(SystemError("some other internal error")) is None
     monkeypatch.setattr(_worker, "_memory_capped", lambda: False)
-    assert _worker._guarded(fails)["failure_kind"] == "crash"
-
-    def other() -> dict[str, object]:
-        raise SystemError("some other internal error")
-
-    monkeypatch.setattr(_worker, "_memory_capped", lambda: True)
-    assert _worker._guarded(other)["failure_kind"] == "crash"
+    assert _worker._allocation_failure(silent) is None

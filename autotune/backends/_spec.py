@@ -88,6 +88,10 @@ class BackendSpec:
     knob_rule: KnobRule | None = None
     launch: LaunchSpelling | None = None
     probe: str | None = None
+    #: whether one warm worker may change its thread count between trials (torch: its
+    #: intra-op pool is resized by ``set_threads``); TensorFlow and MindSpore size their
+    #: pools once per process, so they get a worker per thread count
+    threads_in_place: bool = False
 
     @property
     def builtin(self) -> bool:

@@ -100,7 +100,7 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
 #: torch.compile does not pay for MLPs at these sizes (research/frameworks_on_cpu.md).
 SPEC = BackendSpec(
     name="torch", target="autotune.backends._torch:TorchBackend", distribution="torch",
-    extra="torch",
+    extra="torch", threads_in_place=True,
     # Discovery also lists torch_npu's NPUs and torch_xla's TPUs: refused with a reason.
     device_kinds=("cpu", "cuda"), best_execution="eager", executions=EXECUTIONS,
     precisions=frozenset({"fp32", "bf16", "fp16", "int8"}),

@@ -52,13 +52,26 @@ RECYCLE_AFTER = 50
 #: Default number of warm workers kept at once (least recently used ones are closed).
 MAX_WORKERS = 3
 
-WorkerKey = tuple[str, str, int | None, int | None]
+#: The thread count of a worker key whose backend changes it per trial (torch).
+THREADS_PER_TRIAL = "per trial"
+
+WorkerKey = tuple[str, str, int | str | None, int | None]
 
 
 def worker_key(config: TrialConfig) -> WorkerKey:
-    """Trials that may share a worker: same backend, device, thread count and memory cap
-    (TensorFlow and MindSpore size their thread pools and memory pools once per process)."""
-    return config.backend, config.device, config.threads, config.budget.memory_mb
+    """Trials that may share a worker: same backend, device, memory cap and thread count
+    (TensorFlow and MindSpore size their thread pools and memory pools once per process);
+    a backend that resizes its pool in place (torch) shares one worker over thread counts,
+    which saves a framework import (about a second) per thread count a study tries."""
+    from autotune.backends import BackendLookupError, get_spec
+
+    threads: int | str | None = config.threads
+    try:
+        if get_spec(config.backend).threads_in_place:
+            threads = THREADS_PER_TRIAL
+    except BackendLookupError:
+        pass  # the worker says why it cannot load the backend
+    return config.backend, config.device, threads, config.budget.memory_mb
 
 
 class WarmWorker:
@@ -77,7 +90,8 @@ class WarmWorker:
             with open(self._stderr_path, "wb") as stderr:
                 self.proc = subprocess.Popen(
                     [python, "-m", "autotune.launch._worker", "--serve", backend,
-                     "auto" if threads is None else str(threads), str(reply_w)],
+                     "auto" if threads in (None, THREADS_PER_TRIAL) else str(threads),
+                     str(reply_w)],
                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
                     pass_fds=(reply_w,), start_new_session=True,
                     env=worker_environment(memory_mb, cpus), cwd=self._dir.name,
@@ -226,7 +240,8 @@ class WarmWorker:
 
 
 class WarmLauncher:
-    """Runs trials on warm workers, one per (backend, device, threads, memory cap).
+    """Runs trials on warm workers, one per (backend, device, threads, memory cap); threads
+    left out for a backend that changes them per trial (torch).
 
     Use it as a context manager (or call :meth:`close`): closing kills every worker.
 

@@ -21,6 +21,7 @@ A worker that dies without answering (killed, segfault) is detected by the launc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -39,6 +40,7 @@ from autotune.config import SAFETY_MARGIN_S
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
+    from autotune.exceptions import OutOfMemoryError
 
 #: Environment variables that change performance, recorded with every measurement so a
 #: trial can be re-run under the same conditions.
@@ -66,6 +68,14 @@ def _pin_threads(threads: int | None) -> int:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
+
+
+def _pin_process(cores: list[int]) -> None:
+    """Move every thread of this process (not only the caller, which is all
+    ``sched_setaffinity(0)`` moves on Linux) to ``cores``."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cores)
 
 
 def _vm_size_bytes() -> int:
@@ -141,10 +151,13 @@ class WorkerState:
     """What a worker process keeps between trials: the imported backend and cached data."""
 
     def __init__(self, backend_name: str, threads: int | None) -> None:
-        from autotune.backends import load_backend
+        from autotune.backends import get_spec, load_backend
 
         self.backend_name = backend_name
+        #: the cores this worker may use (its job's share); a trial uses the first N
+        self.cores = sorted(os.sched_getaffinity(0))
         self.pinned_threads = _pin_threads(threads)
+        self.threads_in_place = get_spec(backend_name).threads_in_place
         t0 = time.perf_counter()
         self.backend: Backend = load_backend(backend_name)
         self.import_s = time.perf_counter() - t0
@@ -163,6 +176,26 @@ class WorkerState:
         self.trials_run = 0
         self._soft_as_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         _reset_peak_rss()
+
+    def use_threads(self, threads: int | None) -> None:
+        """Run the next trials on ``threads`` cores (``None``: all of this worker's), in
+        place: every thread of the process moves to the first ``threads`` cores first, so
+        the threads the pool starts next inherit that affinity, then the framework's pool
+        is resized (a backend with ``threads_in_place`` only)."""
+        from autotune.exceptions import UnsupportedConfigError
+
+        n = threads or len(self.cores)
+        if n == self.pinned_threads:
+            return
+        if not self.threads_in_place:
+            raise RuntimeError(f"this worker is pinned to {self.pinned_threads} threads, "
+                               f"not {n}")
+        if n > len(self.cores):
+            raise UnsupportedConfigError(
+                f"threads={n} but this worker may run on {len(self.cores)} cores only")
+        _pin_process(self.cores[:n])
+        self.pinned_threads = n
+        self.threads = self.backend.set_threads(n)
 
     def fresh_backend(self) -> Backend:
         """The backend with the attributes it had before its first trial."""
@@ -192,9 +225,8 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
     config = TrialConfig.from_dict(config_data)
     if config.backend != state.backend_name:
         raise RuntimeError(f"this worker serves {state.backend_name!r}, not {config.backend!r}")
-    if config.threads is not None and config.threads != state.pinned_threads:
-        raise RuntimeError(f"this worker is pinned to {state.pinned_threads} threads, "
-                           f"not {config.threads}")
+    if state.threads_in_place or config.threads is not None:
+        state.use_threads(config.threads)
     backend = state.fresh_backend()
     _release_memory()
     peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
@@ -237,6 +269,11 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
             result["warnings"].append(SIMULATED_NOTE)
         device_peak = backend.peak_memory_bytes()
         versions = backend.versions()
+    except SystemError as e:
+        oom = _allocation_failure(e)
+        if oom is None:
+            raise
+        raise oom from e
     finally:
         backend.teardown()
         state.uncap_memory()
@@ -298,15 +335,21 @@ def _guarded(run: Any) -> dict[str, Any]:
         return {"status": "infeasible", "failure_kind": "oom",
                 "reason": f"out of memory: {e or 'allocation failed'}"}
     except Exception as e:
-        # C code whose allocation failed without setting MemoryError (seen in torch's
-        # bindings under the address-space cap): out of memory when the cap is on
-        if isinstance(e, SystemError) and "without exception set" in str(e) and \
-                _memory_capped():
-            return {"status": "infeasible", "failure_kind": "oom",
-                    "reason": "out of memory: an allocation failed under the trial's memory "
-                              f"cap ({type(e).__name__}: {e})"}
         return {"status": "crash", "failure_kind": "crash",
                 "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def _allocation_failure(error: SystemError) -> OutOfMemoryError | None:
+    """C code whose allocation failed without setting MemoryError (seen in torch's bindings
+    under the address-space cap) raises ``SystemError: error return without exception
+    set``: out of memory while the cap is on (asked before the cap is lifted), else
+    ``None`` (a crash)."""
+    from autotune.exceptions import OutOfMemoryError
+
+    if "without exception set" in str(error) and _memory_capped():
+        return OutOfMemoryError("out of memory: an allocation failed under the trial's "
+                                f"memory cap ({type(error).__name__}: {error})")
+    return None
 
 
 def _memory_capped() -> bool:
