@@ -100,7 +100,7 @@ class Budget:
 
     trial_seconds: float = 30.0
     warmup_max_s: float = 3.0
-    window_min_s: float = 0.3
+    window_min_s: float = 0.2
     window_min_steps: int = 20
     window_max_s: float = 4.0
     target_ci: float = 0.02
