@@ -79,6 +79,7 @@ class Budget:
         trial_seconds: wall-clock limit of one trial's worker process; it is killed beyond.
         warmup_max_s: longest warm-up before measuring anyway (warm-up ends earlier once
             step times are stable); warm-up steps are never counted.
+        warmup_min_s: shortest warm-up, even when the first steps already look stable.
         window_min_s: the measured window lasts at least this long...
         window_min_steps: ...and at least this many steps (more when a latency
             percentile is an objective or constraint: p95 needs 132)...
@@ -100,6 +101,7 @@ class Budget:
 
     trial_seconds: float = 30.0
     warmup_max_s: float = 3.0
+    warmup_min_s: float = WARMUP_MIN_S
     window_min_s: float = 0.2
     window_min_steps: int = 20
     window_max_s: float = 4.0

@@ -51,7 +51,6 @@ from autotune.config import (
     PRUNING_STRUCTURES,
     SAFETY_MARGIN_S,
     TRAIN_ONLY_KNOBS,
-    WARMUP_MIN_S,
     WEIGHT_QUANTS,
     Budget,
     Mode,
@@ -575,7 +574,7 @@ def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:
 def minimum_trial_seconds(budget: Budget) -> float:
     """The shortest ``trial_seconds`` in which ``budget`` can measure anything: set-up,
     the shortest warm-up, the minimum window and the worker's margin before its kill."""
-    return MIN_SETUP_S + WARMUP_MIN_S + budget.window_min_s + SAFETY_MARGIN_S
+    return MIN_SETUP_S + budget.warmup_min_s + budget.window_min_s + SAFETY_MARGIN_S
 
 
 def check_measurable(budget: Budget, source: str = "<space>") -> None:
@@ -589,7 +588,7 @@ def check_measurable(budget: Budget, source: str = "<space>") -> None:
         raise _Where(source).fail("budget.trial_seconds", (
             f"{budget.trial_seconds:g} s is too short to measure anything; this budget needs "
             f"at least {needed:g} s (set-up {MIN_SETUP_S:g} s + shortest warm-up "
-            f"{WARMUP_MIN_S:g} s + window_min_s {budget.window_min_s:g} s + "
+            f"{budget.warmup_min_s:g} s + window_min_s {budget.window_min_s:g} s + "
             f"{SAFETY_MARGIN_S:g} s safety margin)"))
 
 
@@ -627,6 +626,9 @@ def _parse_budget(raw: Any, where: _Where, *, stored: bool = False) -> Budget:
             raise where.fail(f"budget.{key}", f"must be {kind}, got {value!r}")
         values[key] = value
     budget = Budget(**values)
+    if budget.warmup_min_s > budget.warmup_max_s:
+        raise where.fail("budget", f"warmup_min_s ({budget.warmup_min_s}) must be <= "
+                                   f"warmup_max_s ({budget.warmup_max_s})")
     if budget.window_min_s > budget.window_max_s:
         raise where.fail("budget", f"window_min_s ({budget.window_min_s}) must be <= "
                                    f"window_max_s ({budget.window_max_s})")

@@ -20,10 +20,10 @@ from typing import Any, cast
 
 import pytest
 
-from autotune.config import TrialConfig
+from autotune.config import WARMUP_MIN_S, TrialConfig
 from autotune.profiling import loop
 from autotune.profiling.contention import ContentionMonitor, ContentionReading, combine
-from autotune.profiling.loop import CI_CHECK_EVERY, WARMUP_MIN_S, run_profile
+from autotune.profiling.loop import CI_CHECK_EVERY, run_profile
 from autotune.profiling.measurement import Measurement
 from autotune.profiling.power import NullMeter
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
@@ -237,9 +237,8 @@ class _RealAsyncDevice:
 
 
 def test_synchronisation_on_the_real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "WARMUP_MIN_S", 0.03)
-    budget = _budget(warmup_max_s=0.1, window_min_s=0.05, window_max_s=0.1,
-                     target_ci=0.5)
+    budget = _budget(warmup_max_s=0.1, warmup_min_s=0.03, window_min_s=0.05,
+                     window_max_s=0.1, target_ci=0.5)
     device = _RealAsyncDevice(waits=True)
     raw = run_profile(cast(Any, device), _config(budget), NullMeter(), time.perf_counter() + 5)
     times = raw["step_times_s"]
@@ -286,6 +285,9 @@ def test_warmup_lasts_at_least_the_minimum_when_stable_at_once(clock: _Clock) ->
     raw = _run(_Stub(clock, lambda i: FAST_S), _budget(warmup_max_s=2.0))
     assert WARMUP_MIN_S <= raw["warmup_s"] <= WARMUP_MIN_S + FAST_S + EPS
     assert not raw["warnings"]
+    shorter = _run(_Stub(clock, lambda i: FAST_S), _budget(warmup_max_s=2.0,
+                                                             warmup_min_s=0.04))
+    assert 0.04 <= shorter["warmup_s"] <= 0.04 + FAST_S + EPS  # the budget's own minimum
 
 
 def test_warmup_that_never_stabilises_stops_at_warmup_max_s(clock: _Clock) -> None:

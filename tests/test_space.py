@@ -570,3 +570,12 @@ def test_trial_budget_too_short_to_measure_names_the_minimum(tmp_path: Path) -> 
         storage=f"sqlite:///{tmp_path / 's.db'}") == []  # nothing written
     # exactly the minimum is accepted
     check_measurable(parse_space({**data, "budget": {**budget, "trial_seconds": needed}}).budget)
+
+
+def test_warmup_min_s_is_a_budget_setting_checked_against_warmup_max_s() -> None:
+    space = parse_space(edited(("budget.warmup_min_s", 0.05)))
+    assert space.budget.warmup_min_s == 0.05
+    with pytest.raises(SpaceError, match=r"warmup_min_s \(3\) must be <= warmup_max_s \(2\)"):
+        parse_space(edited(("budget.warmup_min_s", 3)))
+    with pytest.raises(SpaceError, match=r"budget\.warmup_min_s: must be a positive number"):
+        parse_space(edited(("budget.warmup_min_s", 0)))

@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from autotune.config import WARMUP_MIN_S
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
@@ -232,7 +231,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         warmup.append(clock() - s)
         trainer.after_step()
         now = clock()
-        if now - w_start >= WARMUP_MIN_S and is_stable(warmup):
+        if now - w_start >= budget.warmup_min_s and is_stable(warmup):
             break
         if now - w_start >= budget.warmup_max_s:
             warnings.append(f"warm-up did not stabilise within {budget.warmup_max_s:g} s")
