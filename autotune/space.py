@@ -625,6 +625,9 @@ def _parse_budget(raw: Any, where: _Where, *, stored: bool = False) -> Budget:
             kind = "a positive integer" if integer else "a positive number"
             raise where.fail(f"budget.{key}", f"must be {kind}, got {value!r}")
         values[key] = value
+    if "warmup_min_s" not in values:  # a short warm-up cap shortens the default floor too
+        values["warmup_min_s"] = min(Budget.warmup_min_s, values.get(
+            "warmup_max_s", Budget.warmup_max_s))
     budget = Budget(**values)
     if budget.warmup_min_s > budget.warmup_max_s:
         raise where.fail("budget", f"warmup_min_s ({budget.warmup_min_s}) must be <= "

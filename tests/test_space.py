@@ -579,3 +579,9 @@ def test_warmup_min_s_is_a_budget_setting_checked_against_warmup_max_s() -> None
         parse_space(edited(("budget.warmup_min_s", 3)))
     with pytest.raises(SpaceError, match=r"budget\.warmup_min_s: must be a positive number"):
         parse_space(edited(("budget.warmup_min_s", 0)))
+
+
+def test_a_warm_up_cap_under_the_default_floor_lowers_the_floor() -> None:
+    """Spaces written before warmup_min_s with warmup_max_s under 0.1 s stay valid."""
+    budget = parse_space(edited(("budget.warmup_max_s", 0.02))).budget
+    assert budget.warmup_min_s == budget.warmup_max_s == 0.02

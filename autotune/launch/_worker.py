@@ -51,6 +51,10 @@ PERFORMANCE_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "MALLO
                             "CUDA_", "NVIDIA_", "ASCEND_", "MS_", "GLOG_")
 
 
+#: The thread-pool sizes a worker sets (before its framework loads) to its thread count.
+THREAD_COUNT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _pin_threads(threads: int | None) -> int:
     """Pin the process to ``threads`` cores and size every thread pool to match.
 
@@ -65,7 +69,7 @@ def _pin_threads(threads: int | None) -> int:
         raise UnsupportedConfigError(
             f"threads={n} but this worker may run on {len(allowed)} cores only")
     os.sched_setaffinity(0, allowed[:n])
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_COUNT_ENV:
         os.environ[var] = str(n)
     return n
 
@@ -194,6 +198,10 @@ class WorkerState:
             raise UnsupportedConfigError(
                 f"threads={n} but this worker may run on {len(self.cores)} cores only")
         _pin_process(self.cores[:n])
+        # recorded with the trial as its performance environment: what a fresh worker
+        # for this thread count would have (the pool itself is resized below)
+        for var in THREAD_COUNT_ENV:
+            os.environ[var] = str(n)
         self.pinned_threads = n
         self.threads = self.backend.set_threads(n)
 
