@@ -66,7 +66,7 @@ KNOB_DEFAULTS: Mapping[str, Any] = {
 #: Time a trial needs for model set-up on a warm worker (data cached, framework imported).
 MIN_SETUP_S = 1.0
 #: Warm-up lasts at least this long even when the first steps already look stable.
-WARMUP_MIN_S = 0.1
+WARMUP_MIN_S = 0.05
 #: Seconds the worker keeps for itself between the end of measuring and the hard kill.
 SAFETY_MARGIN_S = 1.0
 
