@@ -14,7 +14,8 @@
   removes channels of convs, batch norms and linear layers consistently (real speed-ups),
   or the model's own ``prune_structured`` hook;
 * facts: parameters as ``model.parameters()`` counts them (a shared tensor once), FLOPs from
-  ``torch.utils.flop_counter.FlopCounterMode`` on the real model.
+  ``torch.utils.flop_counter.FlopCounterMode`` on the real model (kept across workers for a
+  model of torch, transformers or autotune classes only: :mod:`._flop_cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.backends import _spec_torch
+from autotune.backends._flop_cache import cached_count, flop_key, store_count
 from autotune.backends._framework import FrameworkBackend
 from autotune.exceptions import OutOfMemoryError, TrialError, UnsupportedConfigError
 
@@ -163,12 +165,20 @@ class TorchBackend(FrameworkBackend):
         method = ("torch.utils.flop_counter.FlopCounterMode on the model "
                   f"({'forward + backward' if mode == 'train' else 'forward'}; matmul, conv "
                   "and attention FLOPs, 2 per multiply-add)")
+        # a model of known code counted before (by any worker) is not counted again: the
+        # first count in a process imports torch._dynamo (1.2 s)
+        key = flop_key(self.model, inputs, mode)
+        if key is not None and (stored := cached_count(key)) is not None:
+            return stored
         counter = FlopCounterMode(display=False)
         # FlopCounterMode does not count the CPU kernel of scaled_dot_product_attention; the
         # math path does the same arithmetic, so the count is taken on it
         with self._math_attention():
             self._count(counter, inputs, targets, mode)
-        return int(counter.get_total_flops()), method
+        flops = int(counter.get_total_flops())
+        if key is not None:
+            store_count(key, flops, method)
+        return flops, method
 
     @contextlib.contextmanager
     def _math_attention(self) -> Iterator[None]:
