@@ -387,7 +387,7 @@ def test_deadline_ends_the_window_before_it_passes(clock: _Clock) -> None:
 def test_deadline_during_warmup_leaves_room_for_the_window(clock: _Clock) -> None:
     step = 4 * MS
     backend = _Stub(clock, lambda i: step)
-    deadline = clock.now + 0.1  # before WARMUP_MIN_S: the deadline ends the warm-up
+    deadline = clock.now + 0.8 * WARMUP_MIN_S  # the deadline ends the warm-up
     raw = run_profile(cast(Any, backend), _config(_budget(warmup_max_s=1.0)), NullMeter(),
                       deadline)
     assert raw["stop_reason"] == "deadline"
