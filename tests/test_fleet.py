@@ -391,6 +391,9 @@ def test_transient_faults_are_retried_and_others_are_not() -> None:
     wrapped.__cause__ = lost
     assert is_transient(wrapped)  # Optuna's wrapper of SQLAlchemy's of the driver's
     assert not is_transient(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    # seen once when the server cut a connection off mid-command (all connections killed)
+    assert is_transient(OperationalError("SELECT 1", {}, Exception(
+        "sending query and params failed: another command is already in progress")))
     calls = []
 
     def flaky() -> str:

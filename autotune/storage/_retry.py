@@ -37,6 +37,8 @@ _TRANSIENT_WORDS = (
     "ssl syscall", "eof detected", "connection reset", "broken pipe",
     "server conn crashed", "admin shutdown", "connection timeout expired",
     "no connection to the server", "lost synchronization",
+    # libpq on a connection whose last command the server cut off mid-way
+    "another command is already in progress",
 )
 
 
