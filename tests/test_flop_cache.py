@@ -82,5 +82,8 @@ def test_the_key_follows_what_the_count_depends_on() -> None:
               _flop_cache.flop_key(mlp(24), x, "infer"),  # a structured prune's shapes
               _flop_cache.flop_key(mlp(32), (torch.randn(8, 16),), "infer"),
               _flop_cache.flop_key(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
-                                                       torch.nn.Linear(32, 4)), x, "infer")}
-    assert key not in others and len(others) == 4
+                                                       torch.nn.Linear(32, 4)), x, "infer"),
+              # same classes and shapes, but activation checkpointing recomputes the forward
+              _flop_cache.flop_key(mlp(32), x, "infer", {"checkpointing": "on"})}
+    assert key not in others and len(others) == 5
+    assert key == _flop_cache.flop_key(mlp(32), x, "infer", {})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from autotune._cache import cache_dir, write_atomically
 KNOWN_PACKAGES = ("torch", "transformers", "autotune")
 #: Bumped when the way autotune counts changes (what a stored count means).
 COUNT_VERSION = 1
+#: Trial knobs that may change what a counted step runs while the model's classes and
+#: shapes stay the same (activation checkpointing recomputes the forward in backward).
+FLOP_KNOBS = ("precision", "checkpointing", "attention", "weight_quant",
+              "pruning_structure")
 
 
 @cache
@@ -44,9 +49,11 @@ def _package_version(package: str) -> str:
     return str(getattr(module, "__version__", "")) if module is not None else ""
 
 
-def flop_key(model: Any, inputs: tuple[Any, ...], mode: str) -> str | None:
-    """The cache key of counting ``model`` on ``inputs`` in ``mode``, or ``None`` when a
-    module class of the model is not from :data:`KNOWN_PACKAGES`."""
+def flop_key(model: Any, inputs: tuple[Any, ...], mode: str,
+             knobs: Mapping[str, Any] | None = None) -> str | None:
+    """The cache key of counting ``model`` on ``inputs`` in ``mode`` under the trial's
+    ``knobs`` (:data:`FLOP_KNOBS`), or ``None`` when a module class of the model is not
+    from :data:`KNOWN_PACKAGES`."""
     classes: dict[str, Any] = {}
     for module in model.modules():
         cls = type(module)
@@ -65,8 +72,8 @@ def flop_key(model: Any, inputs: tuple[Any, ...], mode: str) -> str | None:
     shapes = [[list(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))]
               for x in inputs]
     versions = {p: _package_version(p) for p in KNOWN_PACKAGES[:2]}
-    blob = json.dumps([COUNT_VERSION, mode, sources, tensors, shapes, versions],
-                      sort_keys=True)
+    blob = json.dumps([COUNT_VERSION, mode, sources, tensors, shapes, versions,
+                       dict(knobs or {})], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.backends import _spec_torch
-from autotune.backends._flop_cache import cached_count, flop_key, store_count
+from autotune.backends._flop_cache import FLOP_KNOBS, cached_count, flop_key, store_count
 from autotune.backends._framework import FrameworkBackend
 from autotune.exceptions import OutOfMemoryError, TrialError, UnsupportedConfigError
 
@@ -167,7 +167,9 @@ class TorchBackend(FrameworkBackend):
                   "and attention FLOPs, 2 per multiply-add)")
         # a model of known code counted before (by any worker) is not counted again: the
         # first count in a process imports torch._dynamo (1.2 s)
-        key = flop_key(self.model, inputs, mode)
+        knobs = {} if self.config is None else {
+            k: getattr(self.config, k) for k in FLOP_KNOBS}
+        key = flop_key(self.model, inputs, mode, knobs)
         if key is not None and (stored := cached_count(key)) is not None:
             return stored
         counter = FlopCounterMode(display=False)
