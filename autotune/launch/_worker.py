@@ -55,22 +55,29 @@ PERFORMANCE_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "MALLO
 THREAD_COUNT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def _thread_cores(n: int, cores: list[int]) -> list[int]:
+    """The first ``n`` of ``cores`` for a pool of ``n`` threads, with the thread-count
+    environment set to ``n`` (OpenMP and MKL read it once at start-up; every trial records
+    it); refused beyond ``cores``."""
+    from autotune.exceptions import UnsupportedConfigError
+
+    if n > len(cores):
+        raise UnsupportedConfigError(
+            f"threads={n} but this worker may run on {len(cores)} cores only")
+    for var in THREAD_COUNT_ENV:
+        os.environ[var] = str(n)
+    return cores[:n]
+
+
 def _pin_threads(threads: int | None) -> int:
     """Pin the process to ``threads`` cores and size every thread pool to match.
 
     Environment variables must be set before the framework is imported: OpenMP and MKL
     read them once at start-up.
     """
-    from autotune.exceptions import UnsupportedConfigError
-
     allowed = sorted(os.sched_getaffinity(0))
     n = threads or len(allowed)
-    if n > len(allowed):
-        raise UnsupportedConfigError(
-            f"threads={n} but this worker may run on {len(allowed)} cores only")
-    os.sched_setaffinity(0, allowed[:n])
-    for var in THREAD_COUNT_ENV:
-        os.environ[var] = str(n)
+    os.sched_setaffinity(0, _thread_cores(n, allowed))
     return n
 
 
@@ -186,22 +193,14 @@ class WorkerState:
         place: every thread of the process moves to the first ``threads`` cores first, so
         the threads the pool starts next inherit that affinity, then the framework's pool
         is resized (a backend with ``threads_in_place`` only)."""
-        from autotune.exceptions import UnsupportedConfigError
-
         n = threads or len(self.cores)
         if n == self.pinned_threads:
             return
         if not self.threads_in_place:
             raise RuntimeError(f"this worker is pinned to {self.pinned_threads} threads, "
                                f"not {n}")
-        if n > len(self.cores):
-            raise UnsupportedConfigError(
-                f"threads={n} but this worker may run on {len(self.cores)} cores only")
-        _pin_process(self.cores[:n])
-        # recorded with the trial as its performance environment: what a fresh worker
-        # for this thread count would have (the pool itself is resized below)
-        for var in THREAD_COUNT_ENV:
-            os.environ[var] = str(n)
+        # the environment too: a trial records what a fresh worker of n threads would have
+        _pin_process(_thread_cores(n, self.cores))
         self.pinned_threads = n
         self.threads = self.backend.set_threads(n)
 
