@@ -41,6 +41,7 @@ from autotune.pareto import hypervolume, reference_point
 from autotune.profiling.fingerprint import fingerprint_hash, machine_fingerprint
 from autotune.profiling.power import rated_device_power_w
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES
+from autotune.simulation import is_simulated
 from autotune.storage._models import FrontSnapshotRow, MeasurementRow, RecheckRow
 from autotune.storage._retry import retrying
 
@@ -58,12 +59,14 @@ FAILURE_CONSTRAINT = "measurable"
 class TrialResult:
     """One trial as autotune sees it.
 
-    ``state`` is ``ok`` (measured, feasible or not), ``infeasible`` (out of memory,
-    unsupported, diverged: recorded complete with worst-case values), ``pruned`` (stopped
-    early: its confidence box was dominated by the front; ``reason`` says by what),
-    ``fail`` (crash, timeout, killed worker), ``running``, or ``waiting`` (a crashed
-    trial's single retry, queued; it runs first in the next run if this one ended before
-    it).
+    ``state`` is ``ok`` (measured, feasible or not), ``screened`` (stopped after the
+    screen with its confirmation deferred: figures for the sampler, never a front point;
+    see :mod:`autotune._confirm`), ``infeasible`` (out of memory, unsupported, diverged:
+    recorded complete with worst-case values), ``pruned`` (stopped early: its confidence
+    box was dominated by the front; ``reason`` says by what), ``fail`` (crash, timeout,
+    killed worker), ``running``, or ``waiting`` (a queued trial: a crashed trial's single
+    retry or a confirmation; it runs first in the next run if this one ended before it).
+    ``confirms``: the screened trial this one measures again in full, if any.
     """
 
     number: int
@@ -75,6 +78,7 @@ class TrialResult:
     failure_kind: str | None = None
     reason: str = ""
     wall_s: float | None = None
+    confirms: int | None = None
 
 
 def effective_budget(space: SearchSpace) -> Budget:
@@ -103,8 +107,33 @@ def run_trials(study: Study, ostudy: Any, launcher: Launcher, *,
     front every ``recheck_every`` trials. ``devices``: the only devices this worker's
     trials may use (``None``: whatever the sampler proposes)."""
     recorder = _recorder(study, ostudy)
-    return _loop(study, ostudy, recorder, launcher, Quota(n_trials), timeout, start,
-                 callbacks, recheck_every, _device_pin(study, ostudy, devices))
+    quota = Quota(n_trials)
+    results = _loop(study, ostudy, recorder, launcher, quota, timeout, start,
+                    callbacks, recheck_every, _device_pin(study, ostudy, devices))
+    return results + _confirm_pass(study, ostudy, recorder, launcher, quota, timeout, start,
+                                   callbacks)
+
+
+def _confirm_pass(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
+                  quota: Quota, timeout: float | None, start: float,
+                  callbacks: list[Callable[[TrialResult], None]] | None) -> list[TrialResult]:
+    """After the run's trials: confirm the screened ones that could still be on the
+    front (:mod:`autotune._confirm`), within the run's timeout."""
+    from autotune._confirm import confirm_screened
+
+    if quota.interrupted.is_set() or quota.stop.is_set():
+        return []
+    budget = effective_budget(study.space)
+    distributions = study.space.distributions()
+
+    def on_result(result: TrialResult) -> None:
+        for callback in callbacks or ():
+            callback(result)
+
+    return confirm_screened(
+        study, ostudy,
+        lambda: run_asked(study, ostudy, recorder, launcher, quota, budget, distributions),
+        deadline=None if timeout is None else start + timeout, on_result=on_result)
 
 
 def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
@@ -160,6 +189,10 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
             thread.join()  # ending now: their last act was to set their event
     if errors:
         raise errors[0]
+    # the jobs have ended: the first job's launcher confirms the screened trials
+    ostudy = make_ostudy(0)
+    _confirm_pass(study, ostudy, _recorder(study, ostudy, f"{worker_name()}#1"),
+                  launchers[0], quota, timeout, start, [on_result])
     return sorted(results, key=lambda r: r.number)
 
 
@@ -260,35 +293,9 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
         if pin is not None:
             pin()
         reaper.reap()  # trials of workers that died: failed, recorded, re-queued
-        trial = retrying(lambda: ostudy.ask(distributions), "asking for a trial",
-                         budget_s=study.storage.retry_s)
-        # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
-        # must not stay RUNNING forever: it is told FAIL and the error goes on (and should
-        # this process die instead, its heartbeats stop and another process reaps it).
-        try:
-            # claimed before the first heartbeat: a trial with heartbeats always names
-            # its worker and machine, which its reaper's record needs
-            recorder.mark_running(trial)
-            with heartbeat(ostudy._storage, trial._trial_id):
-                config = trial_config(study.space, trial.params, seed=study.seed or 0,
-                                      budget=budget)
-                config = dataclasses.replace(config, screen=screen_for(study, config))
-                run = run_config(config, launcher)
-                if quota.interrupted.is_set() and run.state != "ok":
-                    raise KeyboardInterrupt  # its worker ended with the run, not by itself
-                result = recorder.record(trial, config, run)
-        except _ReapedMeanwhile:
-            # this worker was cut off from the database for longer than the grace period
-            # (or its claim came after the orphan watch) and another worker reaped the
-            # trial: not this worker's to record, and no reason to stop
-            _logger.warning("trial %d was reaped while this worker could not reach the "
-                            "database; its retry measures it again", trial.number)
+        result = run_asked(study, ostudy, recorder, launcher, quota, budget, distributions)
+        if result is None:
             continue
-        except BaseException as e:
-            # an error while the run is interrupted is the interruption's doing (the
-            # worker it waited on was killed under it)
-            _tell_fail_quietly(ostudy, trial, e, interrupted=quota.interrupted.is_set())
-            raise
         done += 1
         if keep:
             results.append(result)
@@ -305,15 +312,66 @@ def _loop(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
     return results
 
 
-def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
+def run_asked(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
+              quota: Quota, budget: Budget,
+              distributions: dict[str, Any]) -> TrialResult | None:
+    """Ask ``ostudy`` for a trial (a queued one first), run and record it; ``None`` when
+    another worker's reaper took the trial meanwhile. A trial queued to confirm a screened
+    one (:mod:`autotune._confirm`) is measured in full: its confirmation is not deferred
+    again."""
+    from autotune._confirm import CONFIRMS_ATTR
+
+    trial = retrying(lambda: ostudy.ask(distributions), "asking for a trial",
+                     budget_s=study.storage.retry_s)
+    # Whatever goes wrong between ask and tell (a storage error, Ctrl-C), the trial
+    # must not stay RUNNING forever: it is told FAIL and the error goes on (and should
+    # this process die instead, its heartbeats stop and another process reaps it).
+    try:
+        # claimed before the first heartbeat: a trial with heartbeats always names
+        # its worker and machine, which its reaper's record needs
+        recorder.mark_running(trial)
+        with heartbeat(ostudy._storage, trial._trial_id):
+            config = trial_config(study.space, trial.params, seed=study.seed or 0,
+                                  budget=budget)
+            confirming = CONFIRMS_ATTR in trial.user_attrs
+            config = dataclasses.replace(config, screen=screen_for(study, config,
+                                                                   defer=not confirming))
+            run = run_config(config, launcher)
+            if quota.interrupted.is_set() and run.state != "ok":
+                raise KeyboardInterrupt  # its worker ended with the run, not by itself
+            return recorder.record(trial, config, run)
+    except _ReapedMeanwhile:
+        # this worker was cut off from the database for longer than the grace period
+        # (or its claim came after the orphan watch) and another worker reaped the
+        # trial: not this worker's to record, and no reason to stop
+        _logger.warning("trial %d was reaped while this worker could not reach the "
+                        "database; its retry measures it again", trial.number)
+        return None
+    except BaseException as e:
+        # an error while the run is interrupted is the interruption's doing (the
+        # worker it waited on was killed under it)
+        _tell_fail_quietly(ostudy, trial, e, interrupted=quota.interrupted.is_set())
+        raise
+
+
+def screen_for(study: Study, config: TrialConfig, *,
+               defer: bool = True) -> dict[str, Any] | None:
     """What ``config`` is screened against (:mod:`autotune.profiling.screening`): the
     study's confirmed front now, drifting points left out (their figures are in doubt);
-    ``None`` when early stopping is off or there is no front yet. With an energy
-    objective only points of the same device count: energy of another device may come
-    from another source (a counter against an estimate), which is not comparable."""
+    ``None`` when early stopping is off, or there is no front yet and nothing to defer.
+    With an energy objective only points of the same device count: energy of another
+    device may come from another source (a counter against an estimate), which is not
+    comparable.
+
+    ``defer``: a survivor with a long window left may stop at the screen and be
+    confirmed at the end of the run (``budget.defer_confirmation``, infer mode, a real
+    device: a simulator's window costs no wall time, so there is nothing to save)."""
     if not config.budget.early_stop or config.mode == "generate":
         return None
-    from autotune.profiling.screening import Screen
+    from autotune.profiling.screening import DEFER_AFTER_S, Screen
+
+    defer_after_s = DEFER_AFTER_S if defer and config.budget.defer_confirmation and \
+        config.mode == "infer" and not is_simulated(config.device) else None
 
     names = study.space.objective_names
     uses_energy = any(m in ENERGY_METRICS for m in names)
@@ -331,10 +389,10 @@ def screen_for(study: Study, config: TrialConfig) -> dict[str, Any] | None:
         if all(isinstance(metrics.get(n), int | float) and math.isfinite(metrics[n])
                for n in names):
             points.append(tuple(float(metrics[n]) for n in names))
-    if not points:
+    if not points and defer_after_s is None:
         return None
     return Screen(objectives=tuple(names), directions=tuple(study.space.directions),
-                  front=tuple(points)).to_dict()
+                  front=tuple(points), defer_after_s=defer_after_s).to_dict()
 
 
 def recheck_front(study: Study, launcher: Launcher, *, after_trials: int = 0,
@@ -444,15 +502,25 @@ class Recorder:
     def record(self, trial: Any, config: TrialConfig, run: RunResult) -> TrialResult:
         import optuna
 
+        from autotune._confirm import CONFIRMS_ATTR
+
         space = self.study.space
         state: str = run.state
         kind, reason = run.failure_kind, run.reason
         summary: dict[str, Any] = {}
         raw: dict[str, Any] = {}
+        measured: Callable[[str], float | None] = lambda metric: None  # noqa: E731
         if run.measurement is not None:
             m = run.measurement
             summary, raw = m.summary(), m.to_dict()
-            missing = [o for o in space.objective_names if summary.get(o) is None]
+            # a screened trial (confirmation deferred) tells the sampler estimates where
+            # its short window cannot report a percentile; its stored metrics stay as
+            # measured
+            if m.screened and not m.pruned:
+                state, measured = "screened", m.screen_estimate
+            else:
+                measured = summary.get
+            missing = [o for o in space.objective_names if measured(o) is None]
             if missing:
                 state, kind = "infeasible", "missing_metric"
                 reason = "; ".join(f"{o}: {m.missing_reasons().get(o, 'not measured')}"
@@ -482,9 +550,9 @@ class Recorder:
             self._retrying(lambda: trial.set_user_attr("pruned_reason", reason[:2000]))
             self._tell(trial, state=optuna.trial.TrialState.PRUNED)
             _logger.info("trial %d pruned: %s", trial.number, reason)
-        elif state in ("ok", "infeasible"):
+        elif state in ("ok", "screened", "infeasible"):
             def value(metric: str) -> float:
-                v = summary.get(metric) if state == "ok" else None
+                v = measured(metric) if state != "infeasible" else None
                 return float(v) if v is not None else self.worst(metric)
 
             values = [value(o) for o in space.objective_names]
@@ -492,7 +560,8 @@ class Recorder:
             violations[FAILURE_CONSTRAINT] = 0.0 if state == "ok" else 1.0
             for key, v in violations.items():
                 self._retrying(functools.partial(trial.set_constraint, key, v))
-            feasible = all(v <= 0 for v in violations.values())
+            # a screened trial is data for the sampler, never a front candidate
+            feasible = state != "screened" and all(v <= 0 for v in violations.values())
             self._retrying(lambda: trial.set_user_attr("metrics", headline))
             for k in ("throughput_sps", "latency_p95_ms", "accuracy", "energy_source"):
                 if k in summary:
@@ -501,6 +570,9 @@ class Recorder:
                 self._retrying(lambda: trial.set_user_attr("failure_kind", kind))
                 self._retrying(lambda: trial.set_user_attr("reason", reason[:2000]))
             self._tell(trial, values)
+            if state == "screened":
+                _logger.info("trial %d screened: its confirmation is deferred to the end "
+                             "of the run", trial.number)
         else:
             self._retrying(lambda: trial.set_user_attr("failure_kind", kind))
             self._retrying(lambda: trial.set_user_attr("reason", reason[:2000]))
@@ -512,11 +584,12 @@ class Recorder:
             if kind == "crash" and RETRY_ATTR not in trial.user_attrs:
                 enqueue_once(self.ostudy, trial.params, {RETRY_ATTR: trial.number},
                              RETRY_ATTR, trial.number, budget_s=self.study.storage.retry_s)
-        if values is not None:
+        if values is not None and state != "screened":  # a screened trial is no front point
             self._update_front(trial.number)
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),
                            metrics=summary, values=values, feasible=feasible,
-                           failure_kind=kind, reason=reason, wall_s=run.wall_s)
+                           failure_kind=kind, reason=reason, wall_s=run.wall_s,
+                           confirms=trial.user_attrs.get(CONFIRMS_ATTR))
 
     def _update_front(self, trial_number: int) -> None:
         """Store the front after a completed trial, with a snapshot for its history.

@@ -97,6 +97,12 @@ class Budget:
         early_stop: stop a trial as soon as its measurement's 95 % confidence box is
             dominated by the study's front (recorded pruned, never on the front; see
             :mod:`autotune.profiling.screening`); ``false`` measures every trial in full.
+        defer_confirmation: in infer mode, a trial that survives the screen but whose
+            remaining steps (a p95 needs 132) would still take 0.3 s or more stops at
+            the screen too (``screened``:
+            figures for the sampler, never a front point); at the end of the run the
+            screened configurations that could still be on the front are measured again
+            in full. ``false`` confirms every survivor at once. Needs ``early_stop``.
     """
 
     trial_seconds: float = 30.0
@@ -109,6 +115,7 @@ class Budget:
     train_epochs: int = 3
     memory_mb: int | None = None
     early_stop: bool = True
+    defer_confirmation: bool = True
 
 
 class SpaceLike(Protocol):

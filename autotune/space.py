@@ -169,10 +169,10 @@ class SearchSpace:
             "objectives": dict(self.objectives),
             "constraints": {c.metric: f"{c.op} {c.bound!r}" for c in self.constraints},
             "params": params,
-            # early_stop only when off: spaces stored before it existed keep their
-            # fingerprint (they searched with the same default)
+            # early_stop and defer_confirmation only when off: spaces stored before they
+            # existed keep their fingerprint (they searched with the same default)
             "budget": {k: v for k, v in asdict(self.budget).items()
-                       if v is not None and not (k == "early_stop" and v)},
+                       if v is not None and not (k in _BOOLEAN_BUDGET_KEYS and v)},
             "description": self.description,
         }
 
@@ -592,6 +592,8 @@ def check_measurable(budget: Budget, source: str = "<space>") -> None:
             f"{SAFETY_MARGIN_S:g} s safety margin)"))
 
 
+#: Budget keys that are switches (true or false; stored only when false).
+_BOOLEAN_BUDGET_KEYS = ("early_stop", "defer_confirmation")
 #: Budget keys of earlier versions: what replaced each (a stored space drops them).
 _RETIRED_BUDGET_KEYS = {
     "target_spread": "the window stops on the confidence interval of the median step time "
@@ -614,7 +616,7 @@ def _parse_budget(raw: Any, where: _Where, *, stored: bool = False) -> Budget:
             raise where.fail(f"budget.{key}", f"unknown key; allowed: {', '.join(allowed)}")
         if key == "memory_mb" and value is None:  # explicit "no cap", the default
             continue
-        if key == "early_stop":
+        if key in _BOOLEAN_BUDGET_KEYS:
             if not isinstance(value, bool):
                 raise where.fail(f"budget.{key}", f"must be true or false, got {value!r}")
             values[key] = value

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import _trial_runner, drift
+from autotune._confirm import CONFIRMS_ATTR
 from autotune._jobs import assign_devices, check_threads_fit, core_slots, worker_devices
 from autotune._trial_runner import FAILURE_CONSTRAINT, TrialResult
 from autotune.config import Budget, TrialConfig
@@ -349,13 +350,17 @@ class Study:
                           for t in otrials)
         recorded = {r.trial_number: r for r in self.storage.measurements(self._row.id)} \
             if unexplained else {}
+        confirmed_by = {t.user_attrs[CONFIRMS_ATTR]: t.number for t in otrials
+                        if CONFIRMS_ATTR in t.user_attrs}
         out = []
         for t in otrials:
             row = recorded.get(t.number)
             kind = t.user_attrs.get("failure_kind") or (row.failure_kind if row else None)
             reason = t.user_attrs.get("reason") or (row.reason if row else "")
+            screened = t.state == states.COMPLETE and \
+                t.user_attrs.get("metrics", {}).get("fidelity") == "screen"
             if t.state == states.COMPLETE:
-                state = "infeasible" if kind else "ok"
+                state = "infeasible" if kind else "screened" if screened else "ok"
             elif t.state == states.RUNNING:
                 state = "running"
             elif t.state == states.WAITING:  # a retry queued for the next run
@@ -365,13 +370,16 @@ class Study:
                 reason = reason or t.user_attrs.get("pruned_reason", "")
             else:
                 state = "fail"
-            feasible = t.state == states.COMPLETE and all(
+            if state == "screened":
+                reason = _screened_reason(confirmed_by.get(t.number))
+            # a screened trial (its confirmation deferred) is never a front candidate
+            feasible = t.state == states.COMPLETE and not screened and all(
                 v <= 0 for v in t.constraints.values())
             out.append(TrialResult(
                 number=t.number, state=state, params=dict(t.params),
                 metrics=dict(t.user_attrs.get("metrics", {})), values=t.values,
                 feasible=feasible, failure_kind=kind, reason=reason,
-                wall_s=t.user_attrs.get("wall_s"),
+                wall_s=t.user_attrs.get("wall_s"), confirms=t.user_attrs.get(CONFIRMS_ATTR),
             ))
         return out
 
@@ -442,7 +450,8 @@ class Study:
         running = [t.datetime_start for t in otrials
                    if t.state == optuna.trial.TrialState.RUNNING and t.datetime_start]
         counts = {s: sum(t.state == s for t in trials)
-                  for s in ("ok", "infeasible", "pruned", "fail", "running", "waiting")}
+                  for s in ("ok", "screened", "infeasible", "pruned", "fail", "running",
+                            "waiting")}
         front = self.pareto_front()
         best: dict[str, float | None] = {}
         leaders: dict[str, dict[str, Any]] = {}
@@ -477,6 +486,14 @@ class Study:
             "last_update": _utc_iso(max(stamps)) if stamps else None,
             "running_since": _utc_iso(min(running)) if running else None,
         }
+
+
+def _screened_reason(confirmer: int | None) -> str:
+    """What a screened trial's note says: where its full measurement is, if anywhere."""
+    if confirmer is not None:
+        return f"screen figures only; measured in full as trial {confirmer}"
+    return ("screen figures only; not measured in full: the confirmed front dominated "
+            "its best case (or the run ended before its confirmation)")
 
 
 def _utc_iso(local: datetime) -> str:

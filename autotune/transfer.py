@@ -66,7 +66,7 @@ _MARKER = "autotune_export"
 #: added to the model later travels without a change here.
 _EXTRA_TABLES = {"front_snapshots": "autotune_front_snapshots"}
 #: A measurement's autotune state (``autotune_measurements.state``).
-_MEASUREMENT_STATES = ("ok", "infeasible", "fail")
+_MEASUREMENT_STATES = ("ok", "screened", "infeasible", "pruned", "fail")
 _INTERRUPTED_REASON = ("was running in the source storage when it was exported; imported "
                        "as failed (no process will finish it here)")
 

@@ -330,11 +330,12 @@ def run_autotune(opts: Options, db_dir: Path) -> dict[str, Any]:
               "stability": p.get("stability"),
               "flags": _flags(p.get("metrics") or {})}
              for p in shown["front"]]
-    states = {s: sum(t["state"] == s for t in trials) for s in ("ok", "pruned", "infeasible",
-                                                                  "fail")}
+    states = {s: sum(t["state"] == s for t in trials) for s in ("ok", "screened", "pruned",
+                                                                  "infeasible", "fail")}
+    states["confirmations"] = sum(1 for t in trials if t.get("confirms") is not None)
     not_ok = [{"trial": t["number"], "state": t["state"], "params": t["params"],
                "failure_kind": t.get("failure_kind"), "reason": t.get("reason")}
-              for t in trials if t["state"] != "ok"]
+              for t in trials if t["state"] not in ("ok", "screened")]
     phases = _phase_totals(trials)
     ok = [t for t in trials if t["state"] == "ok"]
     # What a trial costs beyond its measured window (median over completed trials).
@@ -606,7 +607,9 @@ def print_report(saved: dict[str, Any]) -> None:
         infeasible_bf16 = sum(1 for t in tuned["not_ok"]
                               if t["state"] == "infeasible" and t["params"].get("precision")
                               == "bf16")
-        print(f"autotune: {tuned['trials']} trials: {st['ok']} ok, "
+        print(f"autotune: {tuned['trials']} trials: {st['ok']} ok (of them "
+              f"{st.get('confirmations', 0)} confirmations of screened trials), "
+              f"{st.get('screened', 0)} screened (confirmation deferred), "
               f"{st.get('pruned', 0)} pruned (stopped early, dominated), {st['infeasible']} "
               f"infeasible ({infeasible_bf16} of them bf16), {st['fail']} failed; create "
               f"{tuned['create_s']:.1f} s + run {tuned['run_s']:.1f} s; foreign load "

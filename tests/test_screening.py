@@ -116,3 +116,173 @@ def test_the_screen_is_the_stored_front_read_in_one_query(tmp_path: Path) -> Non
     front = on.storage.front_trial_numbers(on.id)
     rows = on.storage.measurements(on.id, front)
     assert [r.trial_number for r in rows] == front
+
+
+# -- deferred confirmation ---------------------------------------------------------------------
+
+MODELS = Path(__file__).parent / "models"
+
+
+def _screened_window(step_s: float, defer_after_s: float | None,
+                     monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """One window of constant ``step_s`` steps on the virtual clock of ``test_loop``,
+    with a p95 objective (136 steps) and an empty front, deferral at ``defer_after_s``."""
+    import dataclasses
+
+    from autotune.profiling import loop
+    from tests.test_loop import _budget, _Clock, _config, _run, _Stub
+
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    screen = Screen(("throughput_sps", "latency_p95_ms"), ("maximize", "minimize"), (),
+                    defer_after_s=defer_after_s)
+    budget = _budget(window_min_s=0.2, window_min_steps=136, window_max_s=4.0)
+    backend = _Stub(clock, lambda i: step_s)
+    config = dataclasses.replace(_config(budget), screen=screen.to_dict())
+    monkeypatch.setattr("tests.test_loop._config", lambda b: config)
+    return _run(backend, budget)
+
+
+def test_a_survivor_with_a_long_window_left_stops_at_the_screen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 ms steps: the 120 steps a p95 still needs would take 1.2 s; deferred at 16."""
+    raw = _screened_window(0.010, 0.3, monkeypatch)
+    assert raw["stop_reason"] == "screened" and raw["pruned"] is None
+    steps = raw["step_times_s"]
+    assert isinstance(steps, list) and len(steps) == 16
+    screened = raw["screened"]
+    assert isinstance(screened, dict) and screened["steps"] == 16
+    assert screened["deferred_s"] == pytest.approx(120 * 0.010, rel=0.01)
+    throughput, p95 = screened["corner"]
+    assert throughput == pytest.approx(8 / 0.010, rel=0.01)  # 8 samples a step
+    assert p95 == pytest.approx(10.0, rel=0.01)  # lower bound of the p95, in ms
+
+
+def test_a_short_window_or_no_deferral_is_measured_in_full(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 ms steps: the rest costs 0.12 s, not worth a second warm-up later; and without
+    ``defer_after_s`` even a long window is measured in full."""
+    short = _screened_window(0.001, 0.3, monkeypatch)
+    assert short["stop_reason"] == "ci_met" and short["screened"] is None
+    long_ = _screened_window(0.010, None, monkeypatch)
+    assert long_["stop_reason"] == "ci_met" and long_["screened"] is None
+    steps = long_["step_times_s"]
+    assert isinstance(steps, list) and len(steps) >= 136
+
+
+def test_a_screened_measurement_reports_no_percentile_but_estimates_one() -> None:
+    from autotune.config import TrialConfig
+    from autotune.testing.launchers import FakeLauncher  # the worker result's real shape
+
+    space = parse_space({"workload": "mlp", "mode": "infer",
+                         "objectives": {"throughput_sps": "maximize"}})
+    raw = FakeLauncher().raw_result(TrialConfig.from_params(space, {"batch_size": 8,
+                                                                   "threads": 1}))
+    times = [0.001 * (1 + (i % 5) / 10) for i in range(16)]
+    raw.update(step_times_s=times, stop_reason="screened",
+               screened={"corner": [1.0, 1.0], "steps": 16, "deferred_s": 1.0})
+    from autotune.profiling.measurement import Measurement
+
+    m = Measurement.from_worker(raw, samples_per_step=8, mode="infer")
+    assert m.fidelity == "screen"
+    assert m.summary()["latency_p95_ms"] is None  # 16 steps: no p95 is reported
+    assert m.screen_estimate("latency_p95_ms") == pytest.approx(
+        float(np.percentile(times, 95)) * 1e3)
+    assert m.screen_estimate("throughput_sps") == m.summary()["throughput_sps"]
+
+
+def _sleepy_study(tmp_path: Path, name: str, kwargs: dict[str, float],
+                  batches: list[int]) -> autotune.Study:
+    space = parse_space({
+        "workload": {"factory": f"{MODELS / 'user_torch.py'}:sleepy", "kwargs": kwargs},
+        "mode": "infer",
+        "objectives": {"throughput_sps": "maximize", "latency_p95_ms": "minimize"},
+        "params": {"backend": "torch", "batch_size": sorted(batches), "threads": 1},
+        "budget": {"trial_seconds": 30, "warmup_max_s": 0.5},
+    })
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    study = autotune.create_study(name, space, storage=url, seed=0)
+    ostudy = optuna.load_study(study_name=name, storage=url)
+    for batch in batches:
+        ostudy.enqueue_trial({"batch_size": batch})
+    return study
+
+
+@pytest.mark.slow
+def test_a_screened_trial_that_could_lead_is_confirmed_in_full_at_the_end(
+        tmp_path: Path) -> None:
+    """Real torch; each step waits 1 ms + 3 us a sample. Batch 1024 (4 ms steps) has the
+    higher throughput, so it can be on the front: screened first (its 120 missing steps
+    would take 0.5 s), then measured in full at the end as a trial of its own."""
+    from autotune.launch import WarmLauncher
+
+    study = _sleepy_study(tmp_path, "confirm", {"base_ms": 1.0, "per_sample_us": 3.0},
+                          [1024, 8])
+    launcher = WarmLauncher()  # one worker for both runs
+    try:
+        results = study.optimize(n_trials=2, recheck_every=0, launcher=launcher)
+        summary = study.summary()["trials"]
+        # the next run does not confirm the same trial again
+        again = study.optimize(n_trials=1, recheck_every=0, launcher=launcher)
+    finally:
+        launcher.close()
+    big, small, confirmation = results
+    assert all(r.confirms != big.number for r in again)
+    assert (summary["ok"], summary["screened"]) == (2, 1)
+    assert big.state == "screened" and big.metrics["fidelity"] == "screen", big.reason
+    assert big.metrics["stop_reason"] == "screened"
+    assert big.metrics["latency_p95_ms"] is None and not big.feasible
+    assert small.state == "ok" and small.metrics["fidelity"] == "confirmed", small.reason
+    assert confirmation.confirms == big.number and confirmation.state == "ok"
+    assert confirmation.params == big.params
+    assert confirmation.metrics["fidelity"] == "confirmed"
+    assert confirmation.metrics["steps_measured"] >= 132
+    front = [p.trial_number for p in study.pareto_front()]
+    assert sorted(front) == [small.number, confirmation.number]  # never the screened one
+    stored = {t.number: t for t in study.trials()}
+    assert stored[big.number].state == "screened"
+    assert stored[big.number].reason.endswith(f"measured in full as trial "
+                                              f"{confirmation.number}")
+    assert stored[confirmation.number].confirms == big.number
+
+
+@pytest.mark.slow
+def test_a_screened_trial_the_confirmed_front_dominates_is_not_measured_again(
+        tmp_path: Path) -> None:
+    """Each step waits 0.2 ms + 20 ns x batch squared: batch 1024 (21 ms steps) is slower
+    per sample AND per batch than batch 64 (0.3 ms), so its best case is dominated."""
+    study = _sleepy_study(tmp_path, "dominated", {"base_ms": 0.2, "per_pair_ns": 20.0},
+                          [1024, 64])
+    results = study.optimize(n_trials=2, recheck_every=0)
+    assert [r.state for r in results] == ["screened", "ok"], [r.reason for r in results]
+    assert all(r.confirms is None for r in results)
+    assert [p.trial_number for p in study.pareto_front()] == [results[1].number]
+    assert study.trials()[0].reason.startswith("screen figures only; not measured in full")
+
+
+def test_defer_confirmation_must_be_a_boolean_and_off_is_stored() -> None:
+    with pytest.raises(SpaceError, match=r"budget\.defer_confirmation: must be true or "
+                                         r"false, got 1"):
+        parse_space(sim_space(budget={"trial_seconds": 600, "defer_confirmation": 1}))
+    on = parse_space(sim_space())
+    off = parse_space(sim_space(budget={"trial_seconds": 600, "defer_confirmation": False}))
+    assert "defer_confirmation" not in on.to_dict()["budget"]
+    assert off.to_dict()["budget"]["defer_confirmation"] is False
+    assert on.fingerprint() != off.fingerprint()
+
+
+def test_pruned_and_screened_trials_survive_export_and_import(tmp_path: Path) -> None:
+    """A pruned trial's measurement (state ``pruned``) travels like any other; so does a
+    screened one's (same table, state ``screened``)."""
+    from autotune.transfer import export_study, import_study
+
+    study = _seeded_study(tmp_path, "travel")
+    study.optimize(n_trials=2, recheck_every=0)
+    text = export_study("travel", storage=study.storage.url)
+    assert '"state": "pruned"' in text
+    with import_study(text.replace('"state": "pruned"', '"state": "screened"', 1),
+                      storage=f"sqlite:///{tmp_path}/copy.db") as copy:
+        rows = copy.storage.measurements(copy.id)
+        assert sorted(r.state for r in rows) == ["ok", "screened"]
+    with import_study(text, storage=f"sqlite:///{tmp_path}/copy2.db") as copy:
+        assert [t.state for t in copy.trials()] == ["ok", "pruned"]

@@ -115,6 +115,8 @@ def _print_trials(console: Any, study: Any, trials: list[Any]) -> None:
         table.add_column(col)
     for t in trials:
         note = f"{t.failure_kind}: {t.reason}" if t.failure_kind else \
+            t.reason if t.state == "screened" else \
+            f"confirms trial {t.confirms}" if t.confirms is not None and t.feasible else \
             ("" if t.feasible or t.state != "ok" else "violates a constraint")
         table.add_row(str(t.number), t.state, *(_fmt(t.params.get(k)) for k in knobs),
                       *(_fmt(t.metrics.get(o)) for o in study.space.objective_names),
@@ -147,9 +149,16 @@ def _trial_line(result: Any) -> str:
                     f"decode, TTFT p50 {_fmt(m.get('ttft_p50_ms'))} ms, TPOT p50 "
                     f"{_fmt(m.get('tpot_p50_ms'))} ms, {name} {_fmt(quality)}{flag} | "
                     f"{params}")
+        if result.confirms is not None:
+            flag += f" (confirms trial {result.confirms})"
         return (f"trial {result.number}: {_fmt(m.get('throughput_sps'))} samples/s, "
                 f"p50 {_fmt(m.get('latency_p50_ms'))} ms, {name} {_fmt(quality)}{roofline}"
                 f"{flag} | {params}")
+    if result.state == "screened":
+        m = result.metrics
+        return (f"trial {result.number}: screened after {m.get('steps_measured')} steps, "
+                f"{_fmt(m.get('throughput_sps'))} samples/s (screen figure); measured in "
+                f"full at the end of the run if it could still be on the front | {params}")
     if result.state == "pruned":
         m = result.metrics
         return (f"trial {result.number}: pruned after {m.get('steps_measured')} steps, "

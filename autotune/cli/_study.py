@@ -129,11 +129,15 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
                     if value is not None]
             status = f"front {summary['front_size']} | " + (
                 ", ".join(best) if best else "no feasible yet")
-            done = len(results) if n_trials is not None else \
+            # confirmations of screened trials come on top of the asked trials
+            asked = sum(1 for r in results if r.confirms is None)
+            confirmed = len(results) - asked
+            done = asked if n_trials is not None else \
                 min(time.monotonic() - start, timeout or 0)
             progress.update(task, completed=done, status=status,
-                            description=f"{study.name} {len(results)}"
-                                        + (f"/{n_trials}" if n_trials else "") + " trials")
+                            description=f"{study.name} {asked}"
+                                        + (f"/{n_trials}" if n_trials else "") + " trials"
+                                        + (f" + {confirmed} confirmed" if confirmed else ""))
 
         with progress:
             optimize(n_trials=n_trials, timeout=timeout, callbacks=[on_trial])
@@ -214,7 +218,8 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
         return 0
     s = study.summary()
     console.print(f"study {s['name']!r}: workload {s['workload']} ({s['mode']}), "
-                  f"sampler {s['sampler']}, trials ok {s['trials']['ok']} / infeasible "
+                  f"sampler {s['sampler']}, trials ok {s['trials']['ok']} / screened "
+                  f"{s['trials']['screened']} / infeasible "
                   f"{s['trials']['infeasible']} / pruned {s['trials']['pruned']} / failed "
                   f"{s['trials']['fail']}"
                   + (f"; constraints: {', '.join(s['constraints'])}" if s["constraints"] else ""),
@@ -286,7 +291,8 @@ def _show_live(study: Any, console: Any, interval: float) -> int:
         s = study.summary()
         t = s["trials"]
         best = ", ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items() if v is not None)
-        head = (f"study {s['name']!r}: ok {t['ok']}, infeasible {t['infeasible']}, pruned "
+        head = (f"study {s['name']!r}: ok {t['ok']}, screened {t['screened']}, infeasible "
+                f"{t['infeasible']}, pruned "
                 f"{t['pruned']}, failed {t['fail']}, running {t['running']}; front "
                 f"{s['front_size']}"
                 + (f" | {best}" if best else ""))

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
 from autotune.profiling.power import EnergyReading, PowerMeter, combine
-from autotune.profiling.screening import Screen, describe, dominated_by, optimistic_corner
+from autotune.profiling.screening import (
+    Screen,
+    describe,
+    dominated_by,
+    optimistic_corner,
+    remaining_steps_s,
+)
 from autotune.profiling.stats import PERCENTILE_MIN_SAMPLES, is_stable, relative_ci_halfwidth
 
 if TYPE_CHECKING:
@@ -88,6 +94,9 @@ class _Window:
     generations: list[list[float]]
     #: set when the screen stopped the window: why, and the front point that dominated
     pruned: dict[str, Any] | None = None
+    #: set when a survivor's confirmation was deferred: its optimistic corner, its steps
+    #: and the window it did not spend now
+    screened: dict[str, Any] | None = None
 
 
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
@@ -97,7 +106,9 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     """Time synchronised steps until the median's confidence interval is within
     ``budget.target_ci``, ``window_max_s`` or the deadline; with a ``screen``, stop
     early once the trial's confidence box is dominated by the screen's front (checked
-    after ``screen.min_steps`` steps and each time the step count doubles).
+    after ``screen.min_steps`` steps and each time the step count doubles), or, when the
+    screen defers confirmations, once the steps the window still needs would take
+    ``screen.defer_after_s`` or more.
 
     An evaluation falling inside the window (train mode's budget reached) is cut out of
     the window's time, energy and contention reading.
@@ -126,6 +137,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     begin()
     next_screen = screen.min_steps if screen is not None else None
     pruned: dict[str, Any] | None = None
+    screened: dict[str, Any] | None = None
     while True:
         backend.synchronize()
         s = clock()
@@ -150,10 +162,18 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             if "energy_per_sample_j" in screen.objectives:
                 end()  # the energy so far; the window goes on in a new segment
                 begin()
-            pruned = _screened(screen, times, samples_per_step, trainer, readings, samples)
+            corner = _corner(screen, times, samples_per_step, trainer, readings, samples)
+            pruned = _pruning(screen, corner, len(times))
             if pruned is not None:
                 stop_reason = "pruned"
                 break
+            if screen.defer_after_s is not None:
+                left = remaining_steps_s(times, min_steps or budget.window_min_steps)
+                if left >= screen.defer_after_s:
+                    screened = {"corner": [c if math.isfinite(c) else None for c in corner],
+                                "steps": len(times), "deferred_s": left}
+                    stop_reason = "screened"
+                    break
         long_enough = elapsed >= budget.window_min_s and len(times) >= (
             min_steps or budget.window_min_steps)
         if long_enough and len(times) % CI_CHECK_EVERY == 0 and \
@@ -170,25 +190,28 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         window_s=window_end - window_start - excluded_s, excluded_s=excluded_s,
         stop_reason=stop_reason, energy=combine(readings),
         contention=combine_loads(loads) if loads else None, warnings=warnings,
-        generations=generations, pruned=pruned,
+        generations=generations, pruned=pruned, screened=screened,
     )
 
 
-def _screened(screen: Screen, times: list[float], samples_per_step: int, trainer: _Trainer,
-              readings: list[EnergyReading], samples: int) -> dict[str, Any] | None:
-    """The pruning record when the window so far is dominated by the screen's front."""
+def _corner(screen: Screen, times: list[float], samples_per_step: int, trainer: _Trainer,
+            readings: list[EnergyReading], samples: int) -> list[float]:
+    """The best value each objective could still take, from the window so far."""
     known = {}
     if trainer.evaluated and trainer.accuracy is not None:  # infer mode: measured already
         known = {"accuracy": trainer.accuracy, "quality": trainer.accuracy}
     energy = combine(readings).energy_j if readings else None
-    corner = optimistic_corner(screen.objectives, screen.directions, times,
-                               samples_per_step, known, energy, samples)
+    return optimistic_corner(screen.objectives, screen.directions, times,
+                             samples_per_step, known, energy, samples)
+
+
+def _pruning(screen: Screen, corner: list[float], steps: int) -> dict[str, Any] | None:
+    """The pruning record when ``corner`` is dominated by the screen's front."""
     point = dominated_by(screen, corner)
     if point is None:
         return None
     return {"reason": describe(screen, corner, point), "dominated_by": list(point),
-            "corner": [c if math.isfinite(c) else None for c in corner],
-            "steps": len(times)}
+            "corner": [c if math.isfinite(c) else None for c in corner], "steps": steps}
 
 
 def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
@@ -267,7 +290,8 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
 
     # Finish the training budget (untimed) if the window ended before it (a pruned
     # trial is not finished: it will not be on the front whatever its accuracy).
-    if trainer.budget_steps is not None and window.pruned is None:
+    if trainer.budget_steps is not None and window.pruned is None and \
+            window.screened is None:
         last = times[-1]
         while not trainer.evaluated and clock() + last < deadline:
             s = clock()
@@ -298,4 +322,5 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         "energy": asdict(window.energy),
         "warnings": warnings,
         "pruned": window.pruned,
+        "screened": window.screened,
     }

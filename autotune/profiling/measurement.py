@@ -7,6 +7,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from autotune.profiling.stats import (
     NOISY_SPREAD,
     PERCENTILE_MIN_SAMPLES,
@@ -78,12 +80,28 @@ class Measurement:
     #: (:mod:`autotune.profiling.screening`): ``reason``, ``dominated_by``, ``corner``;
     #: empty for a trial measured over its full window
     pruned: dict[str, Any] = field(default_factory=dict)
+    #: a survivor of the screen whose confirmation was deferred (its full window would
+    #: have been long): ``corner`` (its optimistic corner), ``steps``, ``deferred_s``;
+    #: empty otherwise
+    screened: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fidelity(self) -> str:
-        """``screen`` (stopped after the screening part of the window: pruned) or
-        ``confirmed`` (the full window)."""
-        return "screen" if self.pruned else "confirmed"
+        """``screen`` (stopped after the screening part of the window: pruned, or its
+        confirmation deferred) or ``confirmed`` (the full window)."""
+        return "screen" if self.pruned or self.screened else "confirmed"
+
+    def screen_estimate(self, metric: str) -> float | None:
+        """What a screened trial tells the sampler for ``metric``: the measured value,
+        or for a latency percentile the window has too few steps to report, the sample
+        percentile of the steps it has (a rough estimate for the search only: it is never
+        stored as the metric, and a screened trial is never a front point)."""
+        value = self.metrics().get(metric)
+        if value is not None or not metric.startswith("latency_p") or \
+                not self.step_times_s:
+            return None if value is None else float(value)
+        q = int(metric[len("latency_p"):-len("_ms")])
+        return float(np.percentile(np.asarray(self.step_times_s, dtype=float), q)) * 1e3
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any], *, samples_per_step: int,
@@ -129,6 +147,7 @@ class Measurement:
             generations=tuple(tuple(g) for g in raw.get("generations", ())),
             baseline_rss_bytes=int(raw.get("baseline_rss_bytes") or 0),
             pruned=dict(raw.get("pruned") or {}),
+            screened=dict(raw.get("screened") or {}),
         )
 
     # -- derived ---------------------------------------------------------------------------

@@ -18,6 +18,16 @@ they never let a trial be pruned, so pruning is never a guess.
 
 This is Optuna's long-open multi-objective pruning (optuna/optuna#3450) done with
 confidence boxes instead of intermediate values.
+
+**Deferred confirmation.** A survivor whose full window would still take long (a large
+batch needs its 132 steps for a p95, a second or more) need not be confirmed at once: most
+such configurations are dominated by the time the run ends. With ``defer_after_s`` set, a
+survivor whose remaining steps are projected to take ``defer_after_s`` or more stops at the
+screen too, recorded ``screened`` (its figures are screen estimates for the sampler, never
+a front point); at the end of the run the configurations among them that could still be
+on the front are measured again in full (see :mod:`autotune._confirm`). The sampler
+learns from every screened trial at once; only the configurations that matter pay for a
+full window.
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ _LATENCY_QUANTILES = {"latency_p50_ms": 0.50, "latency_p90_ms": 0.90,
 #: Steps before the first screening decision (the median's interval needs 6, a p95's
 #: lower bound about 10).
 SCREEN_MIN_STEPS = 16
+#: A survivor is deferred (see the module docstring) when its full window would still
+#: take at least this long: below it, a later confirmation's second build and warm-up
+#: (about 0.1 s on a warm worker) would cost most of what stopping saves.
+DEFER_AFTER_S = 0.3
 #: Extra optimism on energy per sample: the meter's reading covers the window so far,
 #: whose power may still settle.
 ENERGY_MARGIN = 0.10
@@ -51,18 +65,23 @@ class Screen:
     directions: tuple[str, ...]
     front: tuple[tuple[float, ...], ...]
     min_steps: int = SCREEN_MIN_STEPS
+    #: defer the confirmation of a survivor whose window would still last this many
+    #: seconds (``None``: a survivor is always measured in full at once)
+    defer_after_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (sent to the worker with the trial)."""
         return {"objectives": list(self.objectives), "directions": list(self.directions),
-                "front": [list(p) for p in self.front], "min_steps": self.min_steps}
+                "front": [list(p) for p in self.front], "min_steps": self.min_steps,
+                "defer_after_s": self.defer_after_s}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Screen:
         """Inverse of :meth:`to_dict`."""
         return cls(objectives=tuple(data["objectives"]), directions=tuple(data["directions"]),
                    front=tuple(tuple(float(v) for v in p) for p in data["front"]),
-                   min_steps=int(data.get("min_steps", SCREEN_MIN_STEPS)))
+                   min_steps=int(data.get("min_steps", SCREEN_MIN_STEPS)),
+                   defer_after_s=data.get("defer_after_s"))
 
 
 def quantile_ci(values: Sequence[float], q: float,
@@ -119,6 +138,16 @@ def dominated_by(screen: Screen, corner: Sequence[float]) -> tuple[float, ...] |
     return None
 
 
+def remaining_steps_s(times: Sequence[float], min_steps: int) -> float:
+    """Seconds the window would still need for its minimum step count (132 for a p95),
+    at the median pace so far: what deferring a survivor's confirmation saves now.
+
+    ``window_min_s`` is left out on purpose: it is a short floor every measurement pays,
+    a confirmation included; what varies between configurations, and what deferral is
+    for, is a long step times the steps a percentile needs."""
+    return max(0, min_steps - len(times)) * float(np.median(times))
+
+
 def describe(screen: Screen, corner: Sequence[float], point: Sequence[float]) -> str:
     """One line: which front point dominated the trial's best case."""
     pairs = ", ".join(f"{n} {_fmt(c)} vs {_fmt(p)}" for n, c, p in
@@ -132,5 +161,5 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-__all__ = ["SCREEN_MIN_STEPS", "Screen", "describe", "dominated_by", "optimistic_corner",
-           "quantile_ci"]
+__all__ = ["DEFER_AFTER_S", "SCREEN_MIN_STEPS", "Screen", "describe", "dominated_by",
+           "optimistic_corner", "quantile_ci", "remaining_steps_s"]

@@ -238,6 +238,7 @@ class FakeLauncher:
             "worker": {"pid": 0, "trial": 1, "warm": False},
             "remeasured": 0,
             "pruned": None,
+            "screened": None,
             "contention": {"available": True, "contended": self.contended,
                            "foreign_fraction": 0.3 if self.contended else 0.0,
                            "reason": "fake contention" if self.contended else ""},

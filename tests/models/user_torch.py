@@ -76,3 +76,29 @@ def not_a_spec(framework: str) -> dict[str, int]:
 
 def raises(framework: str) -> autotune.ModelSpec:
     raise ValueError("checkpoint missing")
+
+
+class _Sleepy(nn.Module):
+    """A linear layer whose forward also waits ``base_s + per_sample_s * batch +
+    per_pair_s * batch**2``: step times a test can rely on on any CPU (the wait, not the
+    arithmetic, sets them), so it can place a configuration on or off the front."""
+
+    def __init__(self, base_s: float, per_sample_s: float, per_pair_s: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(DIM, CLASSES)
+        self.cost = (base_s, per_sample_s, per_pair_s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        base, per_sample, per_pair = self.cost
+        n = x.shape[0]
+        time.sleep(base + per_sample * n + per_pair * n * n)
+        out: torch.Tensor = self.linear(x)
+        return out
+
+
+def sleepy(framework: str, base_ms: float = 1.0, per_sample_us: float = 0.0,
+           per_pair_ns: float = 0.0) -> autotune.ModelSpec:
+    return autotune.ModelSpec(_Sleepy(base_ms * 1e-3, per_sample_us * 1e-6,
+                                      per_pair_ns * 1e-9), _batch)
