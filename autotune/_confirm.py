@@ -43,16 +43,17 @@ def confirmations(trials: list[TrialResult]) -> dict[int, int]:
     return {t.confirms: t.number for t in trials if t.confirms is not None}
 
 
-def to_confirm(study: Study) -> list[TrialResult]:
+def to_confirm(study: Study, devices: Sequence[str] | None = None) -> list[TrialResult]:
     """The screened trials not confirmed yet whose optimistic corner no point of the
     confirmed front dominates, most promising first (best screen estimate of the first
-    objective)."""
+    objective); with ``devices``, only those of these devices (a pinned worker's)."""
     from autotune._trial_runner import screen_for
     from autotune.profiling.screening import Screen, dominated_by
 
     trials = study.trials()
     confirmed = confirmations(trials)
-    pending = [t for t in trials if t.state == "screened" and t.number not in confirmed]
+    pending = [t for t in trials if t.state == "screened" and t.number not in confirmed
+               and (not devices or t.params.get("device", devices[0]) in devices)]
     if not pending:
         return []
     rows = {r.trial_number: r for r in study.storage.measurements(
@@ -86,15 +87,16 @@ def _corner(raw: dict[str, Any], directions: Sequence[str]) -> list[float] | Non
 def confirm_screened(study: Study, ostudy: Any, run_next: Callable[[], TrialResult | None],
                      *, deadline: float | None = None,
                      on_result: Callable[[TrialResult], None] | None = None,
-                     ) -> list[TrialResult]:
+                     devices: Sequence[str] | None = None) -> list[TrialResult]:
     """Confirm, one at a time, the screened trials that could still be on the front (see
     the module docstring); ``run_next`` asks for the next queued trial and runs it.
     Stops at ``deadline`` (a ``time.monotonic()`` value): what is left waits for the next
-    run, which confirms it."""
+    run, which confirms it. ``devices``: this worker's (it confirms only trials of its
+    devices; another worker confirms the rest)."""
     results: list[TrialResult] = []
     tried: set[int] = set()
     while True:
-        candidates = [t for t in to_confirm(study) if t.number not in tried]
+        candidates = [t for t in to_confirm(study, devices) if t.number not in tried]
         if not candidates:
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -109,6 +111,8 @@ def confirm_screened(study: Study, ostudy: Any, run_next: Callable[[], TrialResu
         # the queue may hold an older trial (a crash's retry) ahead of this one: run
         # until this confirmation has run (each ask takes the oldest queued trial)
         for _ in range(_queued(ostudy) + 1):
+            if not _queued(ostudy):
+                break  # another worker took it: with an empty queue, ask would sample anew
             result = run_next()
             if result is None:
                 continue

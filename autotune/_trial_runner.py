@@ -111,14 +111,16 @@ def run_trials(study: Study, ostudy: Any, launcher: Launcher, *,
     results = _loop(study, ostudy, recorder, launcher, quota, timeout, start,
                     callbacks, recheck_every, _device_pin(study, ostudy, devices))
     return results + _confirm_pass(study, ostudy, recorder, launcher, quota, timeout, start,
-                                   callbacks)
+                                   callbacks, devices)
 
 
 def _confirm_pass(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
                   quota: Quota, timeout: float | None, start: float,
-                  callbacks: list[Callable[[TrialResult], None]] | None) -> list[TrialResult]:
+                  callbacks: list[Callable[[TrialResult], None]] | None,
+                  devices: Sequence[str] | None = None) -> list[TrialResult]:
     """After the run's trials: confirm the screened ones that could still be on the
-    front (:mod:`autotune._confirm`), within the run's timeout."""
+    front (:mod:`autotune._confirm`), within the run's timeout; ``devices``: the only
+    devices this worker runs (``None``: any)."""
     from autotune._confirm import confirm_screened
 
     if quota.interrupted.is_set() or quota.stop.is_set():
@@ -133,7 +135,8 @@ def _confirm_pass(study: Study, ostudy: Any, recorder: Recorder, launcher: Launc
     return confirm_screened(
         study, ostudy,
         lambda: run_asked(study, ostudy, recorder, launcher, quota, budget, distributions),
-        deadline=None if timeout is None else start + timeout, on_result=on_result)
+        deadline=None if timeout is None else start + timeout, on_result=on_result,
+        devices=devices)
 
 
 def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
@@ -192,7 +195,8 @@ def run_jobs(study: Study, make_ostudy: Callable[[int], Any],
     # the jobs have ended: the first job's launcher confirms the screened trials
     ostudy = make_ostudy(0)
     _confirm_pass(study, ostudy, _recorder(study, ostudy, f"{worker_name()}#1"),
-                  launchers[0], quota, timeout, start, [on_result])
+                  launchers[0], quota, timeout, start, [on_result],
+                  sorted({d for each in job_devices for d in each}))
     return sorted(results, key=lambda r: r.number)
 
 

@@ -392,8 +392,8 @@ def test_cli_round_trip(source: Source, tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0, err
     summary = json.loads(out)
     assert summary["name"] == "main" and summary["storage"] == target
-    assert summary["trials"] == {"ok": 5, "infeasible": 1, "pruned": 0, "fail": 2, "running": 0,
-                                 "waiting": 1}
+    assert summary["trials"] == {"ok": 5, "screened": 0, "infeasible": 1, "pruned": 0,
+                                 "fail": 2, "running": 0, "waiting": 1}
     assert _comparable(export_dict("main", storage=target)) == _comparable(source.data)
     code, out, err = _cli(capsys, "study", "import", exported, "--storage", target,
                           "--name", "again")

@@ -222,6 +222,8 @@ def test_a_screened_trial_that_could_lead_is_confirmed_in_full_at_the_end(
     try:
         results = study.optimize(n_trials=2, recheck_every=0, launcher=launcher)
         summary = study.summary()["trials"]
+        front = [p.trial_number for p in study.pareto_front()]
+        stored = {t.number: t for t in study.trials()}
         # the next run does not confirm the same trial again
         again = study.optimize(n_trials=1, recheck_every=0, launcher=launcher)
     finally:
@@ -237,9 +239,7 @@ def test_a_screened_trial_that_could_lead_is_confirmed_in_full_at_the_end(
     assert confirmation.params == big.params
     assert confirmation.metrics["fidelity"] == "confirmed"
     assert confirmation.metrics["steps_measured"] >= 132
-    front = [p.trial_number for p in study.pareto_front()]
     assert sorted(front) == [small.number, confirmation.number]  # never the screened one
-    stored = {t.number: t for t in study.trials()}
     assert stored[big.number].state == "screened"
     assert stored[big.number].reason.endswith(f"measured in full as trial "
                                               f"{confirmation.number}")
