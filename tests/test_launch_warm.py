@@ -64,6 +64,39 @@ def test_trials_share_a_warm_worker_and_report_its_start_once(launcher: WarmLaun
     assert second.result["environment"]["OMP_NUM_THREADS"] == "1"
 
 
+def test_a_prestarted_worker_serves_the_first_trial(launcher: WarmLauncher) -> None:
+    """prestart spawns the worker without waiting; the first trial of that key uses it
+    (no second start) and still reports its start-up, once."""
+    from autotune.launch._warm import worker_key
+
+    launcher.prestart(worker_key(_config()))
+    assert len(launcher.worker_pids()) == 1 and launcher.started == 1
+    launcher.prestart(worker_key(_config()))  # already there: nothing more
+    assert launcher.started == 1
+    outcome = launcher.run(_config())
+    assert outcome.status == "ok", outcome.reason
+    assert outcome.result["worker"]["pid"] == launcher.worker_pids()[0]
+    assert outcome.result["import_s"] > 0 and launcher.started == 1
+
+
+def test_the_shared_worker_key_is_known_only_when_every_trial_has_it() -> None:
+    from autotune.launch._warm import THREADS_PER_TRIAL, shared_worker_key
+
+    def space(**params: object) -> autotune.SearchSpace:
+        return autotune.parse_space({"workload": "mlp", "mode": "infer",
+                                     "objectives": {"throughput_sps": "maximize"},
+                                     "params": {"batch_size": [8, 16], **params}})
+
+    # torch changes its thread count in place: one worker for every count
+    assert shared_worker_key(space(backend="torch", threads=[1, 2])) == \
+        ("torch", "cpu", THREADS_PER_TRIAL, None)
+    assert shared_worker_key(space(backend="tensorflow", threads=1)) == \
+        ("tensorflow", "cpu", 1, None)
+    # a worker per thread count, or per backend: not known before the sampler asks
+    assert shared_worker_key(space(backend="tensorflow", threads=[1, 2])) is None
+    assert shared_worker_key(space(backend=["torch", "tensorflow"], threads=1)) is None
+
+
 def test_idle_worker_is_stopped_between_trials(launcher: WarmLauncher) -> None:
     assert launcher.run(_config()).status == "ok"
     (pid,) = launcher.worker_pids()
@@ -329,3 +362,38 @@ def test_a_torch_worker_changes_its_thread_count_in_place() -> None:
         assert len({o.result["worker"]["pid"] for o in outcomes}) == 1
         assert warm.started == 1
         assert outcomes[1].result["import_s"] == 0.0  # no second framework import
+
+
+def test_study_run_prestarts_its_one_worker_unless_a_peak_is_to_be_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`study run` starts the worker every trial shares before it loads Optuna; not when
+    the trials need several workers, nor when this machine's peak is still to be measured
+    (a worker importing beside the peak measurement would disturb it)."""
+    import argparse
+
+    from autotune.cli._study import _prestarted
+    from autotune.profiling import peak
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    space = {"workload": "mlp", "mode": "infer", "objectives": {"throughput_sps": "maximize"},
+             "params": {"backend": "torch", "batch_size": [8, 16], "threads": [1, 2]}}
+    autotune.create_study("one", autotune.parse_space(space), storage=url)
+    autotune.create_study("two", autotune.parse_space(
+        {**space, "params": {**space["params"], "backend": ["torch", "tensorflow"]}}),
+        storage=url)
+
+    def args(name: str, jobs: int = 1) -> argparse.Namespace:
+        return argparse.Namespace(name=name, storage=url, fresh_workers=False, jobs=jobs,
+                                  ray=None, devices=None)
+
+    monkeypatch.setattr(peak, "peak_missing", lambda *a: False)
+    launcher = _prestarted(args("one"))
+    try:
+        assert launcher is not None and len(launcher.worker_pids()) == 1
+    finally:
+        launcher.close()
+    assert _prestarted(args("one", jobs=2)) is None
+    assert _prestarted(args("two")) is None
+    assert _prestarted(args("missing")) is None
+    monkeypatch.setattr(peak, "peak_missing", lambda *a: True)
+    assert _prestarted(args("one")) is None

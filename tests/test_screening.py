@@ -70,7 +70,8 @@ def test_a_dominated_trial_is_pruned_with_its_reason_and_never_on_the_front(
     assert poor.state == "pruned"
     assert poor.reason.startswith("dominated by a front point even at the best of its 95 % "
                                   "box (throughput_sps")
-    assert poor.metrics["fidelity"] == "screen" and poor.metrics["steps_measured"] == 16
+    # its simulated steps are slow (tens of ms): screened at the early rung, 8 steps
+    assert poor.metrics["fidelity"] == "screen" and poor.metrics["steps_measured"] == 8
     assert [p.trial_number for p in study.pareto_front()] == [good.number]
     trials = optuna.load_study(study_name="prune", storage=study.storage.url).trials
     assert trials[1].state == optuna.trial.TrialState.PRUNED
@@ -124,9 +125,11 @@ MODELS = Path(__file__).parent / "models"
 
 
 def _screened_window(step_s: float, defer_after_s: float | None,
-                     monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+                     monkeypatch: pytest.MonkeyPatch,
+                     front: tuple[tuple[float, ...], ...] = ()) -> dict[str, object]:
     """One window of constant ``step_s`` steps on the virtual clock of ``test_loop``,
-    with a p95 objective (136 steps) and an empty front, deferral at ``defer_after_s``."""
+    with a p95 objective (136 steps), ``front`` (default empty), deferral at
+    ``defer_after_s``."""
     import dataclasses
 
     from autotune.profiling import loop
@@ -134,7 +137,7 @@ def _screened_window(step_s: float, defer_after_s: float | None,
 
     clock = _Clock()
     monkeypatch.setattr(loop, "time", clock)
-    screen = Screen(("throughput_sps", "latency_p95_ms"), ("maximize", "minimize"), (),
+    screen = Screen(("throughput_sps", "latency_p95_ms"), ("maximize", "minimize"), front,
                     defer_after_s=defer_after_s)
     budget = _budget(window_min_s=0.2, window_min_steps=136, window_max_s=4.0)
     backend = _Stub(clock, lambda i: step_s)
@@ -156,6 +159,20 @@ def test_a_survivor_with_a_long_window_left_stops_at_the_screen(
     throughput, p95 = screened["corner"]
     assert throughput == pytest.approx(8 / 0.010, rel=0.01)  # 8 samples a step
     assert p95 == pytest.approx(10.0, rel=0.01)  # lower bound of the p95, in ms
+
+
+@pytest.mark.parametrize(("step_s", "first_screen"), [(0.020, 8), (0.005, 16)],
+                         ids=["slow_steps_at_8", "fast_steps_at_16"])
+def test_slow_steps_are_screened_after_8_steps_fast_ones_after_16(
+        monkeypatch: pytest.MonkeyPatch, step_s: float, first_screen: int) -> None:
+    """8 steps of 20 ms (0.16 s) are screened at once: the front's point beats them by
+    far; 8 steps of 5 ms (40 ms) wait for the usual 16."""
+    raw = _screened_window(step_s, None, monkeypatch, front=((1e6, 0.001),))
+    assert raw["stop_reason"] == "pruned"
+    pruned = raw["pruned"]
+    assert isinstance(pruned, dict) and pruned["steps"] == first_screen
+    steps = raw["step_times_s"]
+    assert isinstance(steps, list) and len(steps) == first_screen
 
 
 def test_a_short_window_or_no_deferral_is_measured_in_full(

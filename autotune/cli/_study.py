@@ -35,8 +35,66 @@ def _cmd_create(args: argparse.Namespace, console: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, console: Any) -> int:
-    study = _load_waiting(args.name, args.storage, args.wait)
-    return _run_loaded(study, args, console)
+    launcher = _prestarted(args)
+    try:
+        study = _load_waiting(args.name, args.storage, args.wait)
+        return _run_loaded(study, args, console, launcher)
+    finally:
+        if launcher is not None:
+            launcher.close()
+
+
+def _prestarted(args: argparse.Namespace) -> Any:
+    """A warm launcher whose one worker is already starting, for a run whose trials all
+    share that worker (one job, warm workers): the framework's import (a second for
+    torch) overlaps the rest of the start-up (Optuna, the sampler). ``None`` when trials
+    may need other workers, the backend is not installed, a first trial on this machine
+    will measure its GEMM peak (a worker importing beside it would disturb that), or the
+    study cannot be read yet (the load that follows says why, in one line)."""
+    if args.fresh_workers or args.jobs != 1 or getattr(args, "ray", None) or args.devices:
+        return None
+    from autotune.backends import BACKENDS
+    from autotune.launch import WarmLauncher
+    from autotune.launch._warm import shared_worker_key
+    from autotune.profiling.peak import peak_missing
+    from autotune.space import parse_space
+    from autotune.storage import AutotuneStorage
+
+    store = AutotuneStorage(args.storage)
+    try:
+        row = store.get_study(args.name) if store.exists else None
+        if row is None:
+            return None
+        space = parse_space(json.loads(row.space_json), check_files=False,
+                            source=f"study {row.study_name!r}")
+        key = shared_worker_key(space)
+        if key is None:
+            return None
+        backend, device = key[0], key[1]
+        entry = BACKENDS.get(backend)
+        if entry is None or not entry.is_installed():
+            return None
+        if any(peak_missing(device, precision, threads)
+               for precision in _choices(space, "precision", "fp32")
+               for threads in _choices(space, "threads", None)):
+            return None
+    except Exception:  # whatever it is, the load that follows reports it in one line
+        return None
+    finally:
+        store.close()
+    launcher = WarmLauncher()
+    launcher.prestart(key)
+    return launcher
+
+
+def _choices(space: Any, name: str, default: Any) -> list[Any]:
+    """The values knob ``name`` of ``space`` can take (a range: its two ends)."""
+    param = space.param(name)
+    if param is None:
+        return [default]
+    if param.choices:
+        return list(param.choices)
+    return [int(param.low), int(param.high)] if param.kind == "int" else [default]
 
 
 def _cmd_worker(args: argparse.Namespace, console: Any) -> int:
@@ -67,7 +125,8 @@ def _load_waiting(name: str, storage: str | None, wait_s: float | None) -> Any:
         return study
 
 
-def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
+def _run_loaded(study: Any, args: argparse.Namespace, console: Any,
+                prestarted: Any = None) -> int:
     from autotune.launch import ProcessLauncher, WarmLauncher
     from autotune.space import load_space
     from autotune.study import missing_backends_warning
@@ -85,7 +144,7 @@ def _run_loaded(study: Any, args: argparse.Namespace, console: Any) -> int:
     if n_trials is None and timeout is None:
         n_trials = 10
     show_progress = not args.quiet and not args.json
-    launcher = ProcessLauncher() if args.fresh_workers and args.jobs == 1 else None
+    launcher = ProcessLauncher() if args.fresh_workers and args.jobs == 1 else prestarted
     factory = (lambda cores: ProcessLauncher(cpus=cores)) if args.fresh_workers else \
         (lambda cores: WarmLauncher(cpus=cores))
     run = {"launcher": launcher, "recheck_every": args.recheck_every, "jobs": args.jobs,

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.config import TrialConfig
 from autotune.launch._process import (
@@ -41,6 +41,9 @@ from autotune.launch._process import (
     outcome_of,
     worker_environment,
 )
+
+if TYPE_CHECKING:
+    from autotune.space import SearchSpace
 
 #: How often a waiting driver checks that its worker is still alive (a dead worker whose
 #: pipe is held open by a stray child would otherwise go unnoticed until the budget ends).
@@ -72,6 +75,25 @@ def worker_key(config: TrialConfig) -> WorkerKey:
     except BackendLookupError:
         pass  # the worker says why it cannot load the backend
     return config.backend, config.device, threads, config.budget.memory_mb
+
+
+def shared_worker_key(space: SearchSpace) -> WorkerKey | None:
+    """The worker key every trial of ``space`` has, when it is known before any trial: one
+    backend and one device, and the thread count fixed or changed in place by the backend
+    (torch); ``None`` when trials may need different workers."""
+    from autotune.backends import BackendLookupError, get_spec
+
+    searched = {p.name for p in space.params if p.kind != "fixed"}
+    if searched & {"backend", "device"}:
+        return None
+    config = TrialConfig.from_params(space, {})
+    if "threads" in searched:
+        try:
+            if not get_spec(config.backend).threads_in_place:
+                return None
+        except BackendLookupError:
+            return None
+    return worker_key(config)
 
 
 class WarmWorker:
@@ -268,6 +290,17 @@ class WarmLauncher:
         self._lock = threading.Lock()
         self._closed = False
         self._busy: set[WorkerKey] = set()  # workers running a trial now
+
+    def prestart(self, key: WorkerKey) -> None:
+        """Start the worker of ``key`` now without waiting for it: its framework imports
+        while the caller gets on with its own start-up (storage, sampler), and the first
+        trial of that key waits only for what is left of it."""
+        with self._lock:
+            if self._closed or key in self._workers:
+                return
+            _worker, evicted = self._take(key)
+        for each in evicted:
+            each.close()
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Run ``config`` on its warm worker, starting one if needed."""

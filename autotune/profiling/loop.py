@@ -22,6 +22,7 @@ from autotune.profiling.screening import (
     Screen,
     describe,
     dominated_by,
+    early_rung,
     optimistic_corner,
     remaining_steps_s,
 )
@@ -157,8 +158,12 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         if now + times[-1] >= deadline:  # the next step would end past the deadline
             warnings.append("the trial budget ended the measured window")
             break
-        if next_screen is not None and screen is not None and len(times) >= next_screen:
-            next_screen *= 2  # rungs at min_steps, 2x, 4x...: a few checks per trial
+        if next_screen is not None and screen is not None and (
+                len(times) >= next_screen or early_rung(screen, len(times), elapsed)):
+            # rungs at min_steps, 2x, 4x...: a few checks per trial (slow steps: one more
+            # before them, at SCREEN_EARLY_STEPS)
+            next_screen = screen.min_steps if len(times) < screen.min_steps else \
+                next_screen * 2
             if "energy_per_sample_j" in screen.objectives:
                 end()  # the energy so far; the window goes on in a new segment
                 begin()

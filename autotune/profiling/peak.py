@@ -42,8 +42,8 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = ["PRECISIONS", "PeakEntry", "PeakTable", "default_threads", "ensure_peak",
-           "load_peak_table",
-           "measure_peak", "pct_of_peak", "peak_cache_path", "peak_for", "precision_reason"]
+           "load_peak_table", "measure_peak", "pct_of_peak", "peak_cache_path", "peak_for",
+           "peak_missing", "precision_reason"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: Version of the cache file's layout; a file of another version reads as empty.
@@ -374,6 +374,16 @@ def peak_for(device: str, precision: str, threads: int, *,
     return measure_peak(device, (precision,), [threads]).get(device, precision, threads)
 
 
+def peak_missing(device: str, precision: str, threads: int | None) -> bool:
+    """Whether :func:`ensure_peak` would measure a peak for a trial of (device, precision,
+    threads) now: one it compares with and this machine has not measured yet."""
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda") or (precision == "int8" and kind == "cpu"):
+        return False
+    n = threads if threads is not None else len(_allowed_cpus())
+    return load_peak_table().get(device, precision, n) is None
+
+
 def ensure_peak(device: str, precision: str, threads: int | None) -> None:
     """Measure the peak a trial of (device, precision, threads) is compared with, once per
     machine, before the trial is launched (so it never eats a trial's budget).
@@ -382,12 +392,9 @@ def ensure_peak(device: str, precision: str, threads: int | None) -> None:
     CPU and CUDA only; int8 on CPU has no honest peak (see the worker) and is skipped. A
     failure to measure is not an error: the trial then records why it has no peak.
     """
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda") or (precision == "int8" and kind == "cpu"):
+    if not peak_missing(device, precision, threads):
         return
     n = threads if threads is not None else len(_allowed_cpus())
-    if load_peak_table().get(device, precision, n) is not None:
-        return
     logging.getLogger(__name__).info(
         "measuring this machine's %s GEMM peak at %d thread(s) on %s (once per machine)",
         precision, n, device)
