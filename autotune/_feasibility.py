@@ -11,7 +11,9 @@ infeasible when:
   :func:`autotune._run.predicted_out_of_memory`);
 * the study itself has seen it: an out-of-memory trial at batch ``B`` on a (backend,
   device, precision, execution) means every larger batch there runs out too, unless a
-  larger batch has run there (memory grows with the batch).
+  larger batch has run there (memory grows with the batch); after a group's first such
+  trial, one bounded memory probe (:mod:`autotune._memory_probe`) finds the largest batch
+  that fits there, stored on the study.
 
 :class:`FeasibleSampler` wraps the study's sampler and draws again (up to
 :data:`MAX_DRAWS` times) while its proposal is known infeasible; it proposes jointly for
@@ -43,7 +45,9 @@ Verdict = Callable[[Mapping[str, Any], Any], "str | None"]
 
 def _group(config: Any) -> tuple[str, str, str, str]:
     """Configurations whose memory differs only by the batch size."""
-    return (config.backend, config.device, config.precision, config.execution)
+    from autotune._memory_probe import group_of
+
+    return group_of(config)
 
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -58,6 +62,8 @@ class OutOfMemoryBoundaries:
     def __init__(self) -> None:
         self.oom: dict[tuple[str, ...], int] = {}
         self.ran: dict[tuple[str, ...], int] = {}
+        #: groups a memory probe has bisected already (their doubt is within 5 %)
+        self.probed: set[tuple[str, ...]] = set()
 
     def observe(self, group: tuple[str, ...], batch: int, out_of_memory: bool) -> None:
         """Record one finished trial of ``group`` at ``batch``."""
@@ -83,7 +89,16 @@ class OutOfMemoryBoundaries:
         if limit is None:
             return None
         ran = self.ran.get(group, 1)
+        if group in self.probed:  # bisected already: the largest batch known to fit
+            return ran
         return max(ran, int((ran * limit) ** 0.5))
+
+    def observe_probe(self, group: tuple[str, ...], fits: int | None, oom: int) -> None:
+        """Record what a memory probe of ``group`` found."""
+        if fits is not None:
+            self.observe(group, fits, False)
+        self.observe(group, oom, True)
+        self.probed.add(group)
 
 
 class FeasibleSampler:
@@ -114,8 +129,14 @@ class FeasibleSampler:
     def _boundaries(self, study: Any) -> OutOfMemoryBoundaries:
         import optuna
 
+        from autotune._memory_probe import stored_probes
         from autotune._run import trial_config
 
+        # what memory probes found (one per group, after its first out-of-memory trial)
+        for probe in stored_probes(study.user_attrs):
+            fits = probe.get("fits")
+            self._found.observe_probe(tuple(probe["group"]),
+                                      None if fits is None else int(fits), int(probe["oom"]))
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.number in self._read:
                 continue

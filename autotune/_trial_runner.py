@@ -343,7 +343,7 @@ def run_asked(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
             run = run_config(config, launcher)
             if quota.interrupted.is_set() and run.state != "ok":
                 raise KeyboardInterrupt  # its worker ended with the run, not by itself
-            return recorder.record(trial, config, run)
+            result = recorder.record(trial, config, run)
     except _ReapedMeanwhile:
         # this worker was cut off from the database for longer than the grace period
         # (or its claim came after the orphan watch) and another worker reaped the
@@ -356,6 +356,14 @@ def run_asked(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
         # worker it waited on was killed under it)
         _tell_fail_quietly(ostudy, trial, e, interrupted=quota.interrupted.is_set())
         raise
+    if run.launched and run.failure_kind == "oom" and (
+            config.budget.memory_mb is not None or config.device != "cpu"):
+        # the group's first out-of-memory trial: one bounded probe finds where it fits
+        # (not on a CPU without a cap: that would probe the machine's own memory)
+        from autotune._memory_probe import probe_after_oom
+
+        probe_after_oom(study, ostudy, launcher, config)
+    return result
 
 
 def screen_for(study: Study, config: TrialConfig, *,

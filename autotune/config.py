@@ -175,6 +175,10 @@ class TrialConfig:
     #: as a dict: the study's front when it was launched); ``None``: measured in full. Not
     #: part of the configuration: a stored configuration never carries it.
     screen: Mapping[str, Any] | None = None
+    #: set on a memory probe (:mod:`autotune._memory_probe`): the batches it may try;
+    #: the worker then only looks for the largest batch that fits and measures nothing.
+    #: Never part of a stored configuration.
+    memory_probe: Mapping[str, Any] | None = None
 
     @classmethod
     def from_params(cls, space: SpaceLike, params: dict[str, Any], *,

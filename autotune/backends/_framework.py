@@ -327,6 +327,11 @@ class FrameworkBackend(GenerationMixin, Backend):
         assert self.spec is not None and self._rng is not None
         try:
             inputs, targets = self.spec.make_batch(batch_size, self._rng)
+        except MemoryError as e:
+            # under the trial's memory cap (a full device) a batch that does not fit is
+            # out of memory, not a broken factory
+            raise OutOfMemoryError(f"out of memory in make_batch({batch_size}): "
+                                   f"{e or 'allocation failed'}") from None
         except Exception as e:
             raise ModelFactoryError(f"{self.factory_label}: make_batch raised "
                                     f"{type(e).__name__}: {e}") from None

@@ -40,6 +40,7 @@ from autotune.config import SAFETY_MARGIN_S
 
 if TYPE_CHECKING:
     from autotune.backends import Backend
+    from autotune.config import TrialConfig
     from autotune.exceptions import OutOfMemoryError
 
 #: Environment variables that change performance, recorded with every measurement so a
@@ -234,6 +235,8 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         raise RuntimeError(f"this worker serves {state.backend_name!r}, not {config.backend!r}")
     if state.threads_in_place or config.threads is not None:
         state.use_threads(config.threads)
+    if config.memory_probe is not None:
+        return probe_memory(config, state, deadline)
     backend = state.fresh_backend()
     _release_memory()
     peak_is_trials = state.trials_run == 0 or _reset_peak_rss()
@@ -303,6 +306,53 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         device_peak_memory_bytes=device_peak,
     )
     return result
+
+
+def probe_memory(config: TrialConfig, state: WorkerState, deadline: float) -> dict[str, Any]:
+    """A memory probe (:mod:`autotune._memory_probe`): bisect for the largest batch that
+    fits, each try one step of the trial's own code path under its memory cap. Reported
+    ``infeasible`` (``oom``) when a try ran out, so the launcher replaces this worker (a
+    framework may be left unusable by an allocation failure), with what was found."""
+    import dataclasses
+
+    from autotune._memory_probe import MAX_S, bisect
+    from autotune.exceptions import OutOfMemoryError
+    from autotune.workloads import WorkloadRef, load_model_spec
+
+    request = dict(config.memory_probe or {})
+    ref = WorkloadRef(config.workload, config.workload_kwargs)
+
+    def fits(batch: int) -> bool:
+        trial = dataclasses.replace(config, batch_size=batch, memory_probe=None)
+        backend = state.fresh_backend()
+        backend.factory_label = f"factory {ref.label()}"
+        _release_memory()
+        try:
+            backend.configure(trial)
+            spec = load_model_spec(ref, backend.framework or trial.backend)
+            _cap_memory(trial.budget.memory_mb)
+            backend.setup(trial, spec)
+            backend.step()
+            backend.synchronize()
+            return True
+        except OutOfMemoryError:
+            return False
+        except MemoryError:
+            return False
+        except SystemError as e:
+            if _allocation_failure(e) is None:
+                raise
+            return False
+        finally:
+            backend.teardown()
+            state.uncap_memory()
+            _release_memory()
+
+    limit = min(deadline, time.perf_counter() + float(request.get("max_s", MAX_S)))
+    found = bisect(fits, request, limit)
+    ran_out = any(not fitted for _, fitted in found["attempts"])
+    return {"status": "infeasible" if ran_out else "ok", "failure_kind": "oom",
+            "reason": "memory probe", "memory_probe": found}
 
 
 def _peak_record(device: str, precision: str, threads: int) -> dict[str, Any]:

@@ -102,6 +102,8 @@ class FakeLauncher:
     contended: bool = False
     calls: list[TrialConfig] = field(default_factory=list, init=False)
     call_times: list[float] = field(default_factory=list, init=False)
+    #: memory probes asked for (:mod:`autotune._memory_probe`; not counted in ``calls``)
+    probes: list[TrialConfig] = field(default_factory=list, init=False)
     closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,8 @@ class FakeLauncher:
 
     def run(self, config: TrialConfig) -> WorkerOutcome:
         """Same interface as :meth:`autotune.launch.ProcessLauncher.run`."""
+        if config.memory_probe is not None:
+            return self._probe(config)
         index = len(self.calls)
         self.calls.append(config)
         self.call_times.append(time.monotonic())
@@ -147,6 +151,28 @@ class FakeLauncher:
         """An ``ok`` outcome with the synthetic result for ``config``, ``result`` keys
         replaced (e.g. ``window_s=2.0``): a start for canned outcomes."""
         return WorkerOutcome("ok", result={**self.raw_result(config), **result}, wall_s=1.0)
+
+    def _probe(self, config: TrialConfig) -> WorkerOutcome:
+        """A memory probe: a batch fits unless the ``infeasible`` predicate (with
+        ``infeasible_kind`` ``oom``) selects it; call indices select no probe step."""
+        import dataclasses
+
+        from autotune._memory_probe import MAX_S, bisect
+
+        self.probes.append(config)
+
+        def fits(batch: int) -> bool:
+            trial = dataclasses.replace(config, batch_size=batch, memory_probe=None)
+            return not (self.infeasible_kind == "oom" and callable(self.infeasible)
+                        and self.infeasible(trial))
+
+        found = bisect(fits, dict(config.memory_probe or {}), time.perf_counter() + MAX_S)
+        ran_out = any(not fitted for _, fitted in found["attempts"])
+        result = {"status": "infeasible" if ran_out else "ok", "failure_kind": "oom",
+                  "reason": "memory probe", "memory_probe": found}
+        return WorkerOutcome("infeasible" if ran_out else "ok", result=result,
+                             failure_kind="oom" if ran_out else None,
+                             reason="memory probe", wall_s=0.5)
 
     def _infeasible(self) -> WorkerOutcome:
         reasons = {
