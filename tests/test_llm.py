@@ -103,7 +103,7 @@ def test_flops_per_token_agree_on_every_framework(framework_workers: Any) -> Non
                  "kwargs": {"name": "gpt"}}  # FLOPs do not depend on the weights
     space = parse_space({"workload": untrained, "mode": "infer",
                          "objectives": {"tokens_per_s": "maximize"},
-                         "params": {"batch_size": 8, "threads": 2},
+                         "params": {"batch_size": 8, "threads": 1},
                          "budget": {**SHORT, "trial_seconds": 120}})
     per_token = {}
     for framework in FRAMEWORKS:
@@ -300,12 +300,12 @@ def test_predicted_memory_is_within_a_stated_factor_of_the_measured() -> None:
     for mode, knobs in (("train", {"batch_size": 16}),
                         ("generate", {"batch_size": 16, "prompt_len": 64, "new_tokens": 64,
                                       "kv_cache": "static"})):
-        m = autotune.measure(workload, mode, backend="torch", threads=2, budget=budget,
+        m = autotune.measure(workload, mode, backend="torch", threads=1, budget=budget,
                              **knobs)
         if m.model.get("base_model") == "trained":
             # this trial also trained its base model (batch 128): measure the
             # configuration itself on the cached one
-            m = autotune.measure(workload, mode, backend="torch", threads=2, budget=budget,
+            m = autotune.measure(workload, mode, backend="torch", threads=1, budget=budget,
                                  **knobs)
         s = m.summary()
         assert s["predicted_memory_bytes"] and s["trial_memory_bytes"], s
@@ -325,7 +325,7 @@ def test_a_generate_study_completes_on_every_framework(tmp_path: Path,
         "mode": "generate",
         "objectives": {"decode_tokens_per_s": "maximize", "ttft_p50_ms": "minimize"},
         "params": {"backend": list(FRAMEWORKS), "batch_size": 32, "prompt_len": 16,
-                   "new_tokens": 8, "threads": 2},
+                   "new_tokens": 8, "threads": 1},
         "budget": {**SHORT, "trial_seconds": 150}})
     with autotune.create_study("gen", space, storage=url, seed=0) as study:
         ostudy = optuna.load_study(study_name="gen", storage=url)
@@ -353,7 +353,7 @@ def test_slo_recommendation_meets_it_or_names_the_binding_slo(
         "workload": "gpt", "mode": "generate",
         "objectives": {"decode_tokens_per_s": "maximize", "tpot_p95_ms": "minimize"},
         "params": {"backend": "torch", "batch_size": [1, 16], "kv_cache": ["dynamic", "off"],
-                   "prompt_len": 16, "new_tokens": 16, "threads": 2},
+                   "prompt_len": 16, "new_tokens": 16, "threads": 1},
         "budget": {**SHORT, "window_max_s": 2}})
     with autotune.create_study("slo", space, storage=url, seed=0) as study:
         ostudy = optuna.load_study(study_name="slo", storage=url)
@@ -375,7 +375,7 @@ def test_slo_recommendation_meets_it_or_names_the_binding_slo(
         # the gate before launch: the file as a user writes it (a bare YAML `off`)
         ship = tmp_path / "ship.yaml"
         ship.write_text("workload: gpt\nmode: generate\nbackend: torch\nbatch_size: 16\n"
-                        "kv_cache: off\nprompt_len: 16\nnew_tokens: 16\nthreads: 2\n")
+                        "kv_cache: off\nprompt_len: 16\nnew_tokens: 16\nthreads: 1\n")
         checked = gate(study, ship, constraints=["tpot_p95_ms<=0.000001"])
         assert checked.config["kv_cache"] == "off" and checked.verdict == "fail", checked
         assert [v.split(" (")[0] for v in checked.violations] == ["tpot_p95_ms <= 1e-06"]
@@ -400,7 +400,7 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path,
     space = autotune.load_space(ROOT / "examples/models/hf_gpt2.yaml")
     data = space.to_dict()
     data["params"] = {"backend": "torch", "batch_size": 8, "kv_cache": ["dynamic", "static"],
-                      "prompt_len": 16, "new_tokens": 8, "threads": 2}
+                      "prompt_len": 16, "new_tokens": 8, "threads": 1}
     data["budget"] = {**SHORT, "trial_seconds": 120}
     space = parse_space(data)
     with autotune.create_study("hf", space, storage=url, seed=0) as study:
@@ -422,7 +422,7 @@ def test_a_hugging_face_gpt2_is_tuned_in_generate_mode(tmp_path: Path,
 def test_a_hugging_face_gpt2_trains_and_infers(mode: str, framework_workers: Any) -> None:
     pytest.importorskip("transformers")
     m = autotune.measure({"factory": f"{ROOT / 'examples/models/hf_gpt2.py'}:build"}, mode,
-                         backend="torch", threads=2, batch_size=8, launcher=framework_workers,
+                         backend="torch", threads=1, batch_size=8, launcher=framework_workers,
                          budget={**SHORT, "train_epochs": 1})
     metrics = m.metrics()
     assert metrics["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
@@ -440,7 +440,7 @@ def test_structured_pruning_of_the_gpt_shows_its_cost_in_perplexity(
     kept = {}
     for ratio in (0.0, 0.5):
         m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 512}}, "infer",
-                             backend="torch", threads=2, batch_size=8, budget=budget,
+                             backend="torch", threads=1, batch_size=8, budget=budget,
                              launcher=framework_workers, pruning_ratio=ratio,
                              pruning_structure="structured")
         kept[ratio] = (m.model["param_count"], m.metrics()["perplexity"])
@@ -451,7 +451,7 @@ def test_structured_pruning_of_the_gpt_shows_its_cost_in_perplexity(
 @pytest.mark.slow
 def test_activation_checkpointing_trains_the_gpt(framework_workers: Any) -> None:
     m = autotune.measure({"factory": "gpt", "kwargs": {"epoch_sequences": 128}}, "train",
-                         backend="torch", threads=2, batch_size=16, checkpointing="blocks",
+                         backend="torch", threads=1, batch_size=16, checkpointing="blocks",
                          launcher=framework_workers,
                          budget={**SHORT, "train_epochs": 1})
     assert m.metrics()["tokens_per_s"] == pytest.approx(64 * m.throughput_sps)
