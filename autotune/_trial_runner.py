@@ -362,7 +362,10 @@ def run_asked(study: Study, ostudy: Any, recorder: Recorder, launcher: Launcher,
         # (not on a CPU without a cap: that would probe the machine's own memory)
         from autotune._memory_probe import probe_after_oom
 
-        probe_after_oom(study, ostudy, launcher, config)
+        try:
+            probe_after_oom(study, ostudy, launcher, config)
+        except Exception as e:  # a lost probe leaves the bisection by trials; no reason to stop
+            _logger.warning("memory probe after trial %d failed: %s", trial.number, e)
     return result
 
 
