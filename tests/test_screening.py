@@ -303,3 +303,33 @@ def test_pruned_and_screened_trials_survive_export_and_import(tmp_path: Path) ->
         assert sorted(r.state for r in rows) == ["ok", "screened"]
     with import_study(text, storage=f"sqlite:///{tmp_path}/copy2.db") as copy:
         assert [t.state for t in copy.trials()] == ["ok", "pruned"]
+
+
+def test_a_prune_decided_while_another_process_held_the_cores_is_measured_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 steps at 10 ms while a neighbour ran (the monitor says contended) look
+    dominated; measured again once the neighbour is gone (1 ms steps) the trial is not."""
+    import dataclasses
+
+    from autotune.profiling import loop
+    from autotune.profiling.contention import ContentionReading
+    from autotune.profiling.power import NullMeter
+    from tests.test_loop import BUSY, QUIET, _budget, _Clock, _config, _ScriptedMonitor, _Stub
+
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    pace = {"step_s": 0.010}
+
+    class NeighbourLeaves(_ScriptedMonitor):
+        def end(self) -> ContentionReading:
+            pace["step_s"] = 0.001  # the other process is gone after the first window
+            return super().end()
+
+    monitor = NeighbourLeaves([BUSY, QUIET])
+    screen = Screen(("throughput_sps",), ("maximize",), ((2000.0,),))  # 8 samples a step
+    budget = _budget(window_min_s=0.05, window_min_steps=16, window_max_s=1.0)
+    config = dataclasses.replace(_config(budget), screen=screen.to_dict())
+    raw = loop.run_profile(_Stub(clock, lambda i: pace["step_s"]), config,  # type: ignore[arg-type]
+                           NullMeter(), clock.now + 100, monitor)
+    assert monitor.windows == 2 and raw["remeasured"] == 1
+    assert raw["pruned"] is None and raw["stop_reason"] == "ci_met"

@@ -281,8 +281,9 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps,
                              screen, config.batch_size)
     remeasured = 0
-    if window.pruned is None and window.contention is not None and \
-            window.contention.contended and \
+    # a window cut short by the screen is measured again too: a prune decided while
+    # another process held our cores is a verdict on that process, not on this trial
+    if window.contention is not None and window.contention.contended and \
             clock() + window.window_s + window.excluded_s < deadline:
         warnings.append(f"re-measured: {window.contention.reason}")
         remeasured = 1
