@@ -28,6 +28,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from autotune._memory_probe import group_of
+
 if TYPE_CHECKING:
     from autotune.space import SearchSpace
 
@@ -43,11 +45,6 @@ BASE_DRAWS = 4
 Verdict = Callable[[Mapping[str, Any], Any], "str | None"]
 
 
-def _group(config: Any) -> tuple[str, str, str, str]:
-    """Configurations whose memory differs only by the batch size."""
-    from autotune._memory_probe import group_of
-
-    return group_of(config)
 
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -148,7 +145,7 @@ class FeasibleSampler:
             if kind not in (None, "oom"):
                 continue
             config = trial_config(self.space, t.params, seed=self.seed)
-            self._found.observe(_group(config), int(t.params["batch_size"]), kind == "oom")
+            self._found.observe(group_of(config), int(t.params["batch_size"]), kind == "oom")
         return self._found
 
     def _config(self, params: Mapping[str, Any]) -> Any:
@@ -162,7 +159,7 @@ class FeasibleSampler:
 
         reason = predicted_out_of_memory(config)
         if reason is None and boundaries is not None:
-            reason = boundaries.reason(_group(config), config.batch_size)
+            reason = boundaries.reason(group_of(config), config.batch_size)
         return reason
 
     def why_infeasible(self, params: Mapping[str, Any],
@@ -234,7 +231,7 @@ class FeasibleSampler:
                     self._memory_reason(config, boundaries) is not None:
                 fitting = self.largest_fitting_batch(params, boundaries)
                 if fitting is not None:
-                    learned = boundaries.probe(_group(config))
+                    learned = boundaries.probe(group_of(config))
                     params["batch_size"] = fitting if learned is None else \
                         max(min(fitting, learned), int(search_space["batch_size"].low))
             reason = self.why_infeasible(params, boundaries)

@@ -86,6 +86,15 @@ def bisect(fits: Callable[[int], bool], request: Mapping[str, Any],
     return {"fits": low if low_fits else None, "oom": high, "attempts": attempts}
 
 
+def reply(found: dict[str, Any]) -> dict[str, Any]:
+    """A worker's reply to a probe: ``infeasible`` (``oom``) when a try ran out, so the
+    launcher replaces that worker (an allocation failure may leave a framework
+    unusable), with what was found."""
+    ran_out = any(not fitted for _, fitted in found["attempts"])
+    return {"status": "infeasible" if ran_out else "ok", "failure_kind": "oom",
+            "reason": "memory probe", "memory_probe": found}
+
+
 def probe_after_oom(study: Study, ostudy: Any, launcher: Launcher,
                     config: TrialConfig) -> dict[str, Any] | None:
     """After ``config`` ran out of memory: probe its group once (see the module
@@ -146,4 +155,4 @@ def stored_probes(study_user_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = ["MAX_ATTEMPTS", "MAX_S", "PROBE_ATTR_PREFIX", "bisect", "group_of", "middle",
-           "probe_after_oom", "probe_attr", "stored_probes"]
+           "probe_after_oom", "probe_attr", "reply", "stored_probes"]

@@ -315,7 +315,7 @@ def probe_memory(config: TrialConfig, state: WorkerState, deadline: float) -> di
     framework may be left unusable by an allocation failure), with what was found."""
     import dataclasses
 
-    from autotune._memory_probe import MAX_S, bisect
+    from autotune._memory_probe import MAX_S, bisect, reply
     from autotune.exceptions import OutOfMemoryError
     from autotune.workloads import WorkloadRef, load_model_spec
 
@@ -349,10 +349,7 @@ def probe_memory(config: TrialConfig, state: WorkerState, deadline: float) -> di
             _release_memory()
 
     limit = min(deadline, time.perf_counter() + float(request.get("max_s", MAX_S)))
-    found = bisect(fits, request, limit)
-    ran_out = any(not fitted for _, fitted in found["attempts"])
-    return {"status": "infeasible" if ran_out else "ok", "failure_kind": "oom",
-            "reason": "memory probe", "memory_probe": found}
+    return reply(bisect(fits, request, limit))
 
 
 def _peak_record(device: str, precision: str, threads: int) -> dict[str, Any]:

@@ -157,7 +157,7 @@ class FakeLauncher:
         ``infeasible_kind`` ``oom``) selects it; call indices select no probe step."""
         import dataclasses
 
-        from autotune._memory_probe import MAX_S, bisect
+        from autotune._memory_probe import MAX_S, bisect, reply
 
         self.probes.append(config)
 
@@ -166,11 +166,10 @@ class FakeLauncher:
             return not (self.infeasible_kind == "oom" and callable(self.infeasible)
                         and self.infeasible(trial))
 
-        found = bisect(fits, dict(config.memory_probe or {}), time.perf_counter() + MAX_S)
-        ran_out = any(not fitted for _, fitted in found["attempts"])
-        result = {"status": "infeasible" if ran_out else "ok", "failure_kind": "oom",
-                  "reason": "memory probe", "memory_probe": found}
-        return WorkerOutcome("infeasible" if ran_out else "ok", result=result,
+        result = reply(bisect(fits, dict(config.memory_probe or {}),
+                              time.perf_counter() + MAX_S))
+        ran_out = result["status"] == "infeasible"
+        return WorkerOutcome(result["status"], result=result,
                              failure_kind="oom" if ran_out else None,
                              reason="memory probe", wall_s=0.5)
 
