@@ -96,6 +96,10 @@ def precheck(config: TrialConfig) -> str | None:
         reason = _simulated_reason(config)
     if reason is None and entry is not None:
         reason = entry.knob_reason(config.device, config.mode, config.knobs())
+    if reason is None:
+        from autotune._data_parallel import precheck_reason
+
+        reason = precheck_reason(config)
     if reason is not None:
         return f"{config.backend} on {config.device}: {reason}"
     return None

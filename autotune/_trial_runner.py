@@ -381,7 +381,10 @@ def screen_for(study: Study, config: TrialConfig, *,
     ``defer``: a survivor with a long window left may stop at the screen and be
     confirmed at the end of the run (``budget.defer_confirmation``, infer mode, a real
     device: a simulator's window costs no wall time, so there is nothing to save)."""
-    if not config.budget.early_stop or config.mode == "generate":
+    # a data-parallel trial is measured in full: its replicas would each screen their own
+    # steps, and a screen is a decision they would have to take together
+    if not config.budget.early_stop or config.mode == "generate" or \
+            config.data_parallel > 1:
         return None
     from autotune.profiling.screening import DEFER_AFTER_S, Screen
 

@@ -32,6 +32,13 @@ ATTENTIONS = ("auto", "math", "sdpa")
 WEIGHT_QUANTS = ("none", "int8", "int4")
 #: activation recomputation in training: off, or per transformer block
 CHECKPOINTINGS = ("off", "blocks")
+#: memory layout of a convolutional model's activations and weights: NCHW (torch's
+#: default, "contiguous") or NHWC ("channels_last"); other frameworks run the layout they
+#: prefer and refuse the other with the reason
+MEMORY_FORMATS = ("contiguous", "channels_last")
+#: Knobs shown with a configuration only where they differ from their default (a space
+#: that never mentions them keeps its recommendations and gate files as they were).
+SCALE_KNOBS = frozenset({"data_parallel", "memory_format"})
 #: Knobs that only mean something when the model is trained.
 TRAIN_ONLY_KNOBS = frozenset({"learning_rate", "optimizer", "checkpointing"})
 #: Knobs that only mean something when the model generates.
@@ -59,6 +66,10 @@ KNOB_DEFAULTS: Mapping[str, Any] = {
     "attention": "auto",
     "weight_quant": "none",
     "checkpointing": "off",
+    # replicas of one trial, each on its own device or core group (autotune._data_parallel);
+    # batch_size stays the global batch, split evenly over them
+    "data_parallel": 1,
+    "memory_format": "contiguous",
 }
 
 # -- timing constants shared by the space check, the worker and the profiling loop ------------
@@ -171,6 +182,13 @@ class TrialConfig:
     attention: str = "auto"
     weight_quant: str = "none"
     checkpointing: str = "off"
+    #: replicas the trial runs on (``batch_size`` is split evenly over them)
+    data_parallel: int = 1
+    memory_format: str = "contiguous"
+    #: set inside a replica of a data-parallel trial (:mod:`autotune.launch._replicas`):
+    #: its rank, the replicas, its cores or device and the rendezvous ports. Never part
+    #: of a stored configuration.
+    replica: Mapping[str, Any] | None = None
     #: what the trial is screened against (:class:`autotune.profiling.screening.Screen`
     #: as a dict: the study's front when it was launched); ``None``: measured in full. Not
     #: part of the configuration: a stored configuration never carries it.
@@ -210,6 +228,8 @@ class TrialConfig:
             if k in GENERATE_ONLY_KNOBS and self.mode != "generate":
                 continue
             if k in LLM_KNOBS and self.mode != "generate" and v == KNOB_DEFAULTS[k]:
+                continue
+            if k in SCALE_KNOBS and v == KNOB_DEFAULTS[k]:
                 continue
             out[k] = v
         return out

@@ -58,6 +58,9 @@ METRICS: Mapping[str, MetricInfo] = {
         MetricInfo(
             "energy_per_sample_j", "J", "minimize", "energy per sample over the measured window"
         ),
+        MetricInfo("comm_fraction", "fraction", "minimize",
+                   "data parallel: share of the window's step time during which a gradient "
+                   "all-reduce was in flight (0 for one replica)"),
         # -- language models (README: "Tune an LLM" defines each exactly) --
         MetricInfo("perplexity", "", "minimize",
                    "held-out perplexity of a language model (exp of the mean cross-entropy)"),
@@ -181,5 +184,6 @@ def worst_value(metric: str, *, trial_seconds: float, rated_power_w: float,
         "power_w": rated_power_w,
         # The whole budget at rated power spent on a single sample.
         "energy_per_sample_j": rated_power_w * trial_seconds,
+        "comm_fraction": 1.0,
     }
     return worst[metric]

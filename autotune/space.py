@@ -44,6 +44,7 @@ from autotune.config import (
     EXECUTIONS,
     GENERATE_ONLY_KNOBS,
     KV_CACHES,
+    MEMORY_FORMATS,
     MIN_SETUP_S,
     MODES,
     OPTIMIZERS,
@@ -302,11 +303,17 @@ def parse_space(data: Mapping[str, Any], *, source: str = "<space>",
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise where.fail("description", "must be text")
-    return SearchSpace(
+    space = SearchSpace(
         workload=ref.factory, workload_kwargs=dict(ref.kwargs), mode=mode,
         objectives=objectives, constraints=constraints, params=params, budget=budget,
         description=description,
     )
+    from autotune._data_parallel import check_space
+
+    problem = check_space(space)
+    if problem is not None:
+        raise where.fail(*problem)
+    return space
 
 
 def _parse_objectives(raw: Any, where: _Where) -> tuple[tuple[str, Direction], ...]:
@@ -454,6 +461,10 @@ def _knob_checks() -> dict[str, tuple[Any, str]]:
                          f"one of {', '.join(WEIGHT_QUANTS)}"),
         "checkpointing": (lambda v: isinstance(v, str) and v in CHECKPOINTINGS,
                           f"one of {', '.join(CHECKPOINTINGS)}"),
+        "data_parallel": (lambda v: _is_int(v) and v >= 1,
+                          "a positive integer (replicas of one trial)"),
+        "memory_format": (lambda v: isinstance(v, str) and v in MEMORY_FORMATS,
+                          f"one of {', '.join(MEMORY_FORMATS)}"),
     }
 
 
@@ -530,7 +541,8 @@ def _check_third_party_backends(spec: ParamSpec, key: str, where: _Where) -> Non
                 raise where.fail(key, str(e)) from None
 
 
-_INTEGER_KNOBS = frozenset({"batch_size", "threads", "prompt_len", "new_tokens"})
+_INTEGER_KNOBS = frozenset({"batch_size", "threads", "prompt_len", "new_tokens",
+                            "data_parallel"})
 
 
 def _parse_param(name: str, value: Any, key: str, where: _Where) -> ParamSpec:

@@ -546,6 +546,16 @@ def _naming_the_space(where: str, key: str) -> Iterator[None]:
         raise StudyError(one_line(f"{where}: {key}: {e}")) from None
 
 
+def _check_data_parallel_fits(space: SearchSpace) -> None:
+    """Refuse a space whose largest ``data_parallel`` cannot get cores of its own here."""
+    from autotune._data_parallel import check_machine
+    from autotune._jobs import available_cores
+
+    problem = check_machine(space, available_cores())
+    if problem is not None:
+        raise StudyError(problem)
+
+
 def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | None = None,
                  sampler: str = "tpe", seed: int | None = None,
                  exist_ok: bool = False) -> Study:
@@ -564,6 +574,8 @@ def create_study(name: str, space: SearchSpace | str | Path, *, storage: str | N
     check_measurable(parsed.budget, where)
     with _naming_the_space(where, "params.backend"):
         check_installed(parsed)
+    with _naming_the_space(where, "params.data_parallel"):
+        _check_data_parallel_fits(parsed)
     if sampler not in SAMPLERS:
         raise StudyError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     store = AutotuneStorage(storage)

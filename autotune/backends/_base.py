@@ -194,6 +194,12 @@ class Backend(ABC):
         """Optimizer steps in one training epoch (train mode's budget unit)."""
         raise NotImplementedError(f"{type(self).__name__} must define steps_per_epoch")
 
+    def last_step_comm_s(self) -> float | None:
+        """Seconds of the last step during which a gradient all-reduce was in flight (a
+        replica of a data-parallel trial whose framework lets it be timed); ``None``:
+        not measured."""
+        return None
+
     def between_steps(self) -> None:  # noqa: B027 - optional hook
         """Untimed bookkeeping between steps (e.g. new batches at an epoch boundary); the
         profiler calls it after every step, outside the step's clock reads."""

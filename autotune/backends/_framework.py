@@ -181,6 +181,17 @@ class FrameworkBackend(GenerationMixin, Backend):
     def load_weights(self, path: Path) -> None:
         """Load weights written by :meth:`save_weights` into the current model."""
 
+    def wrap_data_parallel(self, config: TrialConfig) -> dict[str, Any]:
+        """Make the training step of this replica (``config.replica``: rank, world,
+        rendezvous ports) average its gradients with the other replicas' through the
+        framework's own data-parallel machinery; returns what was used. The default
+        refuses: a framework without a data-parallel path says why."""
+        from autotune.backends import get_spec
+
+        reason = get_spec(config.backend).data_parallel_reason(config.device)
+        raise UnsupportedConfigError(reason or f"{self.framework} has no data-parallel "
+                                               "training path here")
+
     def count_flops(self, inputs: tuple[Any, ...], targets: Any,
                     mode: str) -> tuple[int | None, str]:
         """FLOPs of one forward (infer) or training step (train) on ``inputs`` as the
@@ -209,7 +220,9 @@ class FrameworkBackend(GenerationMixin, Backend):
         """Place, (in infer mode) train with the base recipe, prune, measure the model's
         facts, convert and compile; prepare the trial's batches."""
         self.config, self.spec = config, spec
-        self._rng = np.random.default_rng(config.seed)
+        # a replica of a data-parallel trial draws its own shard of the samples
+        rank = int((config.replica or {}).get("rank", 0))
+        self._rng = np.random.default_rng(config.seed if rank == 0 else [config.seed, rank])
         reason = self.model_type_error(spec.model)
         if reason is not None:
             raise ModelFactoryError(f"{self.factory_label}: {reason}")
@@ -236,6 +249,8 @@ class FrameworkBackend(GenerationMixin, Backend):
             self._prune(config.pruning_ratio, config.pruning_structure, permanent=False)
             # after pruning: a structured prune rebuilds the model, which must keep them
             self.apply_llm_knobs(config)
+            if config.replica is not None:
+                info["data_parallel"] = self.wrap_data_parallel(config)
             self.optimizer = self.make_optimizer(config.optimizer, config.learning_rate)
             self._train_step = self.build_train_step(config.precision, config.execution)
             self._new_epoch()
@@ -255,6 +270,10 @@ class FrameworkBackend(GenerationMixin, Backend):
                 self.apply_weight_quant(config.weight_quant)
             info["weight_quant"] = config.weight_quant
         if config.mode == "infer":
+            if config.replica is not None:  # replicas serving one stream: no collective
+                info["data_parallel"] = {"replicas": config.data_parallel,
+                                         "how": "independent replicas, one shard of each "
+                                                "batch each (no collective)"}
             self._infer_step = self.build_infer_step(config.execution)
             self._pool = [self._device_batch(self._make_batch(config.batch_size))
                           for _ in range(INFER_POOL)]
@@ -361,9 +380,11 @@ class FrameworkBackend(GenerationMixin, Backend):
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch of the spec's ``samples_per_epoch``."""
+        """Optimizer steps in one epoch of the spec's ``samples_per_epoch`` (a replica's
+        batch is its share of the global batch: the replicas' steps make one epoch)."""
         assert self.config is not None and self.spec is not None
-        return max(1, -(-self.spec.samples_per_epoch // self.config.batch_size))
+        global_batch = self.config.batch_size * self.config.data_parallel
+        return max(1, -(-self.spec.samples_per_epoch // global_batch))
 
     def between_steps(self) -> None:
         assert self.config is not None

@@ -92,6 +92,13 @@ class BackendSpec:
     #: intra-op pool is resized by ``set_threads``); TensorFlow and MindSpore size their
     #: pools once per process, so they get a worker per thread count
     threads_in_place: bool = False
+    #: device kind -> how a data-parallel trial runs there (the framework's machinery and
+    #: its collective, e.g. ``DistributedDataParallel over gloo``); a kind not listed
+    #: cannot run ``data_parallel > 1`` (:meth:`data_parallel_reason` says why)
+    data_parallel: Mapping[str, str] = field(default_factory=dict)
+    #: why data parallelism is missing where :attr:`data_parallel` does not list a kind
+    #: (default: "backend X has no data-parallel path on K devices")
+    no_data_parallel: str = ""
 
     @property
     def builtin(self) -> bool:
@@ -141,6 +148,15 @@ class BackendSpec:
         if self.knob_rule is None:
             return None
         return self.knob_rule(device.split(":")[0], mode, knobs)
+
+    def data_parallel_reason(self, device: str) -> str | None:
+        """Why a trial with ``data_parallel > 1`` cannot run on ``device`` (``None``: it
+        can)."""
+        kind = device.split(":")[0]
+        if kind in self.data_parallel:
+            return None
+        return self.no_data_parallel or (
+            f"backend {self.name!r} has no data-parallel path on {kind!r} devices")
 
     def resolve_execution(self, execution: str) -> str:
         """``auto`` -> :attr:`best_execution`; anything else unchanged."""

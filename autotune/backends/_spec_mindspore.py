@@ -28,6 +28,10 @@ GENERATE_GRAPH_REASON = ("MindSpore generates in PyNative (execution: eager): a 
 
 def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
     """The language-model knobs MindSpore cannot run."""
+    if knobs.get("memory_format", "contiguous") == "channels_last":
+        return ("memory_format 'channels_last': MindSpore's Conv2d runs NCHW "
+                "(data_format NHWC is for GPU only) and has no channels-last tensor layout; "
+                "use contiguous")
     if knobs.get("weight_quant", "none") != "none":
         return f"weight_quant {knobs['weight_quant']!r}: {WEIGHT_QUANT_REASON}"
     if knobs.get("attention") == "sdpa":
@@ -112,4 +116,9 @@ SPEC = BackendSpec(
     precisions=frozenset({"fp32", "bf16", "fp16"}),
     unsupported_kinds={"tpu": "MindSpore has no TPU support (use backend tensorflow)"},
     capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
-    probe="autotune.backends._probe:probe_mindspore")
+    probe="autotune.backends._probe:probe_mindspore",
+    no_data_parallel=(
+        "autotune does not run MindSpore data-parallel trials: MindSpore's data-parallel "
+        "mode (set_auto_parallel_context(parallel_mode=DATA_PARALLEL)) needs msrun's "
+        "scheduler process and communication.init() (HCCL on Ascend, NCCL on GPU, its "
+        "dynamic cluster on CPU), which the replica launcher does not start yet"))

@@ -28,6 +28,10 @@ XLA_DYNAMIC_REASON = ("xla compiles one program per shape and a dynamic cache gr
 
 def knob_rule(kind: str, mode: str, knobs: Mapping[str, Any]) -> str | None:
     """The language-model knobs TensorFlow cannot run."""
+    if knobs.get("memory_format", "contiguous") == "channels_last":
+        return ("memory_format 'channels_last': TensorFlow's convolutions already run "
+                "channels-last (NHWC, Keras' default data_format), which is what "
+                "memory_format contiguous gives here; use contiguous")
     if knobs.get("weight_quant", "none") != "none":
         return f"weight_quant {knobs['weight_quant']!r}: {WEIGHT_QUANT_REASON}"
     if knobs.get("attention") == "sdpa":

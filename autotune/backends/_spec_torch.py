@@ -114,4 +114,9 @@ SPEC = BackendSpec(
                 "mark_step) (use backend tensorflow on tpu)"),
     },
     capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
-    probe="autotune.backends._probe:probe_torch")
+    probe="autotune.backends._probe:probe_torch",
+    # torch.distributed's backend per device kind, as its experts pick it
+    data_parallel={"cpu": "DistributedDataParallel over gloo",
+                   "cuda": "DistributedDataParallel over nccl"},
+    no_data_parallel=("the torch backend runs data-parallel trials on cpu (gloo) and cuda "
+                      "(nccl) only"))

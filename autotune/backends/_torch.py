@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,11 @@ class TorchBackend(FrameworkBackend):
         self._input_dtype: Any = None
         self._compiled = False
         self._mask_hook: Any = None
+        #: a training replica's DistributedDataParallel wrapper (the train step runs it)
+        self._ddp: Any = None
+        #: (start, end) of each gradient all-reduce of the current step
+        self._comm: list[tuple[float, float]] = []
+        self._channels_last = False
 
     # -- runtime ---------------------------------------------------------------------------
 
@@ -91,6 +96,27 @@ class TorchBackend(FrameworkBackend):
         self._autocast = (getattr(torch, _DTYPES[config.precision])
                           if config.mode == "train" and config.precision in _DTYPES else None)
         self._input_dtype = torch.float32
+        self._channels_last = config.memory_format == "channels_last"
+        replica = config.replica
+        if replica is not None and config.mode == "train" and \
+                not torch.distributed.is_initialized():
+            self._join_process_group(replica)
+
+    def _join_process_group(self, replica: Mapping[str, Any]) -> None:
+        """This replica's place in the trial's process group: gloo on CPU, NCCL on CUDA
+        (torch's own choices), rendezvous on the coordinator's free local port."""
+        import datetime
+        import time
+
+        torch = self.torch
+        if self._cuda:
+            torch.cuda.set_device(self.device)
+        deadline = float(replica.get("deadline") or 0) or time.perf_counter() + 60
+        torch.distributed.init_process_group(
+            "nccl" if self._cuda else "gloo",
+            init_method=f"tcp://127.0.0.1:{replica['ports'][0]}",
+            rank=int(replica["rank"]), world_size=int(replica["world"]),
+            timeout=datetime.timedelta(seconds=max(5.0, deadline - time.perf_counter())))
 
     def _select_device(self, device: str) -> None:
         """Place the trial on ``device`` (``cpu`` or ``cuda:N``); a CUDA device's peak
@@ -127,12 +153,23 @@ class TorchBackend(FrameworkBackend):
                 "the torch backend needs a torch.nn.Module")
 
     def place_model(self, model: Any) -> Any:
-        return model.to(self.device).train()
+        model = model.to(self.device).train()
+        if self._channels_last:
+            convs = [m for m in model.modules() if isinstance(m, self.torch.nn.Conv2d)]
+            if not convs:
+                raise UnsupportedConfigError(
+                    "memory_format 'channels_last': the model has no 2-D convolution, so "
+                    "none of its tensors has a channels-last layout (use contiguous)")
+            model = model.to(memory_format=self.torch.channels_last)
+        return model
 
     def to_device(self, array: np.ndarray) -> Any:
         tensor = self.torch.from_numpy(array).to(self.device)
         if tensor.is_floating_point() and tensor.dtype != self._input_dtype:
             tensor = tensor.to(self._input_dtype)
+        if self._channels_last and tensor.dim() == 4:
+            # NHWC in memory: the layout oneDNN's and cuDNN's fastest conv kernels read
+            return tensor.contiguous(memory_format=self.torch.channels_last)
         return tensor.contiguous()
 
     def classify_error(self, error: BaseException) -> type[TrialError] | None:
@@ -343,11 +380,55 @@ class TorchBackend(FrameworkBackend):
         return functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(),
                                         targets.reshape(-1))
 
+    def wrap_data_parallel(self, config: TrialConfig) -> dict[str, Any]:
+        """``DistributedDataParallel`` over the process group joined in :meth:`configure`,
+        with a communication hook that does what DDP's default does (average each
+        gradient bucket with an all-reduce) and times it, so the share of a step spent
+        with an all-reduce in flight is measured, not guessed."""
+        torch = self.torch
+        dist = torch.distributed
+        world = dist.get_world_size()
+        self._ddp = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self._cuda else None)
+        intervals = self._comm
+
+        # unannotated: DDP checks that an annotated ``bucket`` is dist.GradBucket itself
+        def timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
+            import time
+
+            start = time.perf_counter()
+            buffer = bucket.buffer().div_(world)
+            future = dist.all_reduce(buffer, async_op=True).get_future()
+
+            def done(fut: Any) -> Any:
+                intervals.append((start, time.perf_counter()))
+                return fut.value()[0]
+
+            return future.then(done)
+
+        self._ddp.register_comm_hook(None, timed_allreduce)
+        return {"replicas": world, "how": "torch.nn.parallel.DistributedDataParallel",
+                "collective": dist.get_backend(), "comm_hook": "timed all-reduce (mean)"}
+
+    def last_step_comm_s(self) -> float | None:
+        """The union of the last step's all-reduce intervals (buckets may overlap each
+        other and the backward pass); 0 for an inference replica (no collective)."""
+        if self.config is None or self.config.replica is None:
+            return None
+        if self._ddp is None:
+            return 0.0
+        total, end = 0.0, float("-inf")
+        for start, stop in sorted(self._comm):
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
+
     def build_train_step(self, precision: str, execution: str) -> Callable[..., Any]:
         torch = self.torch
-        module = self.model
+        module = self._ddp if self._ddp is not None else self.model
         if execution == "graph":
-            module = torch.compile(self.model)
+            module = torch.compile(module)
             self._compiled = True
         autocast = (_DTYPES.get(precision) if precision in _DTYPES else None)
         dtype = getattr(torch, autocast) if autocast else None
@@ -356,7 +437,10 @@ class TorchBackend(FrameworkBackend):
         scaler = self.scaler
         device_type = self.device.type
 
+        comm = self._comm
+
         def step(inputs: tuple[Any, ...], targets: Any) -> Any:
+            comm.clear()  # this step's all-reduces only
             optimizer.zero_grad(set_to_none=True)
             if dtype is not None:
                 with torch.autocast(device_type, dtype=dtype):
@@ -643,6 +727,11 @@ class TorchBackend(FrameworkBackend):
             self._mask_hook = None
         self._masks = []
         self.scaler = self._autocast = None
+        self._ddp = None
+        self._comm.clear()
+        if self.config is not None and self.config.replica is not None and \
+                self.torch.distributed.is_initialized():
+            self.torch.distributed.destroy_process_group()
         super().teardown()
         if self._cuda:
             # empty_cache acts on the current device, which is cuda:0 unless set

@@ -124,6 +124,40 @@ def _print_trials(console: Any, study: Any, trials: list[Any]) -> None:
     console.print(table)
 
 
+def _print_scaling(console: Any, study: Any) -> None:
+    """The scaling view of a study that searches ``data_parallel``: per measured trial,
+    replicas, throughput, energy per sample, communication share and scaling efficiency
+    (throughput / (replicas x the best single-replica throughput of the same
+    configuration))."""
+    from rich.table import Table
+
+    from autotune._data_parallel import scaling_points
+
+    points = sorted(scaling_points(study), key=lambda p: (p.key, p.replicas, p.trial))
+    if not points:
+        return
+    table = Table(title="Scaling over replicas (data_parallel)", title_justify="left")
+    for col in ("trial", "replicas", "threads", "throughput_sps", "energy_per_sample_j",
+                "comm_fraction", "scaling_efficiency"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(str(p.trial), str(p.replicas), _fmt(p.threads), _fmt(p.throughput_sps),
+                      _fmt(p.energy_per_sample_j), _fmt(p.comm_fraction),
+                      _fmt(p.scaling_efficiency))
+    console.print(table)
+    console.print("scaling_efficiency: throughput / (replicas x the best single-replica "
+                  "throughput of the same configuration); - where the study has no "
+                  "single-replica point of it", style="dim")
+
+
+def _scaling_json(study: Any) -> list[dict[str, Any]]:
+    import dataclasses
+
+    from autotune._data_parallel import scaling_points
+
+    return [dataclasses.asdict(p) for p in scaling_points(study)]
+
+
 def _front_json(study: Any) -> dict[str, Any]:
     return {
         **study.summary(),

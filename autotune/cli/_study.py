@@ -14,7 +14,9 @@ from autotune.cli._render import (
     _front_json,
     _print_front,
     _print_history,
+    _print_scaling,
     _print_trials,
+    _scaling_json,
     _trial_line,
 )
 
@@ -250,6 +252,7 @@ def _cmd_list(args: argparse.Namespace, console: Any) -> int:
 
 def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     import autotune
+    from autotune._data_parallel import searches_data_parallel
 
     study = autotune.load_study(args.name, storage=args.storage)
     if args.live:
@@ -266,6 +269,8 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
                                         for k, v in kinds.items()}
         if args.all:
             out["trials"] = [vars(t) for t in study.trials()]
+        if searches_data_parallel(study):
+            out["scaling"] = _scaling_json(study)
         if args.history:
             out["hypervolume"] = study.hypervolume()
             out["history"] = [
@@ -295,6 +300,8 @@ def _cmd_show(args: argparse.Namespace, console: Any) -> int:
     else:
         console.print("no feasible trial yet: run `autotune study run "
                       f"{study.name}` (or see --all for why trials were infeasible)")
+    if searches_data_parallel(study):
+        _print_scaling(console, study)
     kinds = _fronts_by_kind(study)
     if len(kinds) > 1:  # a mixed fleet: where each kind of machine is best
         for kind, points in kinds.items():

@@ -344,6 +344,7 @@ class DashboardApp:
             else:
                 body.append('<p class="note">no feasible trial yet</p>')
             body += self._fleet(study)
+            body += self._scaling(study)
             body += ["<h2>Recommendation</h2>", self._recommendation(study)]
             body += ["<h2>Knobs against objectives</h2>",
                      _figure(figures.study_parallel_figure(study), "parallel"),
@@ -359,6 +360,31 @@ class DashboardApp:
                          poll=self._poll(study.name, version))
         finally:
             study.close()
+
+    @staticmethod
+    def _scaling(study: Study) -> list[str]:
+        """Throughput and energy per sample against replicas, and the scaling table,
+        for a study that searches ``data_parallel`` (nothing otherwise)."""
+        from autotune._data_parallel import scaling_points, searches_data_parallel
+        from autotune.dashboard import figures
+
+        if not searches_data_parallel(study):
+            return []
+        points = scaling_points(study)
+        if not points:
+            return ["<h2>Scaling over replicas</h2>",
+                    '<p class="note">no measured trial yet</p>']
+        rows = [[esc(p.trial), esc(p.replicas), esc(_fmt(p.threads)),
+                 esc(_fmt(p.throughput_sps)), esc(_fmt(p.energy_per_sample_j)),
+                 esc(_fmt(p.comm_fraction)), esc(_fmt(p.scaling_efficiency))]
+                for p in sorted(points, key=lambda p: (p.key, p.replicas, p.trial))]
+        return ["<h2>Scaling over replicas</h2>",
+                _figure(figures.scaling_figure(points), "scaling"),
+                _table(["trial", "replicas", "threads", "throughput_sps",
+                        "energy_per_sample_j", "comm_fraction", "scaling_efficiency"],
+                       rows, "scaling"),
+                '<p class="note">scaling_efficiency = throughput / (replicas x the best '
+                "single-replica throughput of the same configuration)</p>"]
 
     @staticmethod
     def _fleet(study: Study) -> list[str]:

@@ -6,9 +6,11 @@ Needs the ``dashboard`` extra (plotly). Each ``*_figure`` takes the info datacla
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from autotune._data_parallel import ScalingPoint
 from autotune.dashboard.info import (
     HypervolumeInfo,
     ImportanceInfo,
@@ -150,6 +152,40 @@ def hypervolume_figure(info: HypervolumeInfo) -> go.Figure:
                                line={"shape": "hv"}))
     fig.update_layout(title="Hypervolume history", xaxis_title="trial number",
                       yaxis_title="hypervolume")
+    return fig
+
+
+def _share(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def scaling_figure(points: Sequence[ScalingPoint]) -> go.Figure:
+    """Throughput (left) and energy per sample (right) against replicas, one line per
+    configuration (every knob but ``data_parallel`` and ``threads``), each point's scaling
+    efficiency in its hover text."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput (samples/s)",
+                                                        "energy per sample (J)"))
+    curves: dict[str, list[ScalingPoint]] = {}
+    for p in points:
+        curves.setdefault(p.key, []).append(p)
+    for i, (key, curve) in enumerate(curves.items()):
+        curve = sorted(curve, key=lambda p: (p.replicas, p.trial))
+        knobs = json.loads(key)
+        name = f"{knobs.get('backend')} bs{knobs.get('batch_size')} {knobs.get('precision')}"
+        hover = [f"trial {p.trial}: {p.replicas} replica(s) x {p.threads} thread(s); "
+                 f"scaling efficiency {_share(p.scaling_efficiency, '.2f')}; "
+                 f"comm {_share(p.comm_fraction, '.0%')}" for p in curve]
+        color = _COLORS[i % len(_COLORS)]
+        for col, values in ((1, [p.throughput_sps for p in curve]),
+                            (2, [p.energy_per_sample_j for p in curve])):
+            fig.add_trace(go.Scatter(x=[p.replicas for p in curve], y=values,
+                                     mode="lines+markers", name=esc(name), hovertext=hover,
+                                     legendgroup=key, showlegend=col == 1,
+                                     line={"color": color}), row=1, col=col)
+    fig.update_xaxes(title_text="replicas (data_parallel)", dtick=1)
+    fig.update_layout(title="Scaling over replicas")
     return fig
 
 

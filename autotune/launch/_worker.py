@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from autotune.backends import Backend
     from autotune.config import TrialConfig
     from autotune.exceptions import OutOfMemoryError
+    from autotune.profiling.loop import Agreement
 
 #: Environment variables that change performance, recorded with every measurement so a
 #: trial can be re-run under the same conditions.
@@ -218,21 +219,28 @@ class WorkerState:
         resource.setrlimit(resource.RLIMIT_AS, (self._soft_as_limit, hard))
 
 
-def run_trial(config_data: dict[str, Any], state: WorkerState,
-              deadline: float) -> dict[str, Any]:
+def run_trial(config_data: dict[str, Any], state: WorkerState, deadline: float,
+              sync: Agreement | None = None) -> dict[str, Any]:
     """Run one trial on ``state``'s backend and return the raw result (raises on failure).
 
     ``deadline`` is the ``time.perf_counter()`` value by which measuring must be over.
+    A trial with ``data_parallel > 1`` is run as that many replica processes, this one
+    coordinating them (:mod:`autotune.launch._replicas`); a replica runs its share here
+    with its ``sync`` (the agreement of the measured loop).
     """
     from autotune.config import TrialConfig
     from autotune.profiling.contention import ContentionMonitor
-    from autotune.profiling.loop import run_profile
+    from autotune.profiling.loop import SOLO, run_profile
     from autotune.profiling.power import meter_for_device
     from autotune.workloads import WorkloadRef, load_model_spec
 
     config = TrialConfig.from_dict(config_data)
     if config.backend != state.backend_name:
         raise RuntimeError(f"this worker serves {state.backend_name!r}, not {config.backend!r}")
+    if config.data_parallel > 1 and config.replica is None:
+        from autotune.launch._replicas import run_replicated
+
+        return run_replicated(config, state.cores, deadline)
     if state.threads_in_place or config.threads is not None:
         state.use_threads(config.threads)
     if config.memory_probe is not None:
@@ -269,10 +277,11 @@ def run_trial(config_data: dict[str, Any], state: WorkerState,
         peak = backend.declared_peak() or _peak_record(config.device, config.precision,
                                                        state.pinned_threads)
         model_info.update(factory=ref.label(), factory_hash=config.factory_hash, peak=peak)
+        model_info.setdefault("memory_format", config.memory_format)
         # a simulator has its own power model, and no other process shares its time
         meter = backend.power_meter() or meter_for_device(config.device)
         monitor = None if backend.simulated else ContentionMonitor()
-        result = run_profile(backend, config, meter, deadline, monitor)
+        result = run_profile(backend, config, meter, deadline, monitor, sync or SOLO)
         if backend.simulated:
             from autotune.simulation import SIMULATED_NOTE
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autotune.profiling.contention import ContentionMonitor, ContentionReading
 from autotune.profiling.contention import combine as combine_loads
@@ -35,6 +36,39 @@ if TYPE_CHECKING:
 #: How often (in steps) the window checks its confidence interval; the check itself is
 #: not timed (a selection of three order statistics, linear in the steps so far).
 CI_CHECK_EVERY = 8
+#: A window's stop reasons that end it for every replica as soon as one replica meets them
+#: (the others are in the same window: what ends one ends the synchronised window)
+_HARD_STOPS = ("deadline", "window_max_s")
+
+
+class Agreement(Protocol):
+    """How the replicas of a data-parallel trial decide together
+    (:mod:`autotune.launch._replicas`): ``all(vote)`` returns every replica's vote, in rank
+    order, to every replica, so each takes the same decision at the same step (a replica
+    that stopped alone would leave the others waiting in their next all-reduce)."""
+
+    def all(self, vote: Any) -> list[Any]: ...
+
+
+class Solo:
+    """The agreement of a trial with one replica: its own vote."""
+
+    def all(self, vote: Any) -> list[Any]:
+        return [vote]
+
+
+SOLO = Solo()
+
+
+def _agreed_stop(votes: Sequence[str | None]) -> str | None:
+    """The window's stop reason from every replica's: a hard stop (deadline, longest
+    window) of any replica ends it; a met confidence interval needs every replica's."""
+    for reason in _HARD_STOPS:
+        if reason in votes:
+            return reason
+    if votes and all(v == "ci_met" for v in votes):
+        return "ci_met"
+    return None
 
 
 def _clock(backend: Backend) -> Any:
@@ -98,12 +132,15 @@ class _Window:
     #: set when a survivor's confirmation was deferred: its optimistic corner, its steps
     #: and the window it did not spend now
     screened: dict[str, Any] | None = None
+    #: per step, the seconds a gradient all-reduce was in flight (data parallel; empty
+    #: where the backend does not measure it)
+    comm: list[float] = field(default_factory=list)
 
 
 def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: PowerMeter,
                     monitor: ContentionMonitor | None, deadline: float,
                     min_steps: int | None = None, screen: Screen | None = None,
-                    samples_per_step: int = 1) -> _Window:
+                    samples_per_step: int = 1, sync: Agreement = SOLO) -> _Window:
     """Time synchronised steps until the median's confidence interval is within
     ``budget.target_ci``, ``window_max_s`` or the deadline; with a ``screen``, stop
     early once the trial's confidence box is dominated by the screen's front (checked
@@ -112,9 +149,11 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
     ``screen.defer_after_s`` or more.
 
     An evaluation falling inside the window (train mode's budget reached) is cut out of
-    the window's time, energy and contention reading.
+    the window's time, energy and contention reading. With several replicas (``sync``)
+    each step's stop decision is taken together, after the step's clock reads.
     """
     times: list[float] = []
+    comm: list[float] = []
     generations: list[list[float]] = []
     samples = 0
     readings: list[EnergyReading] = []
@@ -145,6 +184,10 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         samples += backend.step()
         backend.synchronize()
         times.append(clock() - s)
+        # duck-typed test doubles have no hook
+        step_comm = getattr(backend, "last_step_comm_s", lambda: None)()
+        if step_comm is not None:
+            comm.append(step_comm)
         generation = getattr(backend, "last_generation", None)
         if generation is not None:
             generations.append(generation)
@@ -155,10 +198,10 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             begin()
         now = clock()
         elapsed = now - window_start - excluded_s
+        vote: str | None = None
         if now + times[-1] >= deadline:  # the next step would end past the deadline
-            warnings.append("the trial budget ended the measured window")
-            break
-        if next_screen is not None and screen is not None and (
+            vote = "deadline"
+        elif next_screen is not None and screen is not None and (
                 len(times) >= next_screen or early_rung(screen, len(times), elapsed)):
             # rungs at min_steps, 2x, 4x...: a few checks per trial (slow steps: one more
             # before them, at SCREEN_EARLY_STEPS)
@@ -181,12 +224,16 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
                     break
         long_enough = elapsed >= budget.window_min_s and len(times) >= (
             min_steps or budget.window_min_steps)
-        if long_enough and len(times) % CI_CHECK_EVERY == 0 and \
+        if vote is None and long_enough and len(times) % CI_CHECK_EVERY == 0 and \
                 relative_ci_halfwidth(times) <= budget.target_ci:
-            stop_reason = "ci_met"
-            break
-        if long_enough and elapsed >= budget.window_max_s:
-            stop_reason = "window_max_s"
+            vote = "ci_met"
+        elif vote is None and long_enough and elapsed >= budget.window_max_s:
+            vote = "window_max_s"
+        agreed = _agreed_stop(sync.all(vote))
+        if agreed is not None:
+            stop_reason = agreed
+            if agreed == "deadline":
+                warnings.append("the trial budget ended the measured window")
             break
     window_end = clock()  # before the meters' reads (npu-smi's may block)
     end()
@@ -195,7 +242,7 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         window_s=window_end - window_start - excluded_s, excluded_s=excluded_s,
         stop_reason=stop_reason, energy=combine(readings),
         contention=combine_loads(loads) if loads else None, warnings=warnings,
-        generations=generations, pruned=pruned, screened=screened,
+        generations=generations, pruned=pruned, screened=screened, comm=comm,
     )
 
 
@@ -220,14 +267,18 @@ def _pruning(screen: Screen, corner: list[float], steps: int) -> dict[str, Any] 
 
 
 def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
-                deadline: float, monitor: ContentionMonitor | None = None) -> dict[str, Any]:
+                deadline: float, monitor: ContentionMonitor | None = None,
+                sync: Agreement = SOLO) -> dict[str, Any]:
     """Warm up, measure and evaluate an already set-up ``backend``.
 
     ``deadline`` is a ``backend.clock()`` value (``time.perf_counter()`` unless
     simulated) by which the loop must have returned;
     no step is started that would, at the last step's pace, end past it. With a
     ``monitor``, a window during which another process used this process's cores is
-    measured again once if the deadline allows, else flagged.
+    measured again once if the deadline allows, else flagged. A replica of a
+    data-parallel trial passes its ``sync``: warm-up's end, the window's end, a
+    re-measurement and the end of training are decided by every replica together, so
+    they all run the same steps in the same window.
     Returns the raw result (step times in seconds, energy reading, accuracy...).
     """
     budget = config.budget
@@ -259,14 +310,22 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         warmup.append(clock() - s)
         trainer.after_step()
         now = clock()
+        vote: str | None = None
         if now - w_start >= budget.warmup_min_s and is_stable(warmup):
+            vote = "stable"
+        elif now - w_start >= budget.warmup_max_s:
+            vote = "longest"
+        # the next step, and at least one measured step, would end past the deadline
+        elif now + 2 * warmup[-1] >= deadline:
+            vote = "deadline"
+        votes = sync.all(vote)
+        if "deadline" in votes:
+            warnings.append("the trial budget ended the warm-up before it was stable")
             break
-        if now - w_start >= budget.warmup_max_s:
+        if "longest" in votes:
             warnings.append(f"warm-up did not stabilise within {budget.warmup_max_s:g} s")
             break
-        # the next step, and at least one measured step, would end past the deadline
-        if now + 2 * warmup[-1] >= deadline:
-            warnings.append("the trial budget ended the warm-up before it was stable")
+        if all(v == "stable" for v in votes):
             break
     warmup_s = clock() - w_start
 
@@ -279,16 +338,20 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
                         -(-PERCENTILE_MIN_SAMPLES[95] // max(1, config.batch_size)))
     screen = Screen.from_dict(config.screen) if config.screen else None
     window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps,
-                             screen, config.batch_size)
+                             screen, config.batch_size, sync)
     remeasured = 0
     # a window cut short by the screen is measured again too: a prune decided while
     # another process held our cores is a verdict on that process, not on this trial
-    if window.contention is not None and window.contention.contended and \
-            clock() + window.window_s + window.excluded_s < deadline:
-        warnings.append(f"re-measured: {window.contention.reason}")
+    # (replicas: again for all when any was contended and every one has the time)
+    contended = window.contention is not None and window.contention.contended
+    votes = sync.all([contended, clock() + window.window_s + window.excluded_s < deadline])
+    if any(c for c, _ in votes) and all(t for _, t in votes):
+        reason = window.contention.reason if contended and window.contention else \
+            "another replica's cores were used by another process"
+        warnings.append(f"re-measured: {reason}")
         remeasured = 1
         window = _measure_window(backend, budget, trainer, meter, monitor, deadline,
-                                 min_steps, screen, config.batch_size)
+                                 min_steps, screen, config.batch_size, sync)
     if window.contention is not None and window.contention.contended:
         warnings.append(window.contention.reason)
     warnings.extend(window.warnings)
@@ -299,7 +362,7 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
     if trainer.budget_steps is not None and window.pruned is None and \
             window.screened is None:
         last = times[-1]
-        while not trainer.evaluated and clock() + last < deadline:
+        while not trainer.evaluated and all(sync.all(clock() + last < deadline)):
             s = clock()
             backend.step()
             trainer.after_step()
@@ -329,4 +392,5 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         "warnings": warnings,
         "pruned": window.pruned,
         "screened": window.screened,
+        "step_comm_s": window.comm,
     }

@@ -84,6 +84,16 @@ class Measurement:
     #: have been long): ``corner`` (its optimistic corner), ``steps``, ``deferred_s``;
     #: empty otherwise
     screened: dict[str, Any] = field(default_factory=dict)
+    #: processes the trial ran on (``data_parallel``); with several, ``step_times_s`` are
+    #: the synchronised steps (each the slowest replica's: a global batch is done when its
+    #: last shard is) and ``samples_per_step`` the global batch, each sample counted once
+    replicas: int = 1
+    #: each replica's own step times over the same window, in rank order
+    replica_step_times_s: tuple[tuple[float, ...], ...] = ()
+    #: share of the step time with a gradient all-reduce in flight (mean of the
+    #: replicas'); ``None`` with ``comm_fraction_reason`` where it was not measured
+    comm_fraction: float | None = None
+    comm_fraction_reason: str = ""
 
     @property
     def fidelity(self) -> str:
@@ -148,6 +158,11 @@ class Measurement:
             baseline_rss_bytes=int(raw.get("baseline_rss_bytes") or 0),
             pruned=dict(raw.get("pruned") or {}),
             screened=dict(raw.get("screened") or {}),
+            replicas=int(raw.get("replicas") or 1),
+            replica_step_times_s=tuple(tuple(t) for t in raw.get("replica_step_times_s", ())),
+            comm_fraction=raw.get("comm_fraction",
+                                  0.0 if int(raw.get("replicas") or 1) == 1 else None),
+            comm_fraction_reason=str(raw.get("comm_fraction_reason") or ""),
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -354,6 +369,7 @@ class Measurement:
             "e2e_p50_ms": self._generation_ms(50, "e2e"),
             "prefill_tokens_per_s": self.prefill_tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
+            "comm_fraction": self.comm_fraction,
         }
 
     def missing_reasons(self) -> dict[str, str]:
@@ -390,6 +406,8 @@ class Measurement:
             reasons["tokens_per_s"] = ("generate mode: see decode_tokens_per_s and "
                                        "prefill_tokens_per_s" if self.mode == "generate"
                                        else "the model's samples are not token sequences")
+        if self.comm_fraction is None:
+            reasons["comm_fraction"] = self.comm_fraction_reason or "not measured"
         if self.mode != "generate":
             for name in GENERATION_METRICS:
                 reasons[name] = f"generate mode only (this trial's mode is {self.mode})"
@@ -431,6 +449,9 @@ class Measurement:
             "energy_fallback_reason": self.energy_fallback_reason,
             "memory_source": self.memory_source,
             "threads": self.threads,
+            "replicas": self.replicas,
+            "data_parallel": self.model.get("data_parallel"),
+            "memory_format": self.model.get("memory_format"),
             "stop_reason": self.stop_reason,
             # includes compilation in graph/xla modes; never part of the window
             "first_step_s": self.first_step_s,

@@ -102,3 +102,26 @@ def sleepy(framework: str, base_ms: float = 1.0, per_sample_us: float = 0.0,
            per_pair_ns: float = 0.0) -> autotune.ModelSpec:
     return autotune.ModelSpec(_Sleepy(base_ms * 1e-3, per_sample_us * 1e-6,
                                       per_pair_ns * 1e-9), _batch)
+
+
+class _DiesInReplicaOne(nn.Module):
+    """Replica 1 of a data-parallel trial is killed (SIGKILL, as the OOM killer or an
+    operator would) at its 30th forward pass; replica 0 and single-replica trials run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, CLASSES))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import signal
+
+        self.calls += 1
+        if os.environ.get("RANK") == "1" and self.calls == 30:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def dies_in_replica_one(framework: str) -> autotune.ModelSpec:
+    return autotune.ModelSpec(_DiesInReplicaOne(), _batch)
