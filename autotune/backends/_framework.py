@@ -192,6 +192,14 @@ class FrameworkBackend(GenerationMixin, Backend):
         raise UnsupportedConfigError(reason or f"{self.framework} has no data-parallel "
                                                "training path here")
 
+    def last_step_comm_s(self) -> float | None:
+        """An inference replica exchanges nothing with the others: 0; else not measured
+        here (a framework that can time its all-reduce overrides this)."""
+        if self.config is not None and self.config.replica is not None and \
+                self.config.mode != "train":
+            return 0.0
+        return None
+
     def count_flops(self, inputs: tuple[Any, ...], targets: Any,
                     mode: str) -> tuple[int | None, str]:
         """FLOPs of one forward (infer) or training step (train) on ``inputs`` as the

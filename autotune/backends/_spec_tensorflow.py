@@ -127,4 +127,9 @@ SPEC = BackendSpec(
     precisions=frozenset({"fp32", "bf16", "fp16", "int8"}), int8_modes=frozenset({"infer"}),
     unsupported_kinds={"npu": "TensorFlow has no Ascend NPU support (use backend mindspore)"},
     capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
-    probe="autotune.backends._probe:probe_tensorflow")
+    probe="autotune.backends._probe:probe_tensorflow",
+    data_parallel={"cpu": "tf.distribute.MultiWorkerMirroredStrategy (ring all-reduce)",
+                   "cuda": "tf.distribute.MultiWorkerMirroredStrategy (ring all-reduce)"},
+    no_data_parallel=("TensorFlow data-parallel trials run on cpu and cuda here; a TPU's "
+                      "replicas are its cores under TPUStrategy, which autotune does not "
+                      "drive"))

@@ -192,6 +192,10 @@ class TensorFlowBackend(FrameworkBackend):
         self._activation_bytes_per_sample: float | None = None
         self._evaluated = False
         self._gradients_before: frozenset[str] = frozenset()
+        #: a training replica's MultiWorkerMirroredStrategy (created with the runtime) and
+        #: the scope it keeps entered during a trial
+        self._strategy: Any = None
+        self._strategy_scope: Any = None
 
     # -- threads and devices ---------------------------------------------------------------
 
@@ -215,6 +219,7 @@ class TensorFlowBackend(FrameworkBackend):
         tf = self.tf
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+        self._join_cluster()
         with tf.device("/CPU:0"):
             # The eager context and its thread pools, then the graph runtime's and XLA's
             # (XLA starts its own pools on its first compile: 17 threads here). Under 0.1 s.
@@ -223,6 +228,23 @@ class TensorFlowBackend(FrameworkBackend):
             tf.function(tf.linalg.matmul, jit_compile=True)(x, x).numpy()
         self._threads = n
         return int(tf.config.threading.get_intra_op_parallelism_threads())
+
+    def _join_cluster(self) -> None:
+        """A training replica of a data-parallel trial (``TF_CONFIG`` set by
+        :mod:`autotune.launch._replica`) joins the trial's cluster: its
+        ``MultiWorkerMirroredStrategy`` must exist before the runtime runs an op (TF
+        configures collective ops once, at start-up). Ring all-reduce: the
+        implementation TensorFlow documents for CPU workers (NCCL is GPU-only)."""
+        import os
+
+        from autotune.launch._replicas import REPLICA_ENV
+
+        if not (os.environ.get(REPLICA_ENV) and os.environ.get("TF_CONFIG")):
+            return
+        distribute = self.tf.distribute
+        options = distribute.experimental.CommunicationOptions(
+            implementation=distribute.experimental.CommunicationImplementation.RING)
+        self._strategy = distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
     def _select_device(self, device: str) -> None:
         """Place the trial on ``device`` (``cpu``, ``cuda:N`` or ``tpu:N``).
@@ -307,8 +329,13 @@ class TensorFlowBackend(FrameworkBackend):
             self._policy_set = False
         self.keras.utils.set_random_seed(config.seed)
         self._gradients_before = _custom_gradient_names()
-        self._device_scope = self.tf.device(self._device)
-        self._device_scope.__enter__()
+        if self._strategy is not None and config.mode == "train":
+            # the factory's variables become mirrored ones, placed by the strategy
+            self._strategy_scope = self._strategy.scope()
+            self._strategy_scope.__enter__()
+        else:
+            self._device_scope = self.tf.device(self._device)
+            self._device_scope.__enter__()
         self._configured_from = source
 
     def setup(self, config: TrialConfig, spec: ModelSpec) -> dict[str, Any]:
@@ -365,6 +392,10 @@ class TensorFlowBackend(FrameworkBackend):
         self._activation_bytes_per_sample = None
         self._evaluated = False
         self._exit_device_scope()
+        scope, self._strategy_scope = self._strategy_scope, None
+        if scope is not None:
+            with contextlib.suppress(RuntimeError):
+                scope.__exit__(None, None, None)
         self._configured_from = None
         if self._policy_set:
             self.keras.mixed_precision.set_global_policy("float32")
@@ -509,7 +540,46 @@ class TensorFlowBackend(FrameworkBackend):
 
         return standard
 
+    def wrap_data_parallel(self, config: TrialConfig) -> dict[str, Any]:
+        """The step runs under the replica's ``MultiWorkerMirroredStrategy``
+        (``strategy.run`` in a ``tf.function``): Keras' optimizer all-reduces the
+        gradients across the replicas."""
+        if self._strategy is None:
+            raise UnsupportedConfigError("this TensorFlow replica joined no cluster "
+                                         "(TF_CONFIG missing)")
+        if config.execution != "graph":
+            raise UnsupportedConfigError(
+                f"execution {config.execution!r} with data_parallel: autotune runs "
+                "TensorFlow data-parallel steps as tf.function graphs (execution graph) only")
+        if self._masks:
+            raise UnsupportedConfigError(
+                "unstructured pruning with data_parallel on TensorFlow: re-applying the masks "
+                "inside strategy.run would update mirrored variables from a replica "
+                "context, which autotune does not do; use pruning_ratio 0 or one replica")
+        return {"replicas": int(self._strategy.num_replicas_in_sync),
+                "how": "tf.distribute.MultiWorkerMirroredStrategy", "collective": "ring",
+                "comm_reason": "TensorFlow runs the all-reduce inside the step's graph and "
+                               "does not expose its time"}
+
     def build_train_step(self, precision: str, execution: str) -> Callable[..., Any]:
+        if self._strategy is not None and self._strategy_scope is not None:
+            return self._build_replica_train_step(precision)
+        return self._build_train_step(precision, execution)
+
+    def _build_replica_train_step(self, precision: str) -> Callable[..., Any]:
+        """One replica's step: its shard's mean loss divided by the replicas (Keras sums
+        the replicas' gradients: the global batch's mean gradient), in a tf.function."""
+        strategy = self._strategy
+        world = float(strategy.num_replicas_in_sync)
+        body = self._build_train_step(precision, "eager", scale=1.0 / world)
+
+        def replicated(xs: Any, y: Any) -> Any:
+            return strategy.run(body, args=(xs, y))
+
+        return _oom_translated(self.tf, self.tf.function(replicated), "in a step")
+
+    def _build_train_step(self, precision: str, execution: str,
+                          scale: float = 1.0) -> Callable[..., Any]:
         tf, keras = self.tf, self.keras
         if precision == "fp16" and not isinstance(self.optimizer,
                                                   keras.optimizers.LossScaleOptimizer):
@@ -524,7 +594,8 @@ class TensorFlowBackend(FrameworkBackend):
         def train_step(xs: Any, y: Any) -> Any:
             with tf.GradientTape() as tape:
                 loss = compute_loss(model, xs, y)
-                scaled = optimizer.scale_loss(loss) if loss_scale else loss
+                share = loss * scale if scale != 1.0 else loss
+                scaled = optimizer.scale_loss(share) if loss_scale else share
             grads = tape.gradient(scaled, variables)
             optimizer.apply(grads, variables)
             # Unstructured pruning: pruned weights stay zero after every update. Part of the

@@ -413,10 +413,8 @@ class TorchBackend(FrameworkBackend):
     def last_step_comm_s(self) -> float | None:
         """The union of the last step's all-reduce intervals (buckets may overlap each
         other and the backward pass); 0 for an inference replica (no collective)."""
-        if self.config is None or self.config.replica is None:
-            return None
         if self._ddp is None:
-            return 0.0
+            return super().last_step_comm_s()
         total, end = 0.0, float("-inf")
         for start, stop in sorted(self._comm):
             if stop > end:

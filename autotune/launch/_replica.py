@@ -62,6 +62,12 @@ def main() -> int:
     # what torchrun sets, so a user's factory can tell its replica (a shard, a log name)
     os.environ.update(RANK=str(replica["rank"]), LOCAL_RANK=str(replica["rank"]),
                       WORLD_SIZE=str(replica["world"]))
+    if config_data["backend"] == "tensorflow" and config_data["mode"] == "train":
+        # TensorFlow's cluster must be known when its runtime starts (before configure):
+        # one worker per replica, each on its own port
+        os.environ["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in replica["ports"]]},
+            "task": {"type": "worker", "index": replica["rank"]}})
     deadline = float(rendezvous["deadline"])
     start_s = time.time() - float(rendezvous["launched"])
 

@@ -43,6 +43,9 @@ from autotune.config import SAFETY_MARGIN_S, TrialConfig
 REPLICA_ENV = "AUTOTUNE_REPLICA"
 #: How often the coordinator looks at its replicas' processes while waiting (seconds).
 POLL_S = 0.05
+#: How long a replica's failure waits for a peer's death to show (a collective's error in
+#: one replica is often the symptom of another one's death).
+LOST_GRACE_S = 0.5
 
 
 class ReplicaLost(Exception):
@@ -216,10 +219,27 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
                     result = message["result"]
                     results[conn.rank] = result
                     if result.get("status") != "ok":
-                        # one replica's failure is the trial's: the others would only wait
+                        # one replica's failure is the trial's: the others would only
+                        # wait. A collective's error in a replica whose peer died is
+                        # that death's symptom: the death is what is recorded.
+                        _check_alive(procs, results, configs, grace_s=LOST_GRACE_S)
                         reason = result.get("reason", "")
                         result["reason"] = f"replica {conn.rank} of {n}: {reason}"
                         return [result]
+        _check_alive(procs, results, configs)
+        if time.perf_counter() > hard_stop:
+            raise ReplicaLost(f"the {n} replicas were still running at the trial's "
+                              "deadline; all were stopped")
+    return [results[r] for r in range(n)]
+
+
+def _check_alive(procs: Sequence[subprocess.Popen[bytes]], results: dict[int, Any],
+                 configs: Sequence[TrialConfig], grace_s: float = 0.0) -> None:
+    """Raise :class:`ReplicaLost` for a replica that exited without sending its result
+    (waiting up to ``grace_s`` for one to be seen exiting)."""
+    n = len(procs)
+    until = time.perf_counter() + grace_s
+    while True:
         for rank, p in enumerate(procs):
             code = p.poll()
             if code is not None and rank not in results:
@@ -227,10 +247,9 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
                 raise ReplicaLost(f"replica {rank} of {n} ({configs[rank].device}, cpus "
                                   f"{cpus}) {_exit_text(code)} before the trial ended; "
                                   "the other replicas were stopped")
-        if time.perf_counter() > hard_stop:
-            raise ReplicaLost(f"the {n} replicas were still running at the trial's "
-                              "deadline; all were stopped")
-    return [results[r] for r in range(n)]
+        if time.perf_counter() >= until:
+            return
+        time.sleep(POLL_S / 5)
 
 
 # -- merging ----------------------------------------------------------------------------
@@ -267,7 +286,8 @@ def _comm_fraction(results: Sequence[dict[str, Any]]) -> tuple[float | None, str
     for r in results:
         comm, times = r.get("step_comm_s") or [], r.get("step_times_s") or []
         if not comm or len(comm) != len(times) or sum(times) <= 0:
-            reason = (r.get("model") or {}).get("comm_reason") or (
+            how = (r.get("model") or {}).get("data_parallel") or {}
+            reason = how.get("comm_reason") or (
                 "the framework does not expose the time of its all-reduce")
             return None, reason
         shares.append(sum(comm) / sum(times))

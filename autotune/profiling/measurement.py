@@ -255,12 +255,14 @@ class Measurement:
     @property
     def pct_of_peak(self) -> float | None:
         """Achieved FLOP/s as a percentage of the machine's measured GEMM peak for this
-        trial's device, precision and threads (``model["peak"]``, see ``autotune peak``)."""
+        trial's device, precision and threads (``model["peak"]``, see ``autotune peak``),
+        times the replicas of a data-parallel trial."""
         achieved = self.achieved_flops_per_s
         peak = (self.model.get("peak") or {}).get("flops_per_s")
         if achieved is None or not peak:
             return None
-        return 100.0 * achieved / float(peak)
+        # the peak is one replica's (its device, its threads); replicas add theirs up
+        return 100.0 * achieved / (float(peak) * self.replicas)
 
     @property
     def trial_memory_bytes(self) -> int | None:
