@@ -188,6 +188,8 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
     conns: list[_Conn] = []
     votes: dict[int, Any] = {}
     results: dict[int, dict[str, Any]] = {}
+    #: replicas whose connection closed before their result came
+    closed: set[int] = set()
     hard_stop = deadline + SAFETY_MARGIN_S / 2
     while len(results) < n:
         for key, _ in selector.select(timeout=POLL_S):
@@ -201,6 +203,8 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
             messages = conn.read()
             if messages is None:
                 selector.unregister(conn.sock)
+                if conn.rank is not None and conn.rank not in results:
+                    closed.add(conn.rank)
                 continue  # the process watch below says how it ended
             for message in messages:
                 if "hello" in message:
@@ -222,11 +226,11 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
                         # one replica's failure is the trial's: the others would only
                         # wait. A collective's error in a replica whose peer died is
                         # that death's symptom: the death is what is recorded.
-                        _check_alive(procs, results, configs, grace_s=LOST_GRACE_S)
+                        _check_alive(procs, results, closed, configs, grace_s=LOST_GRACE_S)
                         reason = result.get("reason", "")
                         result["reason"] = f"replica {conn.rank} of {n}: {reason}"
                         return [result]
-        _check_alive(procs, results, configs)
+        _check_alive(procs, results, closed, configs)
         if time.perf_counter() > hard_stop:
             raise ReplicaLost(f"the {n} replicas were still running at the trial's "
                               "deadline; all were stopped")
@@ -234,15 +238,19 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
 
 
 def _check_alive(procs: Sequence[subprocess.Popen[bytes]], results: dict[int, Any],
-                 configs: Sequence[TrialConfig], grace_s: float = 0.0) -> None:
-    """Raise :class:`ReplicaLost` for a replica that exited without sending its result
-    (waiting up to ``grace_s`` for one to be seen exiting)."""
+                 closed: set[int], configs: Sequence[TrialConfig],
+                 grace_s: float = 0.0) -> None:
+    """Raise :class:`ReplicaLost` for a replica that ended without sending its result:
+    killed or crashed (an exit code other than 0; a replica that exits 0 has sent its
+    result, which may still be on its way), or closed its connection without one.
+    Waits up to ``grace_s`` for one to be seen ending."""
     n = len(procs)
     until = time.perf_counter() + grace_s
     while True:
         for rank, p in enumerate(procs):
             code = p.poll()
-            if code is not None and rank not in results:
+            if rank not in results and (code not in (None, 0) or
+                                        (code == 0 and rank in closed)):
                 cpus = ",".join(map(str, (configs[rank].replica or {}).get("cpus", [])))
                 raise ReplicaLost(f"replica {rank} of {n} ({configs[rank].device}, cpus "
                                   f"{cpus}) {_exit_text(code)} before the trial ended; "
