@@ -76,6 +76,16 @@ def precheck_reason(config: Any) -> str | None:
     reason = split_reason(config.batch_size, replicas)
     if reason is not None:
         return reason
+    if config.device == "cpu" and config.threads is not None:
+        # this process's cores: a worker never has more (a --jobs worker has fewer, and
+        # says so itself)
+        from autotune._jobs import available_cores
+        from autotune.exceptions import UnsupportedConfigError
+
+        try:
+            core_groups(available_cores(), replicas, config.threads)
+        except UnsupportedConfigError as e:
+            return str(e).replace("this worker may use", "this machine has")
     from autotune.backends import BackendLookupError, get_spec
 
     try:
@@ -133,6 +143,19 @@ def check_machine(space: Any, cores: Sequence[int]) -> str | None:
         return (f"data_parallel={degree} with threads={per} needs {degree * per} cores "
                 f"(each CPU replica gets cores of its own); this machine has {len(cores)}")
     return None
+
+
+def check_jobs(space: Any, devices: Sequence[str], jobs: int) -> str | None:
+    """A one-line problem with running data-parallel trials in ``jobs`` parallel jobs:
+    CPU replicas share out each job's own cores (a job of 2 cores runs 2 x 1-thread
+    replicas), but accelerator replicas take consecutive devices that other jobs hold."""
+    degree = max(int(d) for d in _values(space, "data_parallel", 1))
+    accelerators = [d for d in devices if d != "cpu"]
+    if jobs <= 1 or degree <= 1 or not accelerators:
+        return None
+    return (f"--jobs {jobs} with data_parallel up to {degree} on {', '.join(accelerators)}: "
+            "a data-parallel trial takes consecutive devices that other jobs hold; run it "
+            "with --jobs 1 (every device of the worker is then the trial's to use)")
 
 
 def _spec_reason(backend: str, device: str) -> str | None:

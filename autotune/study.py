@@ -304,12 +304,17 @@ class Study:
         run of ``jobs`` trials at once on ``devices`` (see :meth:`optimize`). Raises
         :class:`StudyError` in one line when they cannot run honestly: more jobs than
         cores, a space whose threads exceed a job's cores, devices the space does not
-        search."""
+        search, data-parallel trials on accelerators that other jobs hold."""
         usable = worker_devices(self.space, devices)
         if jobs == 1:
             return [], [usable]
         slots = core_slots(jobs)
         check_threads_fit(self.space, len(slots[0]), jobs)
+        from autotune._data_parallel import check_jobs
+
+        problem = check_jobs(self.space, usable, jobs)
+        if problem is not None:
+            raise StudyError(problem)
         return slots, assign_devices(usable, jobs)
 
     def recheck_front(self, launcher: Launcher, *, after_trials: int = 0,

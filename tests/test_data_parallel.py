@@ -120,8 +120,23 @@ def test_more_replicas_than_this_machine_has_cores_is_refused_at_create(
     assert not autotune.list_studies(storage=url)  # nothing was written
 
 
+def test_jobs_may_not_share_out_the_devices_of_an_accelerator_replica_set() -> None:
+    from autotune._data_parallel import check_jobs
+
+    space = autotune.parse_space(_space(data_parallel=[1, 2], device=["cpu"]))
+    assert check_jobs(space, ["cpu"], 2) is None  # CPU replicas split each job's cores
+    problem = check_jobs(space, ["cuda:0", "cuda:1"], 2)
+    assert problem is not None and "--jobs 2" in problem and "--jobs 1" in problem
+    assert check_jobs(space, ["cuda:0", "cuda:1"], 1) is None
+
+
 def test_prechecks_refuse_what_depends_on_the_sampled_values() -> None:
     assert precheck_reason(_config(data_parallel=1, batch_size=37)) is None
+    from autotune._jobs import available_cores
+
+    cores = len(available_cores())
+    too_wide = precheck_reason(_config(data_parallel=2, threads=cores))
+    assert too_wide is not None and "this machine has" in too_wide
     assert "does not split" in (precheck_reason(_config(data_parallel=2, batch_size=37)) or "")
     assert "MindSpore" in (precheck_reason(_config(data_parallel=2, backend="mindspore")) or "")
     assert "tpu" in (precheck_reason(_config(data_parallel=2, backend="tensorflow",

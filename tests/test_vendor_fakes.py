@@ -162,6 +162,32 @@ def test_torch_each_trial_resets_its_own_peak(monkeypatch: pytest.MonkeyPatch) -
         "cuda.empty_cache"] * 2
 
 
+def test_a_torch_training_replica_on_cuda_joins_an_nccl_group_on_its_own_gpu() -> None:
+    """A data-parallel replica on cuda:1 makes cuda:1 current, then joins NCCL (torch's
+    collective for CUDA) at the coordinator's rendezvous with its rank and the world."""
+    import dataclasses
+
+    log = VendorLog()
+    torch = _fake_torch(log, n_gpus=2)
+    torch.distributed = SimpleNamespace(
+        is_initialized=lambda: False,
+        init_process_group=lambda *a, **kw: log.calls.append(("init_process_group", a, kw)))
+    torch.cuda.set_device = lambda device: log.calls.append(("cuda.set_device", device))
+    backend = TorchBackend(torch=torch)
+    config = dataclasses.replace(
+        _config("torch", "cuda:1", mode="train", data_parallel=2), replica={
+            "rank": 1, "world": 2, "device": "cuda:1", "cpus": [1], "ports": [29533, 29534],
+            "deadline": time.perf_counter() + 30})
+    backend.configure(config)
+    names = log.names()
+    assert names.index("cuda.set_device") < names.index("init_process_group")
+    _, args, kwargs = log.calls[names.index("init_process_group")]
+    assert args == ("nccl",)
+    assert kwargs["init_method"] == "tcp://127.0.0.1:29533"
+    assert (kwargs["rank"], kwargs["world_size"]) == (1, 2)
+    assert str(log.calls[names.index("cuda.set_device")][1]) == "cuda:1"
+
+
 @pytest.mark.parametrize(("n_gpus", "device", "message"), [
     (2, "cuda:3", r"cuda:3: torch sees 2 CUDA device\(s\): cuda:0, cuda:1"),
     (0, "cuda:0", r"cuda:0: torch sees no CUDA device"),

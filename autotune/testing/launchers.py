@@ -264,6 +264,7 @@ class FakeLauncher:
             "remeasured": 0,
             "pruned": None,
             "screened": None,
+            "step_comm_s": [],
             "contention": {"available": True, "contended": self.contended,
                            "foreign_fraction": 0.3 if self.contended else 0.0,
                            "reason": "fake contention" if self.contended else ""},
