@@ -40,9 +40,13 @@ MAX_ATTEMPTS = 6
 MAX_S = 20.0
 
 
-def group_of(config: TrialConfig) -> tuple[str, str, str, str]:
-    """Configurations whose memory differs only by the batch size."""
-    return (config.backend, config.device, config.precision, config.execution)
+def group_of(config: TrialConfig) -> tuple[str, ...]:
+    """Configurations whose memory differs only by the batch size (a data-parallel
+    trial's replicas each hold a share of the batch: a group of their own)."""
+    group = (config.backend, config.device, config.precision, config.execution)
+    if config.data_parallel > 1:
+        return (*group, f"data_parallel={config.data_parallel}")
+    return group
 
 
 def probe_attr(group: tuple[str, ...]) -> str:
@@ -104,7 +108,8 @@ def probe_after_oom(study: Study, ostudy: Any, launcher: Launcher,
 
     group = group_of(config)
     attr = probe_attr(group)
-    if attr in ostudy.user_attrs:
+    # a data-parallel group is bisected by its trials only: a probe is one process
+    if attr in ostudy.user_attrs or config.data_parallel > 1:
         return None
     low, low_fits = _largest_that_ran(study, ostudy, group)
     if low is None:

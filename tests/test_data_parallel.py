@@ -363,20 +363,38 @@ def test_a_replica_killed_mid_trial_fails_the_trial_and_the_study_goes_on(
 
 
 @pytest.mark.slow
-def test_tensorflow_replicas_train_one_model_with_its_mirrored_strategy(
-        framework_workers: Any) -> None:
+def test_tensorflow_study_over_one_and_two_replicas(tmp_path: Path,
+                                                     framework_workers: Any) -> None:
+    """The same study on TensorFlow: both degrees complete, the 2-replica trial trains one
+    model with MultiWorkerMirroredStrategy, its samples count once, its comm_fraction is
+    missing with the reason, and the scaling view has its efficiency."""
     pytest.importorskip("tensorflow")
-    config = _config(backend="tensorflow", execution="graph", data_parallel=2)
-    run = run_config(config, framework_workers)
-    assert run.ok, run.reason
-    m = run.measurement
-    assert m is not None and m.replicas == 2
-    assert m.samples == 64 * len(m.step_times_s)
-    assert m.model["data_parallel"]["how"] == "tf.distribute.MultiWorkerMirroredStrategy"
-    assert m.comm_fraction is None
-    assert "does not expose" in m.missing_reasons()["comm_fraction"]
-    assert m.accuracy is not None and m.accuracy > 0.5
-    eager = run_config(dataclasses.replace(config, execution="eager"), framework_workers)
+    from autotune._data_parallel import scaling_points
+
+    space = _space(data_parallel=[1, 2], batch_size=[64], backend=["tensorflow"],
+                   execution=["graph"])
+    study = autotune.create_study("tf", autotune.parse_space(space),
+                                  storage=f"sqlite:///{tmp_path}/s.db")
+    ostudy = optuna.load_study(study_name="tf", storage=f"sqlite:///{tmp_path}/s.db")
+    for degree in (1, 2):
+        ostudy.enqueue_trial({"data_parallel": degree, "batch_size": 64, "threads": 1,
+                              "backend": "tensorflow", "execution": "graph"})
+    results = study.optimize(n_trials=2, launcher=framework_workers)
+    assert [r.state for r in results] == ["ok", "ok"], [r.reason for r in results]
+    two = next(r for r in results if r.params["data_parallel"] == 2)
+    assert two.metrics["replicas"] == 2
+    assert two.metrics["data_parallel"]["how"] == "tf.distribute.MultiWorkerMirroredStrategy"
+    assert two.metrics["comm_fraction"] is None
+    assert "does not expose" in two.metrics["missing"]["comm_fraction"]
+    assert two.metrics["accuracy"] > 0.5
+    row = next(r for r in study.storage.measurements(study.id) if r.trial_number == two.number)
+    raw = json.loads(row.raw_json)
+    assert raw["samples"] == 64 * len(raw["step_times_s"])
+    points = {p.replicas: p for p in scaling_points(study)}
+    assert points[2].scaling_efficiency == pytest.approx(
+        points[2].throughput_sps / (2 * points[1].throughput_sps))
+    eager = run_config(_config(backend="tensorflow", execution="eager", data_parallel=2),
+                       framework_workers)
     assert eager.state == "infeasible" and "tf.function graphs" in eager.reason
 
 
