@@ -191,8 +191,9 @@ class _SteadyBackend:
 
 
 class _PeerThatNeedsLonger:
-    """The other replica's votes: not done until this replica's 40th window step (its
-    interval is wider), so the window must run on past this replica's own verdict."""
+    """The other replica's votes: not done until the fifth agreement of the window (its
+    40th step: replicas agree every 8 steps), so the window must run on past this
+    replica's own verdict."""
 
     def __init__(self) -> None:
         self.window_rounds = 0
@@ -204,8 +205,8 @@ class _PeerThatNeedsLonger:
             return [vote, vote]
         if isinstance(vote, list):  # the re-measure vote: (contended, time left)
             return [vote, [False, True]]
-        self.window_rounds += 1
-        peer = "ci_met" if self.window_rounds >= 40 else None
+        self.window_rounds += 1  # one round per CI_CHECK_EVERY (8) window steps
+        peer = "ci_met" if self.window_rounds >= 5 else None
         return [vote, peer]
 
 

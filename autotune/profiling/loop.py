@@ -175,6 +175,10 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             loads.append(monitor.end())
 
     begin()
+    # Replicas agree every CI_CHECK_EVERY steps (a loopback round trip each, ~0.3 ms here:
+    # after every step it would stretch a short step's window by a third); one replica
+    # decides after every step, as it always has
+    horizon = 1 if isinstance(sync, Solo) else CI_CHECK_EVERY
     next_screen = screen.min_steps if screen is not None else None
     pruned: dict[str, Any] | None = None
     screened: dict[str, Any] | None = None
@@ -199,7 +203,9 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
         now = clock()
         elapsed = now - window_start - excluded_s
         vote: str | None = None
-        if now + times[-1] >= deadline:  # the next step would end past the deadline
+        # the next step (replicas: the steps to their next agreement) would end past
+        # the deadline
+        if now + horizon * times[-1] >= deadline:
             vote = "deadline"
         elif next_screen is not None and screen is not None and (
                 len(times) >= next_screen or early_rung(screen, len(times), elapsed)):
@@ -229,6 +235,8 @@ def _measure_window(backend: Backend, budget: Budget, trainer: _Trainer, meter: 
             vote = "ci_met"
         elif vote is None and long_enough and elapsed >= budget.window_max_s:
             vote = "window_max_s"
+        if horizon > 1 and len(times) % horizon:
+            continue  # replicas decide together every `horizon` steps only
         agreed = _agreed_stop(sync.all(vote))
         if agreed is not None:
             stop_reason = agreed
