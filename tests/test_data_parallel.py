@@ -409,3 +409,21 @@ def test_channels_last_runs_a_conv_model_and_is_refused_for_one_without(
     assert run.measurement.model["memory_format"] == "channels_last"
     mlp = run_config(dataclasses.replace(cnn, workload="digits_mlp"), framework_workers)
     assert mlp.state == "infeasible" and "no 2-D convolution" in mlp.reason
+
+
+def test_a_recommended_data_parallel_config_is_spelled_in_the_framework() -> None:
+    from autotune.backends import get_spec
+
+    knobs = {"batch_size": 128, "data_parallel": 2, "device": "cpu", "optimizer": "adam",
+             "learning_rate": 1e-3, "precision": "fp32", "pruning_ratio": 0.0,
+             "memory_format": "channels_last"}
+    torch = get_spec("torch").launch_config(knobs, mode="train")
+    assert torch["data_parallel"]["per_replica_batch"] == 64
+    assert torch["data_parallel"]["process_group"] == "gloo"
+    assert "DistributedDataParallel" in torch["data_parallel"]["train"]
+    assert "channels_last" in torch["memory_format"]
+    tf = get_spec("tensorflow").launch_config({**knobs, "execution": "graph"}, mode="infer")
+    assert tf["data_parallel"]["train"] is None and "independent" in tf["data_parallel"]["infer"]
+    one = get_spec("torch").launch_config({**knobs, "data_parallel": 1,
+                                           "memory_format": "contiguous"}, mode="train")
+    assert "data_parallel" not in one and "memory_format" not in one

@@ -116,6 +116,17 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
                       f"{config.get('pruning_ratio')})")
     out["llm"] = llm(config, mode, attention={"math": "matmul + masked softmax"},
                      weight_quant={}, checkpointing="tf.recompute_grad(block) per block")
+    replicas = int(config.get("data_parallel", 1) or 1)
+    if replicas > 1:
+        out["data_parallel"] = {
+            "replicas": replicas,
+            "per_replica_batch": int(config.get("batch_size", 64)) // replicas,
+            "launch": f"{replicas} processes, TF_CONFIG naming one worker each",
+            "train": "tf.distribute.MultiWorkerMirroredStrategy(communication_options="
+                     "CommunicationOptions(implementation=RING)); strategy.run(step) in a "
+                     "tf.function" if mode == "train" else None,
+            "infer": "independent replicas, one shard of each batch each"
+            if mode != "train" else None}
     return out
 
 

@@ -94,6 +94,20 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
                               "group_size=32, int4_packing_format='tile_packed_to_4d'))"},
         checkpointing="torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) per "
                       "block")
+    replicas = int(config.get("data_parallel", 1) or 1)
+    if replicas > 1:
+        out["data_parallel"] = {
+            "replicas": replicas,
+            "per_replica_batch": int(config.get("batch_size", 64)) // replicas,
+            "launch": f"torchrun --nproc-per-node={replicas}",
+            "process_group": "gloo" if device_type == "cpu" else "nccl",
+            "train": "torch.nn.parallel.DistributedDataParallel(model)" if mode == "train"
+            else None,
+            "infer": "independent replicas, one shard of each batch each"
+            if mode != "train" else None}
+    if config.get("memory_format") == "channels_last":
+        out["memory_format"] = ("model.to(memory_format=torch.channels_last); "
+                                "x.contiguous(memory_format=torch.channels_last)")
     return out
 
 
