@@ -427,3 +427,42 @@ def test_a_recommended_data_parallel_config_is_spelled_in_the_framework() -> Non
     one = get_spec("torch").launch_config({**knobs, "data_parallel": 1,
                                            "memory_format": "contiguous"}, mode="train")
     assert "data_parallel" not in one and "memory_format" not in one
+
+
+def test_a_connection_reset_by_a_dying_replica_reads_as_closed() -> None:
+    """A replica killed between its vote and the reply resets its connection: the
+    coordinator reads that as closed (its process watch then names the replica), it does
+    not crash on ConnectionResetError."""
+    import socket
+    import struct
+
+    from autotune.launch._replicas import _Conn
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname())
+    conn = _Conn(server.accept()[0])
+    conn.send({"votes": [None, None]})  # unread by the client: its close resets
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    assert conn.read() is None
+    conn.send({"votes": [None]})  # to a reset connection: no error either
+    conn.sock.close()
+    server.close()
+
+
+def test_a_tensorflow_replica_sees_its_cluster_and_only_its_own_gpu() -> None:
+    from autotune.launch._replica import framework_environment
+
+    replica = {"rank": 1, "world": 2, "ports": [4001, 4002]}
+    env = framework_environment({"backend": "tensorflow", "device": "cuda:3",
+                                 "mode": "train", "replica": replica})
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    cluster = json.loads(env["TF_CONFIG"])
+    assert cluster == {"cluster": {"worker": ["127.0.0.1:4001", "127.0.0.1:4002"]},
+                       "task": {"type": "worker", "index": 1}}
+    assert framework_environment({"backend": "tensorflow", "device": "cpu", "mode": "infer",
+                                  "replica": replica}) == {}  # independent replicas
+    assert framework_environment({"backend": "torch", "device": "cuda:1", "mode": "train",
+                                  "replica": replica}) == {}  # torch places cuda:K itself

@@ -181,6 +181,13 @@ class FrameworkBackend(GenerationMixin, Backend):
     def load_weights(self, path: Path) -> None:
         """Load weights written by :meth:`save_weights` into the current model."""
 
+    def _use_replica_shard(self, config: TrialConfig) -> None:
+        """A replica of a data-parallel trial draws its own shard of the samples from
+        here on (rank 0 the samples a single-replica trial draws)."""
+        rank = int((config.replica or {}).get("rank", 0))
+        if rank:
+            self._rng = np.random.default_rng([config.seed, rank])
+
     def wrap_data_parallel(self, config: TrialConfig) -> dict[str, Any]:
         """Make the training step of this replica (``config.replica``: rank, world,
         rendezvous ports) average its gradients with the other replicas' through the
@@ -228,9 +235,7 @@ class FrameworkBackend(GenerationMixin, Backend):
         """Place, (in infer mode) train with the base recipe, prune, measure the model's
         facts, convert and compile; prepare the trial's batches."""
         self.config, self.spec = config, spec
-        # a replica of a data-parallel trial draws its own shard of the samples
-        rank = int((config.replica or {}).get("rank", 0))
-        self._rng = np.random.default_rng(config.seed if rank == 0 else [config.seed, rank])
+        self._rng = np.random.default_rng(config.seed)
         reason = self.model_type_error(spec.model)
         if reason is not None:
             raise ModelFactoryError(f"{self.factory_label}: {reason}")
@@ -259,6 +264,7 @@ class FrameworkBackend(GenerationMixin, Backend):
             self.apply_llm_knobs(config)
             if config.replica is not None:
                 info["data_parallel"] = self.wrap_data_parallel(config)
+            self._use_replica_shard(config)
             self.optimizer = self.make_optimizer(config.optimizer, config.learning_rate)
             self._train_step = self.build_train_step(config.precision, config.execution)
             self._new_epoch()
@@ -277,6 +283,8 @@ class FrameworkBackend(GenerationMixin, Backend):
                         "weight_quant and precision int8 both quantise the weights; use one")
                 self.apply_weight_quant(config.weight_quant)
             info["weight_quant"] = config.weight_quant
+        # after the base model: every replica (and every trial) measures the same one
+        self._use_replica_shard(config)
         if config.mode == "infer":
             if config.replica is not None:  # replicas serving one stream: no collective
                 info["data_parallel"] = {"replicas": config.data_parallel,

@@ -85,6 +85,8 @@ class TorchBackend(FrameworkBackend):
         #: (start, end) of each gradient all-reduce of the current step
         self._comm: list[tuple[float, float]] = []
         self._channels_last = False
+        #: whether this replica's all-reduces are timed (gloo: yes; NCCL: no)
+        self._comm_timed = False
 
     # -- runtime ---------------------------------------------------------------------------
 
@@ -390,6 +392,13 @@ class TorchBackend(FrameworkBackend):
         world = dist.get_world_size()
         self._ddp = torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self._cuda else None)
+        info = {"replicas": world, "how": "torch.nn.parallel.DistributedDataParallel",
+                "collective": dist.get_backend()}
+        if self._cuda:
+            # NCCL's futures complete when the all-reduce is queued on the GPU, not when
+            # it has run: a host clock around them would time the queueing
+            return {**info, "comm_reason": "NCCL all-reduces run asynchronously on the "
+                                           "GPU; their time is not taken from the host"}
         intervals = self._comm
 
         # unannotated: DDP checks that an annotated ``bucket`` is dist.GradBucket itself
@@ -407,14 +416,16 @@ class TorchBackend(FrameworkBackend):
             return future.then(done)
 
         self._ddp.register_comm_hook(None, timed_allreduce)
-        return {"replicas": world, "how": "torch.nn.parallel.DistributedDataParallel",
-                "collective": dist.get_backend(), "comm_hook": "timed all-reduce (mean)"}
+        self._comm_timed = True
+        return {**info, "comm_hook": "timed all-reduce (mean)"}
 
     def last_step_comm_s(self) -> float | None:
         """The union of the last step's all-reduce intervals (buckets may overlap each
         other and the backward pass); 0 for an inference replica (no collective)."""
         if self._ddp is None:
             return super().last_step_comm_s()
+        if not self._comm_timed:
+            return None
         total, end = 0.0, float("-inf")
         for start, stop in sorted(self._comm):
             if stop > end:
@@ -726,6 +737,7 @@ class TorchBackend(FrameworkBackend):
         self._masks = []
         self.scaler = self._autocast = None
         self._ddp = None
+        self._comm_timed = False
         self._comm.clear()
         if self.config is not None and self.config.replica is not None and \
                 self.torch.distributed.is_initialized():

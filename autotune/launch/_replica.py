@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from typing import Any
 
@@ -45,7 +44,7 @@ class SocketAgreement:
         return votes
 
 
-def main() -> int:
+def main() -> None:
     """Run this replica's share of the trial; the coordinator reads the result."""
     from autotune.launch._worker import WorkerState, _die_with_parent, _guarded, run_trial
 
@@ -62,12 +61,10 @@ def main() -> int:
     # what torchrun sets, so a user's factory can tell its replica (a shard, a log name)
     os.environ.update(RANK=str(replica["rank"]), LOCAL_RANK=str(replica["rank"]),
                       WORLD_SIZE=str(replica["world"]))
-    if config_data["backend"] == "tensorflow" and config_data["mode"] == "train":
-        # TensorFlow's cluster must be known when its runtime starts (before configure):
-        # one worker per replica, each on its own port
-        os.environ["TF_CONFIG"] = json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in replica["ports"]]},
-            "task": {"type": "worker", "index": replica["rank"]}})
+    env = framework_environment(config_data)
+    os.environ.update(env)
+    if "CUDA_VISIBLE_DEVICES" in env:
+        config_data["device"] = "cuda:0"  # its one visible GPU
     deadline = float(rendezvous["deadline"])
     start_s = time.time() - float(rendezvous["launched"])
 
@@ -75,16 +72,40 @@ def main() -> int:
         state = WorkerState(config_data["backend"], config_data.get("threads"))
         result = run_trial(config_data, state, deadline, sync=agreement)
         result.update(replica_start_s=start_s + state.import_s,
-                      worker={"pid": os.getpid(), "rank": config_data["replica"]["rank"],
+                      worker={"pid": os.getpid(), "rank": replica["rank"],
                               "cpus": sorted(os.sched_getaffinity(0)),
-                              "device": config_data["device"]})
+                              "device": replica["device"]})
         return result
 
     result = _guarded(trial)
     agreement.send({"result": result})
-    # 0 whatever the outcome: the result says it; any other exit is a lost replica
-    return 0
+    sock.shutdown(socket.SHUT_RDWR)
+    # 0 whatever the outcome: the result says it; any other exit is a lost replica. At
+    # once: a framework's destructor crashing at interpreter exit must not turn a sent
+    # result into a lost replica
+    os._exit(0)
+
+
+def framework_environment(config_data: dict[str, Any]) -> dict[str, str]:
+    """What a replica's framework must find in its environment when it starts: a
+    TensorFlow training replica's cluster (``TF_CONFIG``: one worker per replica, each on
+    its own port), and a TensorFlow replica on a GPU only its own GPU visible
+    (``MultiWorkerMirroredStrategy`` mirrors over every GPU a worker sees)."""
+    env: dict[str, str] = {}
+    if config_data["backend"] != "tensorflow":
+        return env
+    replica = config_data["replica"]
+    kind, _, index = str(config_data["device"]).partition(":")
+    if kind == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = index or "0"
+    if config_data["mode"] == "train":
+        # TensorFlow's cluster must be known when its runtime starts (before configure):
+        # one worker per replica, each on its own port
+        env["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in replica["ports"]]},
+            "task": {"type": "worker", "index": replica["rank"]}})
+    return env
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -46,6 +46,9 @@ POLL_S = 0.05
 #: How long a replica's failure waits for a peer's death to show (a collective's error in
 #: one replica is often the symptom of another one's death).
 LOST_GRACE_S = 0.5
+#: Seconds a replica's loop ends before the trial's deadline: its teardown (process group,
+#: framework caches, garbage collection) and its result's way to the coordinator.
+REPLICA_TEARDOWN_S = 0.5
 
 
 class ReplicaLost(Exception):
@@ -105,16 +108,22 @@ def run_replicated(config: TrialConfig, cores: Sequence[int],
     result (``status: ok``), or the first replica's failure."""
     replicas = plan(config, cores)
     n = len(replicas)
-    # torch's rendezvous uses the first port; a TensorFlow cluster one per replica
-    ports = free_ports(n)
-    configs = [replica_config(config, r, ports, deadline) for r in replicas]
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 0))
+    server.bind(("127.0.0.1", 0))  # bound first: the framework's ports cannot take it
     server.listen(n)
+    # torch's rendezvous uses the first port; a TensorFlow cluster one per replica
+    ports = free_ports(n)
+    # the replicas' loops end early enough for their teardown and their result to reach
+    # the coordinator before it gives up on them
+    configs = [replica_config(config, r, ports, deadline - REPLICA_TEARDOWN_S)
+               for r in replicas]
     started = time.perf_counter()
-    procs = [_start(server.getsockname()[1], r["rank"], deadline) for r in replicas]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        for r in replicas:
+            procs.append(_start(server.getsockname()[1], r["rank"],
+                                deadline - REPLICA_TEARDOWN_S))
         results = _coordinate(server, procs, configs, deadline)
     except ReplicaLost as e:
         return {"status": "crash", "failure_kind": "replica_lost", "reason": str(e),
@@ -165,11 +174,18 @@ class _Conn:
         self.rank: int | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall((json.dumps(message) + "\n").encode())
+        """Send one message; a replica that died meanwhile is the process watch's to
+        report (its connection is reset), not an error of the coordinator's."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall((json.dumps(message) + "\n").encode())
 
     def read(self) -> list[dict[str, Any]] | None:
-        """The complete messages received now; ``None`` when the replica closed it."""
-        data = self.sock.recv(1 << 20)
+        """The complete messages received now; ``None`` when the replica closed it (or
+        its death reset it)."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            return None
         if not data:
             return None
         self.buffer += data
@@ -182,15 +198,28 @@ def _coordinate(server: socket.socket, procs: Sequence[subprocess.Popen[bytes]],
     """Serve the replicas' hellos and agreement rounds until each sent its result (or one
     failed); raise :class:`ReplicaLost` for a replica that ended without one, or
     replicas still running at the deadline."""
-    n = len(procs)
     selector = selectors.DefaultSelector()
-    selector.register(server, selectors.EVENT_READ)
     conns: list[_Conn] = []
+    try:
+        return _serve(selector, conns, server, procs, configs, deadline)
+    finally:
+        for conn in conns:
+            conn.sock.close()
+        selector.close()
+
+
+def _serve(selector: selectors.BaseSelector, conns: list[_Conn], server: socket.socket,
+           procs: Sequence[subprocess.Popen[bytes]], configs: Sequence[TrialConfig],
+           deadline: float) -> list[dict[str, Any]]:
+    n = len(procs)
+    selector.register(server, selectors.EVENT_READ)
     votes: dict[int, Any] = {}
     results: dict[int, dict[str, Any]] = {}
     #: replicas whose connection closed before their result came
     closed: set[int] = set()
-    hard_stop = deadline + SAFETY_MARGIN_S / 2
+    # the worker's deadline keeps SAFETY_MARGIN_S before the driver's kill: most of it
+    # may go to the replicas' teardown, the rest is the merge's
+    hard_stop = deadline + 0.75 * SAFETY_MARGIN_S
     while len(results) < n:
         for key, _ in selector.select(timeout=POLL_S):
             if key.fileobj is server:

@@ -345,6 +345,8 @@ def run_profile(backend: Backend, config: TrialConfig, meter: PowerMeter,
         min_steps = max(budget.window_min_steps,
                         -(-PERCENTILE_MIN_SAMPLES[95] // max(1, config.batch_size)))
     screen = Screen.from_dict(config.screen) if config.screen else None
+    # a screen stops one replica's window without a vote: replicas are never screened
+    assert screen is None or isinstance(sync, Solo), "a data-parallel trial is not screened"
     window = _measure_window(backend, budget, trainer, meter, monitor, deadline, min_steps,
                              screen, config.batch_size, sync)
     remeasured = 0

@@ -168,7 +168,7 @@ def check_precision(backend: str, precisions: dict[str, str]) -> dict[str, Any]:
 def check_oom(backend: str) -> dict[str, Any]:
     """A 16 MB allocation cap and batch 8192 on a 64-1000-10 MLP (32 MB of activations in
     the first layer alone) must raise OutOfMemoryError."""
-    from autotune.launch._worker import _cap_memory
+    from autotune.launch._worker import _allocation_failure, _cap_memory
 
     b = load_backend(backend)
     b.set_threads(1)
@@ -185,6 +185,12 @@ def check_oom(backend: str) -> dict[str, Any]:
             b.step()
     except OutOfMemoryError as e:
         return {"raised": "OutOfMemoryError", "message": str(e)[:300]}
+    except SystemError as e:
+        # torch's C bindings sometimes fail an allocation under the cap without setting
+        # MemoryError; the worker reads that as out of memory (_allocation_failure), and
+        # so does this check (asked while the cap is still on)
+        oom = _allocation_failure(e)
+        return {"raised": type(oom or e).__name__, "message": str(oom or e)[:300]}
     except BaseException as e:
         return {"raised": type(e).__name__, "message": str(e)[:300]}
     return {"raised": None}
