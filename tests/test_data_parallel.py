@@ -81,8 +81,8 @@ def test_accelerator_replicas_take_consecutive_devices() -> None:
 @pytest.mark.parametrize(("params", "key", "text"), [
     ({"data_parallel": [1, 4], "batch_size": [32, 30]}, "params.batch_size",
      "batch_size 30 does not split evenly over data_parallel=4"),
-    ({"data_parallel": [2], "backend": ["mindspore"]}, "params.data_parallel",
-     "autotune does not run MindSpore data-parallel trials"),
+    ({"data_parallel": [2], "backend": ["tensorflow"], "device": ["tpu:0"]},
+     "params.data_parallel", "TPUStrategy"),
     ({"data_parallel": [0]}, "params.data_parallel", "a positive integer"),
     ({"memory_format": ["nhwc"]}, "params.memory_format", "contiguous, channels_last"),
 ])
@@ -138,7 +138,7 @@ def test_prechecks_refuse_what_depends_on_the_sampled_values() -> None:
     too_wide = precheck_reason(_config(data_parallel=2, threads=cores))
     assert too_wide is not None and "this machine has" in too_wide
     assert "does not split" in (precheck_reason(_config(data_parallel=2, batch_size=37)) or "")
-    assert "MindSpore" in (precheck_reason(_config(data_parallel=2, backend="mindspore")) or "")
+    assert precheck_reason(_config(data_parallel=2, backend="mindspore")) is None
     assert "tpu" in (precheck_reason(_config(data_parallel=2, backend="tensorflow",
                                              device="tpu:0")) or "").lower()
     from autotune._run import precheck
@@ -397,6 +397,24 @@ def test_tensorflow_study_over_one_and_two_replicas(tmp_path: Path,
     eager = run_config(_config(backend="tensorflow", execution="eager", data_parallel=2),
                        framework_workers)
     assert eager.state == "infeasible" and "tf.function graphs" in eager.reason
+
+
+@pytest.mark.slow
+def test_mindspore_replicas_train_in_its_data_parallel_mode(framework_workers: Any) -> None:
+    """MindSpore's dynamic cluster on this CPU: the coordinator starts its scheduler, each
+    replica joins it as a worker and averages its gradients with DistributedGradReducer."""
+    pytest.importorskip("mindspore")
+    config = _config(backend="mindspore", execution="graph", data_parallel=2,
+                     budget=Budget(**{**FAST, "trial_seconds": 60, "window_max_s": 0.3}))
+    run = run_config(config, framework_workers)
+    assert run.ok, run.reason
+    m = run.measurement
+    assert m is not None and m.replicas == 2
+    assert m.samples == 64 * len(m.step_times_s)
+    assert "DATA_PARALLEL" in m.model["data_parallel"]["how"]
+    assert m.comm_fraction is None and "does not expose" in m.missing_reasons()["comm_fraction"]
+    eager = run_config(dataclasses.replace(config, execution="eager"), framework_workers)
+    assert eager.state == "infeasible" and "graph mode only" in eager.reason
 
 
 @pytest.mark.slow

@@ -253,6 +253,10 @@ class MindSporeBackend(FrameworkBackend):
         self._lr = 0.0
         self._pending: Any = None  # output of the last infer step, not yet waited for
         self._closures: list[Any] = []  # step functions to empty at teardown
+        #: a training replica joined the trial's cluster; its gradients are averaged by
+        #: ``nn.DistributedGradReducer`` (set up by wrap_data_parallel)
+        self._cluster = False
+        self._grad_reducer: Any = None
         self._configured_for: TrialConfig | None = None  # the config configure() ran for
 
     # -- threads and device ----------------------------------------------------------------
@@ -274,6 +278,22 @@ class MindSporeBackend(FrameworkBackend):
             self.ms.device_context.cpu.op_tuning.threads_num(n)
             _op_threads = n
         return _op_threads  # what the kernels really use (a reused process keeps the first)
+
+    def _join_cluster(self) -> None:
+        """A training replica of a data-parallel trial (``MS_ROLE=MS_WORKER``, set by
+        :mod:`autotune.launch._replica`) joins MindSpore's dynamic cluster, whose
+        scheduler the coordinator started: ``communication.init()`` once per process,
+        after the device is set and before any kernel runs (MindSpore's order)."""
+        import os
+
+        from autotune.launch._replicas import REPLICA_ENV
+
+        if not self._cluster and os.environ.get(REPLICA_ENV) and \
+                os.environ.get("MS_ROLE") == "MS_WORKER":
+            from mindspore.communication import init
+
+            init()
+            self._cluster = True
 
     def _set_device(self, device: str) -> None:
         """Run the trial on ``device`` (``cpu``, ``cuda:N`` or ``npu:N``).
@@ -369,6 +389,7 @@ class MindSporeBackend(FrameworkBackend):
             raise UnsupportedConfigError(
                 f"mindspore has no {config.execution!r} execution; use eager or graph")
         self._set_device(config.device)
+        self._join_cluster()
         if config.precision == "bf16" and self._device_kind == "cpu":
             # Checked here, not left to fail: a failed AMP kernel selection poisons the
             # PyNative process (later fp32 nets fail too, research/frameworks_on_cpu.md).
@@ -609,6 +630,30 @@ class MindSporeBackend(FrameworkBackend):
                            scaled]
         return scaled
 
+    def wrap_data_parallel(self, config: TrialConfig) -> dict[str, Any]:
+        """MindSpore's data-parallel mode: ``set_auto_parallel_context(DATA_PARALLEL,
+        gradients_mean=True)`` and an ``nn.DistributedGradReducer`` that all-reduces each
+        step's gradients across the cluster (graph execution only, as the dynamic
+        cluster requires)."""
+        ms = self.ms
+        if not self._cluster:
+            raise UnsupportedConfigError("this MindSpore replica joined no cluster "
+                                         "(MS_ROLE missing)")
+        if config.execution != "graph":
+            raise UnsupportedConfigError(
+                f"execution {config.execution!r} with data_parallel: MindSpore's dynamic "
+                "cluster runs in graph mode only (execution graph)")
+        from mindspore.communication import get_group_size
+
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                     gradients_mean=True)
+        self._grad_reducer = ms.nn.DistributedGradReducer(self._trainable())
+        return {"replicas": int(get_group_size()),
+                "how": "MindSpore DATA_PARALLEL + nn.DistributedGradReducer",
+                "collective": "dynamic cluster (scheduler + workers)",
+                "comm_reason": "MindSpore runs the all-reduce inside the compiled step and "
+                               "does not expose its time"}
+
     def build_train_step(self, precision: str, execution: str) -> Callable[..., Any]:
         """One optimizer step as ``step(inputs, targets) -> loss`` (the unscaled loss).
 
@@ -655,8 +700,13 @@ class MindSporeBackend(FrameworkBackend):
                         w, ops.depend(w, done) * ops.cast(mask_tensors[i], w.dtype)))
             return done
 
+        reducer = self._grad_reducer
+        use_reducer = reducer is not None
+
         def train_step(*args: Any) -> Any:
             loss, grads = grad_fn(*args)
+            if use_reducer:  # a data-parallel replica: the cluster's mean gradient
+                grads = reducer(grads)
             if use_scaler:
                 loss = scaler.unscale(loss)
                 finite = ms.amp.all_finite(grads)
@@ -835,6 +885,7 @@ class MindSporeBackend(FrameworkBackend):
 
     def teardown(self) -> None:
         self._release_closures()
+        self._grad_reducer = None
         self._net = self._pending = self._amp_dtype = self._feed_dtype = None
         self._masks = []
         self._configured_for = None

@@ -117,8 +117,5 @@ SPEC = BackendSpec(
     unsupported_kinds={"tpu": "MindSpore has no TPU support (use backend tensorflow)"},
     capability_rule=capabilities, knob_rule=knob_rule, launch=launch,
     probe="autotune.backends._probe:probe_mindspore",
-    no_data_parallel=(
-        "autotune does not run MindSpore data-parallel trials: MindSpore's data-parallel "
-        "mode (set_auto_parallel_context(parallel_mode=DATA_PARALLEL)) needs msrun's "
-        "scheduler process and communication.init() (HCCL on Ascend, NCCL on GPU, its "
-        "dynamic cluster on CPU), which the replica launcher does not start yet"))
+    data_parallel={k: "DATA_PARALLEL mode over its dynamic cluster (scheduler + workers)"
+                   for k in ("cpu", "cuda", "npu")})

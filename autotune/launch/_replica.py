@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -89,12 +90,19 @@ def main() -> None:
 def framework_environment(config_data: dict[str, Any]) -> dict[str, str]:
     """What a replica's framework must find in its environment when it starts: a
     TensorFlow training replica's cluster (``TF_CONFIG``: one worker per replica, each on
-    its own port), and a TensorFlow replica on a GPU only its own GPU visible
-    (``MultiWorkerMirroredStrategy`` mirrors over every GPU a worker sees)."""
+    its own port), a TensorFlow replica on a GPU only its own GPU visible
+    (``MultiWorkerMirroredStrategy`` mirrors over every GPU a worker sees), a MindSpore
+    training replica its role in the dynamic cluster (``MS_ROLE`` and the scheduler)."""
     env: dict[str, str] = {}
+    replica = config_data["replica"]
+    if config_data["backend"] == "mindspore" and config_data["mode"] == "train":
+        # a worker of MindSpore's dynamic cluster, whose scheduler listens on the first
+        # port (scheduler_environment)
+        return {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1",
+                "MS_SCHED_PORT": str(replica["ports"][0]),
+                "MS_WORKER_NUM": str(replica["world"])}
     if config_data["backend"] != "tensorflow":
         return env
-    replica = config_data["replica"]
     kind, _, index = str(config_data["device"]).partition(":")
     if kind == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = index or "0"
@@ -107,5 +115,29 @@ def framework_environment(config_data: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def scheduler_environment(config: Any, ports: list[int]) -> dict[str, str] | None:
+    """The environment of the helper process a trial's cluster needs besides its
+    replicas (MindSpore's dynamic-cluster scheduler, for a training trial), or ``None``."""
+    if config.backend != "mindspore" or config.mode != "train":
+        return None
+    return {"MS_ROLE": "MS_SCHED", "MS_SCHED_HOST": "127.0.0.1",
+            "MS_SCHED_PORT": str(ports[0]), "MS_WORKER_NUM": str(config.data_parallel)}
+
+
+def run_scheduler() -> None:
+    """MindSpore's scheduler: it networks the workers and runs no training code; it lives
+    until the coordinator stops it (or dies with it)."""
+    from autotune.launch._worker import _die_with_parent
+
+    _die_with_parent()
+    from mindspore.communication import init
+
+    init()
+    while True:
+        time.sleep(60)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--scheduler"]:
+        run_scheduler()
     main()

@@ -120,7 +120,9 @@ def run_replicated(config: TrialConfig, cores: Sequence[int],
                for r in replicas]
     started = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []
+    helpers: list[subprocess.Popen[bytes]] = []
     try:
+        helpers += _start_helpers(config, ports)
         for r in replicas:
             procs.append(_start(server.getsockname()[1], r["rank"],
                                 deadline - REPLICA_TEARDOWN_S))
@@ -129,7 +131,7 @@ def run_replicated(config: TrialConfig, cores: Sequence[int],
         return {"status": "crash", "failure_kind": "replica_lost", "reason": str(e),
                 "traceback": ""}
     finally:
-        _stop(procs)
+        _stop([*procs, *helpers])
         server.close()
     failed = next((r for r in results if r.get("status") != "ok"), None)
     if failed is not None:
@@ -146,6 +148,20 @@ def _start(port: int, rank: int, deadline: float) -> subprocess.Popen[bytes]:
                                    "launched": time.time()})
     return subprocess.Popen([sys.executable, "-m", "autotune.launch._replica"], env=env,
                             stdin=subprocess.DEVNULL)
+
+
+def _start_helpers(config: TrialConfig, ports: list[int]) -> list[subprocess.Popen[bytes]]:
+    """The processes a framework's cluster needs besides the replicas (MindSpore's
+    scheduler), stopped with them."""
+    from autotune.launch._replica import scheduler_environment
+
+    env = scheduler_environment(config, ports)
+    if env is None:
+        return []
+    return [subprocess.Popen([sys.executable, "-m", "autotune.launch._replica",
+                              "--scheduler"], env={**os.environ, **env},
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)]
 
 
 def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
