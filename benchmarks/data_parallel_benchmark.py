@@ -50,7 +50,8 @@ def _config(backend: str, workload: str, mode: str, batch: int, replicas: int,
     return TrialConfig(workload=workload, mode=mode, backend=backend, device="cpu",
                        batch_size=batch, precision="fp32", learning_rate=1e-3,
                        optimizer="adam", pruning_ratio=0.0, threads=threads, budget=BUDGET,
-                       execution="graph" if backend == "tensorflow" else "eager",
+                       # each framework's data-parallel path runs graphs (torch: eager)
+                       execution="eager" if backend == "torch" else "graph",
                        data_parallel=replicas)
 
 

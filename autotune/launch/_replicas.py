@@ -52,7 +52,13 @@ REPLICA_TEARDOWN_S = 0.5
 
 
 class ReplicaLost(Exception):
-    """A replica ended without a result (killed, crashed hard): the whole trial ends."""
+    """A replica ended without a result (killed, crashed hard): the whole trial ends.
+    ``kind`` is the failure kind recorded: ``replica_lost``, or ``timeout`` for replicas
+    still running at the trial's deadline."""
+
+    def __init__(self, message: str, kind: str = "replica_lost") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def free_ports(n: int) -> list[int]:
@@ -128,7 +134,7 @@ def run_replicated(config: TrialConfig, cores: Sequence[int],
                                 deadline - REPLICA_TEARDOWN_S))
         results = _coordinate(server, procs, configs, deadline)
     except ReplicaLost as e:
-        return {"status": "crash", "failure_kind": "replica_lost", "reason": str(e),
+        return {"status": "crash", "failure_kind": e.kind, "reason": str(e),
                 "traceback": ""}
     finally:
         _stop([*procs, *helpers])
@@ -278,7 +284,7 @@ def _serve(selector: selectors.BaseSelector, conns: list[_Conn], server: socket.
         _check_alive(procs, results, closed, configs)
         if time.perf_counter() > hard_stop:
             raise ReplicaLost(f"the {n} replicas were still running at the trial's "
-                              "deadline; all were stopped")
+                              "deadline; all were stopped", kind="timeout")
     return [results[r] for r in range(n)]
 
 
