@@ -164,20 +164,21 @@ def test_a_hard_stop_of_any_replica_ends_the_window_a_met_interval_needs_all() -
 
 
 class _SteadyBackend:
-    """A duck-typed backend of identical 1 ms steps (the loop's clock is real)."""
+    """A duck-typed backend of identical 1 ms steps on a virtual clock (``simulated``:
+    the loop reads ``clock()``), so the window's decisions do not depend on the load of
+    the machine running the test."""
 
     steps_per_epoch = 1000
+    simulated = True
 
     def __init__(self) -> None:
-        self.steps = 0
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def step(self) -> int:
-        import time
-
-        self.steps += 1
-        end = time.perf_counter() + 0.001
-        while time.perf_counter() < end:
-            pass
+        self.now += 0.001
         return 8
 
     def synchronize(self) -> None:
@@ -211,17 +212,14 @@ class _PeerThatNeedsLonger:
 
 
 def test_the_window_ends_only_when_every_replica_agrees() -> None:
-    import time
-
     from autotune.profiling.power import NullMeter
 
     config = _config(mode="infer", budget=Budget(warmup_max_s=0.05, window_min_s=0.0,
                                                  window_min_steps=8, window_max_s=5.0,
                                                  target_ci=0.5))
-    solo = run_profile(_SteadyBackend(), config, NullMeter(), time.perf_counter() + 10)
+    solo = run_profile(_SteadyBackend(), config, NullMeter(), 10.0)
     peer = _PeerThatNeedsLonger()
-    agreed = run_profile(_SteadyBackend(), config, NullMeter(), time.perf_counter() + 10,
-                         sync=peer)
+    agreed = run_profile(_SteadyBackend(), config, NullMeter(), 10.0, sync=peer)
     assert solo["stop_reason"] == agreed["stop_reason"] == "ci_met"
     assert len(solo["step_times_s"]) == 8  # its own interval was met at the first check
     assert len(agreed["step_times_s"]) == 40  # it waited for the other replica's

@@ -12,6 +12,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities
 from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
+from autotune.backends._spelling import data_parallel as spell_data_parallel
 from autotune.backends._spelling import env_threads, llm, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph"})
@@ -104,6 +105,14 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
                       f"{config.get('pruning_ratio')})")
     out["llm"] = llm(config, mode, attention={"math": "matmul + masked softmax"},
                      weight_quant={}, checkpointing="block.recompute() per block (Cell.recompute)")
+    replicas = int(config.get("data_parallel", 1) or 1)
+    spelled = spell_data_parallel(
+        config, mode, launch=f"msrun --worker_num={replicas} --local_worker_num={replicas} "
+                             "(a scheduler and one worker per replica)",
+        train="set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL, "
+              "gradients_mean=True); nn.DistributedGradReducer(params) in the step")
+    if spelled is not None:
+        out["data_parallel"] = spelled
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities
 from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
+from autotune.backends._spelling import data_parallel as spell_data_parallel
 from autotune.backends._spelling import env_threads, llm, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph", "xla"})
@@ -117,16 +118,13 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
     out["llm"] = llm(config, mode, attention={"math": "matmul + masked softmax"},
                      weight_quant={}, checkpointing="tf.recompute_grad(block) per block")
     replicas = int(config.get("data_parallel", 1) or 1)
-    if replicas > 1:
-        out["data_parallel"] = {
-            "replicas": replicas,
-            "per_replica_batch": int(config.get("batch_size", 64)) // replicas,
-            "launch": f"{replicas} processes, TF_CONFIG naming one worker each",
-            "train": "tf.distribute.MultiWorkerMirroredStrategy(communication_options="
-                     "CommunicationOptions(implementation=RING)); strategy.run(step) in a "
-                     "tf.function" if mode == "train" else None,
-            "infer": "independent replicas, one shard of each batch each"
-            if mode != "train" else None}
+    spelled = spell_data_parallel(
+        config, mode, launch=f"{replicas} processes, TF_CONFIG naming one worker each",
+        train="tf.distribute.MultiWorkerMirroredStrategy(communication_options="
+              "CommunicationOptions(implementation=RING)); strategy.run(step) in a "
+              "tf.function")
+    if spelled is not None:
+        out["data_parallel"] = spelled
     return out
 
 

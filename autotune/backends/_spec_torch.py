@@ -11,6 +11,7 @@ from typing import Any
 
 from autotune.backends._base import Capabilities
 from autotune.backends._spec import ALL_MODES, BackendSpec, native_precisions
+from autotune.backends._spelling import data_parallel as spell_data_parallel
 from autotune.backends._spelling import env_threads, llm, optimizer, pruning
 
 EXECUTIONS = frozenset({"eager", "graph"})
@@ -95,16 +96,12 @@ def launch(config: Mapping[str, Any], mode: str, n: int | None) -> dict[str, Any
         checkpointing="torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) per "
                       "block")
     replicas = int(config.get("data_parallel", 1) or 1)
-    if replicas > 1:
-        out["data_parallel"] = {
-            "replicas": replicas,
-            "per_replica_batch": int(config.get("batch_size", 64)) // replicas,
-            "launch": f"torchrun --nproc-per-node={replicas}",
-            "process_group": "gloo" if device_type == "cpu" else "nccl",
-            "train": "torch.nn.parallel.DistributedDataParallel(model)" if mode == "train"
-            else None,
-            "infer": "independent replicas, one shard of each batch each"
-            if mode != "train" else None}
+    spelled = spell_data_parallel(
+        config, mode, launch=f"torchrun --nproc-per-node={replicas}",
+        train="torch.nn.parallel.DistributedDataParallel(model)",
+        process_group="gloo" if device_type == "cpu" else "nccl")
+    if spelled is not None:
+        out["data_parallel"] = spelled
     if config.get("memory_format") == "channels_last":
         out["memory_format"] = ("model.to(memory_format=torch.channels_last); "
                                 "x.contiguous(memory_format=torch.channels_last)")

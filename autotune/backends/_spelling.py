@@ -68,3 +68,19 @@ def llm(config: Mapping[str, Any], mode: str, *, attention: Mapping[str, str],
     if mode == "train" and config.get("checkpointing", "off") != "off":
         out["checkpointing"] = checkpointing
     return out or None
+
+
+def data_parallel(config: Mapping[str, Any], mode: str, *, launch: str, train: str,
+                  **extra: str) -> dict[str, Any] | None:
+    """A data-parallel configuration as a framework runs it: ``launch`` (how its
+    processes start), ``train`` (what averages the gradients) and the framework's
+    ``extra`` facts; ``None`` for one replica. Inference replicas are independent."""
+    replicas = int(config.get("data_parallel", 1) or 1)
+    if replicas <= 1:
+        return None
+    return {"replicas": replicas,
+            "per_replica_batch": int(config.get("batch_size", 64)) // replicas,
+            "launch": launch, **extra,
+            "train": train if mode == "train" else None,
+            "infer": None if mode == "train" else
+            "independent replicas, one shard of each batch each"}
