@@ -134,7 +134,7 @@ def check_machine(space: Any, cores: Sequence[int]) -> str | None:
     devices = [str(d) for d in _values(space, "device", KNOB_DEFAULTS["device"])]
     if "cpu" not in devices:
         return None  # accelerator replicas: checked where the framework sees the devices
-    degree = max(int(d) for d in _values(space, "data_parallel", 1))
+    degree = largest_degree(space)
     if degree <= 1:
         return None
     threads = [int(t) for t in _values(space, "threads", None) if t is not None]
@@ -149,7 +149,7 @@ def check_jobs(space: Any, devices: Sequence[str], jobs: int) -> str | None:
     """A one-line problem with running data-parallel trials in ``jobs`` parallel jobs:
     CPU replicas share out each job's own cores (a job of 2 cores runs 2 x 1-thread
     replicas), but accelerator replicas take consecutive devices that other jobs hold."""
-    degree = max(int(d) for d in _values(space, "data_parallel", 1))
+    degree = largest_degree(space)
     accelerators = [d for d in devices if d != "cpu"]
     if jobs <= 1 or degree <= 1 or not accelerators:
         return None
@@ -167,6 +167,12 @@ def _spec_reason(backend: str, device: str) -> str | None:
         return get_spec(backend).data_parallel_reason(device)
     except BackendLookupError:
         return None
+
+
+def largest_degree(space: Any) -> int:
+    """The most replicas a trial of ``space`` can have (1 when it does not search
+    ``data_parallel``)."""
+    return max(int(d) for d in _values(space, "data_parallel", 1))
 
 
 def _values(space: Any, name: str, default: Any) -> list[Any]:
@@ -248,4 +254,4 @@ def scaling_points(study: Any) -> list[ScalingPoint]:
 def searches_data_parallel(study: Any) -> bool:
     """Whether the study's space has more than one replica anywhere (the scaling view
     is worth showing)."""
-    return any(int(v) > 1 for v in _values(study.space, "data_parallel", 1))
+    return largest_degree(study.space) > 1

@@ -242,12 +242,11 @@ def _replica_result(times: list[float], *, energy: float | None, source: str,
 
 
 def test_a_merged_step_is_its_slowest_replica_and_every_sample_counts_once() -> None:
-    config = _config(batch_size=64, data_parallel=2)
     a = _replica_result([0.010, 0.012, 0.011], energy=1.0, source="estimated",
                         comm=[0.004, 0.004, 0.004], rss=100, rank=0)
     b = _replica_result([0.011, 0.010, 0.013], energy=2.0, source="estimated",
                         comm=[0.002, 0.002, 0.002], rss=200, rank=1)
-    merged = merge([a, b], config)
+    merged = merge([a, b])
     assert merged["step_times_s"] == [0.011, 0.012, 0.013]
     assert merged["samples"] == 2 * 32 * 3 == 64 * 3  # each replica's share, once
     assert merged["replicas"] == 2
@@ -264,10 +263,9 @@ def test_a_merged_step_is_its_slowest_replica_and_every_sample_counts_once() -> 
 
 
 def test_a_package_counter_is_not_counted_once_per_replica() -> None:
-    config = _config(data_parallel=2)
     a = _replica_result([0.01] * 3, energy=5.0, source="rapl", comm=None, rss=1, rank=0)
     b = _replica_result([0.01] * 3, energy=5.1, source="rapl", comm=None, rss=1, rank=1)
-    merged = merge([a, b], config)
+    merged = merge([a, b])
     assert merged["energy"]["energy_j"] == 5.0
     assert merged["comm_fraction"] is None
     assert "does not expose" in merged["comm_fraction_reason"]

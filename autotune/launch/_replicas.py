@@ -142,7 +142,7 @@ def run_replicated(config: TrialConfig, cores: Sequence[int],
     failed = next((r for r in results if r.get("status") != "ok"), None)
     if failed is not None:
         return failed
-    merged = merge(results, config)
+    merged = merge(results)
     merged["replica_start_s"] = max(float(r.get("replica_start_s", 0.0)) for r in results)
     merged["replicas_wall_s"] = time.perf_counter() - started
     return merged
@@ -353,7 +353,7 @@ def _comm_fraction(results: Sequence[dict[str, Any]]) -> tuple[float | None, str
     return sum(shares) / len(shares), ""
 
 
-def merge(results: Sequence[dict[str, Any]], config: TrialConfig) -> dict[str, Any]:
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One worker result from the replicas' (all ``status: ok``), in rank order."""
     first = results[0]
     out = dict(first)
@@ -378,9 +378,6 @@ def merge(results: Sequence[dict[str, Any]], config: TrialConfig) -> dict[str, A
     out["replicas"] = len(results)
     out["replica_step_times_s"] = [list(r["step_times_s"]) for r in results]
     out["comm_fraction"], out["comm_fraction_reason"] = _comm_fraction(results)
-    model = dict(first.get("model") or {})
-    model["memory_format"] = model.get("memory_format", config.memory_format)
-    out["model"] = model
     out["replica_workers"] = [r.get("worker", {}) for r in results]
     out.pop("step_comm_s", None)
     return out
