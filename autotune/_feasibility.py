@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from autotune._coverage import Coverage, arm_key
 from autotune._memory_probe import group_of
 
 if TYPE_CHECKING:
@@ -107,12 +108,15 @@ class FeasibleSampler:
     """
 
     def __init__(self, base: Any, space: SearchSpace, *, seed: int = 0,
-                 budget: Any = None) -> None:
+                 budget: Any = None, fixed: Mapping[str, Any] | None = None) -> None:
         self.base = base
         self.space = space
         self.seed = seed
         self.budget = budget
+        #: knobs the base sampler fixes (a worker pinned to its device)
+        self.fixed = dict(fixed or {})
         self.rejected = 0
+        self.coverage = Coverage(space, seed)
         self._random: Any = None
         self._seen: set[tuple[tuple[str, Any], ...]] = set()
         # what completed trials taught, kept across proposals: a completed trial does not
@@ -222,6 +226,9 @@ class FeasibleSampler:
         import optuna
 
         boundaries = self._boundaries(study)
+        covering = self._cover(study, trial, search_space, boundaries)
+        if covering is not None:
+            return covering
         params: dict[str, Any] = {}
         for draw in range(MAX_DRAWS):
             sampler = self.base if draw < BASE_DRAWS else self._uniform(optuna)
@@ -244,6 +251,39 @@ class FeasibleSampler:
             _logger.debug("not proposing %s: %s", params, reason)
         return params
 
+    def _cover(self, study: Any, trial: Any, search_space: dict[str, Any],
+               boundaries: OutOfMemoryBoundaries) -> dict[str, Any] | None:
+        """The start-up's next arm (:mod:`autotune._coverage`) at a batch that fits, or
+        ``None`` when every arm that can run has been measured."""
+        for arm in self.coverage.pending(study, trial.number, self.fixed):
+            params = {**self._propose(self.base, study, trial, search_space), **arm}
+            if "batch_size" in search_space:
+                params["batch_size"] = self._fitting(
+                    {**params, "batch_size": self.coverage.first_batch(params)}, boundaries)
+            reason = self.why_infeasible(params, boundaries)
+            if reason is None:
+                _logger.info("start-up: measuring arm %s once before the search", arm)
+                return params
+            _logger.debug("start-up: arm %s cannot run: %s", arm, reason)
+            self.coverage.dead.add(arm_key(arm, self.coverage.names))
+        return None
+
+    def _fitting(self, params: dict[str, Any], boundaries: OutOfMemoryBoundaries) -> Any:
+        """``params``'s batch, or the largest below it not known to run out of memory."""
+        config = self._config(params)
+        if self._memory_reason(config, boundaries) is None:
+            return params["batch_size"]
+        spec = self.space.param("batch_size")
+        if spec is not None and spec.kind == "categorical":
+            smaller = sorted(b for b in spec.choices if b < params["batch_size"])
+            for batch in reversed(smaller):
+                if self._memory_reason(self._config({**params, "batch_size": batch}),
+                                       boundaries) is None:
+                    return batch
+            return params["batch_size"]
+        fitting = self.largest_fitting_batch(params, boundaries)
+        return params["batch_size"] if fitting is None else fitting
+
     def _uniform(self, optuna: Any) -> Any:
         if self._random is None:
             self._random = optuna.samplers.RandomSampler(seed=self.seed)
@@ -262,10 +302,12 @@ class FeasibleSampler:
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
 
-    def with_base(self, base: Any) -> Any:
+    def with_base(self, base: Any, fixed: Mapping[str, Any] | None = None) -> Any:
         """The same pre-screen around another sampler (a device-pinning wrapper of this
-        one's base: the pre-screen stays outermost, so it sees whole configurations)."""
-        return feasible_sampler(base, self.space, seed=self.seed, budget=self.budget)
+        one's base, which fixes the knobs ``fixed``: the pre-screen stays outermost, so it
+        sees whole configurations)."""
+        return feasible_sampler(base, self.space, seed=self.seed, budget=self.budget,
+                                fixed=fixed)
 
 
 @functools.cache
@@ -279,10 +321,10 @@ def _sampler_class() -> type:
 
 
 def feasible_sampler(base: Any, space: SearchSpace, *, seed: int = 0,
-                     budget: Any = None) -> Any:
+                     budget: Any = None, fixed: Mapping[str, Any] | None = None) -> Any:
     """``base`` wrapped in :class:`FeasibleSampler`, as an Optuna ``BaseSampler`` (Optuna
     is imported only when a study runs)."""
-    sampler: Any = _sampler_class()(base, space, seed=seed, budget=budget)
+    sampler: Any = _sampler_class()(base, space, seed=seed, budget=budget, fixed=fixed)
     return sampler
 
 

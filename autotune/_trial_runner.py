@@ -242,8 +242,9 @@ def _device_pin(study: Study, ostudy: Any,
     def pin() -> None:
         with warnings.catch_warnings():  # experimental since 2.4, still so
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fixed = optuna.samplers.PartialFixedSampler({"device": next(turn)}, base)
-            ostudy.sampler = outer.with_base(fixed) if screened else fixed
+            device = {"device": next(turn)}
+            fixed = optuna.samplers.PartialFixedSampler(device, base)
+            ostudy.sampler = outer.with_base(fixed, device) if screened else fixed
 
     return pin
 
