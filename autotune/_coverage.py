@@ -113,13 +113,13 @@ class Coverage:
                 fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The arms no trial of ``study`` (but ``trial_number``) has measured or is
         measuring, that agree with the ``fixed`` knobs (a worker pinned to a device), in
-        order. Empty once the start-up is over: the study has more than twice as many
-        trials as arms (so the work per proposal stays bounded as the study grows)."""
-        if not self.arms:
+        order. Empty once the start-up is over: the study had more than twice as many
+        trials as arms before this one."""
+        # the trial's number counts every trial before it: past the start-up, nothing
+        # is read (the driver's work per proposal stays flat as the study grows)
+        if not self.arms or trial_number > 2 * len(self.arms):
             return []
         trials = study.get_trials(deepcopy=False)
-        if len(trials) > 2 * len(self.arms):
-            return []
         done = self.dead | {arm_key(t.params, self.names) for t in trials
                             if t.number != trial_number}
         return [arm for arm in self.arms

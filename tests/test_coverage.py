@@ -6,6 +6,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import autotune
 from autotune import _coverage
 from autotune.space import SearchSpace, parse_space
@@ -128,6 +130,10 @@ def test_the_start_up_leaves_out_arms_others_are_measuring_and_keeps_a_pinned_de
     assert running.params["precision"] == "int8"
     sampler = feasible_sampler(optuna.samplers.RandomSampler(seed=0), space, seed=0,
                                fixed={"device": "sim:big"})
-    pending = sampler.coverage.pending(ostudy, trial_number=-1, fixed=sampler.fixed)
+    pending = sampler.coverage.pending(ostudy, trial_number=1, fixed=sampler.fixed)
     assert [a["device"] for a in pending] == ["sim:big"] * 3
     assert {a["precision"] for a in pending} == {"fp32", "bf16", "fp16"}  # int8 is running
+    # past the start-up (more than twice as many trials as arms) the trials are not read
+    unread = types.SimpleNamespace(get_trials=lambda **_: pytest.fail("trials read"))
+    assert sampler.coverage.pending(unread, trial_number=25, fixed={}) == []
+    assert sampler.coverage.pending(ostudy, trial_number=24, fixed={})
