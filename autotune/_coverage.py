@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autotune.space import SearchSpace
 
+#: The trial attribute that marks a start-up trial (``True``): the trial line says so.
+START_UP_ATTR = "start_up"
 #: At most this many arms are covered; a space with more covers only its hardware knobs,
 #: and one with more hardware arms than this is left to the sampler (covering a random
 #: part of the arms is what a random start-up does anyway).
@@ -139,5 +141,6 @@ class Coverage:
         return int(spec.high) if spec.high is not None else params.get("batch_size")
 
 
-__all__ = ["BATCH_PENALISED", "BATCH_REWARDED", "HARDWARE_KNOBS", "MAX_ARMS", "Coverage",
+__all__ = ["BATCH_PENALISED", "BATCH_REWARDED", "HARDWARE_KNOBS", "MAX_ARMS", "START_UP_ATTR",
+           "Coverage",
            "arm_key", "arm_knobs", "arms", "starts_at_largest_batch"]

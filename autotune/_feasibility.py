@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from autotune._coverage import Coverage, arm_key
+from autotune._coverage import START_UP_ATTR, Coverage, arm_key
 from autotune._memory_probe import group_of
 
 if TYPE_CHECKING:
@@ -263,6 +263,8 @@ class FeasibleSampler:
             reason = self.why_infeasible(params, boundaries)
             if reason is None:
                 _logger.info("start-up: measuring arm %s once before the search", arm)
+                # Optuna's own samplers mark their trials through the storage this way
+                study._storage.set_trial_user_attr(trial._trial_id, START_UP_ATTR, True)
                 return params
             _logger.debug("start-up: arm %s cannot run: %s", arm, reason)
             self.coverage.dead.add(arm_key(arm, self.coverage.names))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autotune import drift
+from autotune._coverage import START_UP_ATTR
 from autotune._jobs import Quota
 from autotune._liveness import (
     MACHINE_ATTR,
@@ -67,6 +68,8 @@ class TrialResult:
     killed worker), ``running``, or ``waiting`` (a queued trial: a crashed trial's single
     retry or a confirmation; it runs first in the next run if this one ended before it).
     ``confirms``: the screened trial this one measures again in full, if any.
+    ``start_up``: the trial measured an arm of the space once before the search
+    (:mod:`autotune._coverage`).
     """
 
     number: int
@@ -79,6 +82,7 @@ class TrialResult:
     reason: str = ""
     wall_s: float | None = None
     confirms: int | None = None
+    start_up: bool = False
 
 
 def effective_budget(space: SearchSpace) -> Budget:
@@ -608,7 +612,15 @@ class Recorder:
         return TrialResult(number=trial.number, state=state, params=dict(trial.params),
                            metrics=summary, values=values, feasible=feasible,
                            failure_kind=kind, reason=reason, wall_s=run.wall_s,
-                           confirms=trial.user_attrs.get(CONFIRMS_ATTR))
+                           confirms=trial.user_attrs.get(CONFIRMS_ATTR),
+                           start_up=self._start_up(trial))
+
+    def _start_up(self, trial: Any) -> bool:
+        """Whether the sampler proposed ``trial`` as a start-up arm. It marks the stored
+        trial after the ``Trial`` object took its copy of the attributes, so the stored
+        trial is read (one read a trial, from Optuna's cache when it holds it)."""
+        stored = self.ostudy._storage.get_trial(trial._trial_id)
+        return bool(stored.user_attrs.get(START_UP_ATTR))
 
     def _update_front(self, trial_number: int) -> None:
         """Store the front after a completed trial, with a snapshot for its history.

@@ -85,6 +85,13 @@ def test_every_runnable_arm_is_measured_once_first_at_the_largest_batch_that_fit
     first = [dict(r.params) for r in results[:len(runnable)]]
     assert [(p["device"], p["precision"]) for p in first] != sorted(runnable)  # seeded order
     assert sorted((p["device"], p["precision"]) for p in first) == sorted(runnable)
+    # marked, so the trial line says why they look as they do; the rest are the sampler's
+    from autotune.cli._render import _trial_line
+
+    assert [r.start_up for r in results] == [True] * len(runnable) + \
+        [False] * (len(results) - len(runnable))
+    assert "start-up, each arm once: device=" in _trial_line(results[0])
+    assert "start-up" not in _trial_line(results[-1])
     # each ran (early stopping may cut a dominated one short): none refused
     assert all(r.state in ("ok", "pruned") for r in results[:len(runnable)]), \
         [(r.params, r.reason) for r in results]
