@@ -619,7 +619,7 @@ class Recorder:
         """Whether the sampler proposed ``trial`` as a start-up arm. It marks the stored
         trial after the ``Trial`` object took its copy of the attributes, so the stored
         trial is read (one read a trial, from Optuna's cache when it holds it)."""
-        stored = self.ostudy._storage.get_trial(trial._trial_id)
+        stored = self._retrying(lambda: self.ostudy._storage.get_trial(trial._trial_id))
         return bool(stored.user_attrs.get(START_UP_ATTR))
 
     def _update_front(self, trial_number: int) -> None:

@@ -90,7 +90,7 @@ def test_every_runnable_arm_is_measured_once_first_at_the_largest_batch_that_fit
 
     assert [r.start_up for r in results] == [True] * len(runnable) + \
         [False] * (len(results) - len(runnable))
-    assert "start-up, each arm once: device=" in _trial_line(results[0])
+    assert _trial_line(results[0]).endswith(" (start-up: each arm once)")
     assert "start-up" not in _trial_line(results[-1])
     # each ran (early stopping may cut a dominated one short): none refused
     assert all(r.state in ("ok", "pruned") for r in results[:len(runnable)]), \

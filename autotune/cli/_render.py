@@ -170,7 +170,7 @@ def _front_json(study: Any) -> dict[str, Any]:
 def _trial_line(result: Any) -> str:
     params = " ".join(f"{k}={_fmt(v)}" for k, v in result.params.items())
     if getattr(result, "start_up", False):  # why the first trials look as they do
-        params = f"start-up, each arm once: {params}"
+        params += " (start-up: each arm once)"
     if result.state == "ok":
         m = result.metrics
         flag = "" if result.feasible else " (violates a constraint)"
