@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autotune.space import SearchSpace
 
-#: The trial attribute that marks a start-up trial (``True``): the trial line says so.
+#: The trial attribute that marks a start-up trial, its value the arm it claims (written
+#: while the trial is asked for, before its parameters are: another worker reading the
+#: study then sees the arm taken).
 START_UP_ATTR = "start_up"
 #: At most this many arms are covered; a space with more covers only its hardware knobs,
 #: and one with more hardware arms than this is left to the sampler (covering a random
@@ -46,7 +48,7 @@ BATCH_REWARDED = frozenset({"throughput_sps", "tokens_per_s", "energy_per_sample
                             "pct_of_peak"})
 #: Metrics that a larger batch worsens: a constraint on one rules the largest batch out.
 BATCH_PENALISED = frozenset({"latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
-                             "latency_p99_ms", "peak_memory_mb"})
+                             "latency_p99_ms", "peak_memory_mb", "power_w"})
 
 
 def arm_knobs(space: SearchSpace) -> tuple[str, ...]:
@@ -114,31 +116,40 @@ class Coverage:
 
     def pending(self, study: Any, trial_number: int,
                 fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The arms no trial of ``study`` (but ``trial_number``) has measured or is
-        measuring, that agree with the ``fixed`` knobs (a worker pinned to a device), in
-        order. Empty once the start-up is over: the study had more than twice as many
-        trials as arms before this one."""
+        """The arms no trial of ``study`` (but ``trial_number``) has measured, is
+        measuring or has claimed, that agree with the ``fixed`` knobs (a worker pinned to
+        a device, a trial queued with some knobs given), in order. An arm whose trials
+        all ran out of memory is pending again: its first batch was too large, and the
+        pre-screen now knows a smaller one. Empty once the start-up is over: the study
+        had more than twice as many trials as arms before this one."""
         # the trial's number counts every trial before it: past the start-up, nothing
         # is read (the driver's work per proposal stays flat as the study grows)
         if not self.arms or trial_number > 2 * len(self.arms):
             return []
-        trials = study.get_trials(deepcopy=False)
-        done = self.dead | {arm_key(t.params, self.names) for t in trials
-                            if t.number != trial_number}
+        done = set(self.dead)
+        for t in study.get_trials(deepcopy=False):
+            if t.number == trial_number or t.user_attrs.get("failure_kind") == "oom":
+                continue
+            claim = t.user_attrs.get(START_UP_ATTR)
+            done.add(arm_key(claim if isinstance(claim, dict) else t.params, self.names))
         return [arm for arm in self.arms
                 if arm_key(arm, self.names) not in done
                 and all(arm.get(k, v) == v for k, v in fixed.items())]
 
-    def first_batch(self, params: Mapping[str, Any]) -> Any:
-        """The batch an arm's first trial asks for: the space's largest
-        (:func:`starts_at_largest_batch`; the pre-screen lowers it to what fits), else
-        the sampler's."""
-        spec = self.space.param("batch_size")
-        if not self.largest_batch or spec is None:
-            return params.get("batch_size")
-        if spec.kind == "categorical":
-            return max(spec.choices)
-        return int(spec.high) if spec.high is not None else params.get("batch_size")
+    def first_batch(self, params: Mapping[str, Any], distribution: Any) -> Any:
+        """The batch an arm's first trial asks for: the largest the space's
+        ``distribution`` of it allows (:func:`starts_at_largest_batch`; the pre-screen
+        lowers it to what fits), else the sampler's; a multiple of the trial's
+        ``data_parallel`` replicas (the global batch splits evenly)."""
+        batch = params.get("batch_size")
+        if self.largest_batch and distribution is not None:
+            # Optuna's distribution: its high is already on the range's step
+            batch = max(distribution.choices) if hasattr(distribution, "choices") \
+                else int(distribution.high)
+        replicas = int(params.get("data_parallel") or 1)
+        if isinstance(batch, int) and replicas > 1 and batch >= replicas:
+            batch -= batch % replicas
+        return batch
 
 
 __all__ = ["BATCH_PENALISED", "BATCH_REWARDED", "HARDWARE_KNOBS", "MAX_ARMS", "START_UP_ATTR",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ _logger = logging.getLogger(__name__)
 MAX_DRAWS = 32
 #: Of those, drawn from the study's sampler; the rest uniformly.
 BASE_DRAWS = 4
+
+#: Start-up claims of one process are made one at a time (read the study, then claim);
+#: workers in other processes can still, rarely, claim the same arm at the same moment.
+_CLAIM_LOCK = threading.Lock()
 
 #: ``(params) -> why it cannot run, or None``
 Verdict = Callable[[Mapping[str, Any], Any], "str | None"]
@@ -104,7 +109,9 @@ class FeasibleSampler:
     by drawing from ``base`` again.
 
     ``space``: the study's search space (its configurations are checked whole);
-    ``seed``/``budget``: as the trials will run them.
+    ``seed``/``budget``: as the trials will run them; ``fixed``: knobs the base sampler
+    fixes (a job pinned to its device), kept on every proposal. The first trials cover
+    the space's arms (:mod:`autotune._coverage`).
     """
 
     def __init__(self, base: Any, space: SearchSpace, *, seed: int = 0,
@@ -155,7 +162,12 @@ class FeasibleSampler:
     def _config(self, params: Mapping[str, Any]) -> Any:
         from autotune._run import trial_config
 
-        return trial_config(self.space, dict(params), seed=self.seed, budget=self.budget)
+        # a knob listed with one value is left out of the proposals (nothing to choose)
+        # but is the trial's all the same, not the default
+        single = {name: d.choices[0] if hasattr(d, "choices") else d.low
+                  for name, d in self.space.distributions().items() if d.single()}
+        return trial_config(self.space, {**single, **params}, seed=self.seed,
+                            budget=self.budget)
 
     def _memory_reason(self, config: Any, boundaries: OutOfMemoryBoundaries | None,
                        ) -> str | None:
@@ -226,21 +238,17 @@ class FeasibleSampler:
         import optuna
 
         boundaries = self._boundaries(study)
-        covering = self._cover(study, trial, search_space, boundaries)
+        with _CLAIM_LOCK:  # jobs of one run ask from threads: one claim at a time
+            covering = self._cover(study, trial, search_space, boundaries)
         if covering is not None:
             return covering
         params: dict[str, Any] = {}
         for draw in range(MAX_DRAWS):
             sampler = self.base if draw < BASE_DRAWS else self._uniform(optuna)
-            params = self._propose(sampler, study, trial, search_space)
-            config = self._config(params)
-            if "batch_size" in search_space and \
-                    self._memory_reason(config, boundaries) is not None:
-                fitting = self.largest_fitting_batch(params, boundaries)
-                if fitting is not None:
-                    learned = boundaries.probe(group_of(config))
-                    params["batch_size"] = fitting if learned is None else \
-                        max(min(fitting, learned), int(search_space["batch_size"].low))
+            # the uniform fallback knows nothing of a worker's pinned device
+            params = {**self._propose(sampler, study, trial, search_space), **self.fixed}
+            if "batch_size" in search_space:
+                params["batch_size"] = self._fitting(params, boundaries)
             reason = self.why_infeasible(params, boundaries)
             if reason is None and _key(params) in self._seen and draw < MAX_DRAWS - 1:
                 # a lowered batch can land where a trial already ran: nothing to learn
@@ -254,24 +262,37 @@ class FeasibleSampler:
     def _cover(self, study: Any, trial: Any, search_space: dict[str, Any],
                boundaries: OutOfMemoryBoundaries) -> dict[str, Any] | None:
         """The start-up's next arm (:mod:`autotune._coverage`) at a batch that fits, or
-        ``None`` when every arm that can run has been measured."""
-        for arm in self.coverage.pending(study, trial.number, self.fixed):
-            params = {**self._propose(self.base, study, trial, search_space), **arm}
-            if "batch_size" in search_space:
-                params["batch_size"] = self._fitting(
-                    {**params, "batch_size": self.coverage.first_batch(params)}, boundaries)
-            reason = self.why_infeasible(params, boundaries)
-            if reason is None:
-                _logger.info("start-up: measuring arm %s once before the search", arm)
-                # Optuna's own samplers mark their trials through the storage this way
-                study._storage.set_trial_user_attr(trial._trial_id, START_UP_ATTR, True)
-                return params
+        ``None`` when every arm that can run has been measured. An arm is found unable
+        to run only after :data:`BASE_DRAWS` draws of the other knobs are all refused."""
+        # knobs given by a worker's pin or by a trial queued with some of them
+        given = {**self.fixed, **trial.system_attrs.get("fixed_params", {})}
+        if all(name in given for name in search_space):  # a retry, a confirmation
+            return None
+        for arm in self.coverage.pending(study, trial.number, given):
+            for _ in range(BASE_DRAWS):
+                params = {**self._propose(self.base, study, trial, search_space), **arm,
+                          **given}
+                if "batch_size" in search_space and "batch_size" not in given:
+                    first = self.coverage.first_batch(params, search_space["batch_size"])
+                    params["batch_size"] = self._fitting({**params, "batch_size": first},
+                                                         boundaries)
+                reason = self.why_infeasible(params, boundaries)
+                if reason is None:
+                    _logger.info("start-up: measuring arm %s once before the search", arm)
+                    # the claim is stored before the trial's parameters are, so another
+                    # worker asking now sees the arm taken (Optuna's own samplers write
+                    # through the storage this way)
+                    study._storage.set_trial_user_attr(trial._trial_id, START_UP_ATTR, arm)
+                    return params
             _logger.debug("start-up: arm %s cannot run: %s", arm, reason)
             self.coverage.dead.add(arm_key(arm, self.coverage.names))
         return None
 
     def _fitting(self, params: dict[str, Any], boundaries: OutOfMemoryBoundaries) -> Any:
-        """``params``'s batch, or the largest below it not known to run out of memory."""
+        """``params``'s batch, or, when it is known not to fit, the largest below it not
+        known to run out of memory; below a limit the study learned (no memory model),
+        the probe's next batch, so each out-of-memory trial halves (in log scale) the
+        batches in doubt instead of creeping down one at a time."""
         config = self._config(params)
         if self._memory_reason(config, boundaries) is None:
             return params["batch_size"]
@@ -284,7 +305,10 @@ class FeasibleSampler:
                     return batch
             return params["batch_size"]
         fitting = self.largest_fitting_batch(params, boundaries)
-        return params["batch_size"] if fitting is None else fitting
+        if fitting is None or spec is None or spec.low is None:
+            return params["batch_size"]
+        learned = boundaries.probe(group_of(config))
+        return fitting if learned is None else max(min(fitting, learned), int(spec.low))
 
     def _uniform(self, optuna: Any) -> Any:
         if self._random is None:

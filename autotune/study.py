@@ -21,6 +21,7 @@ from typing import Any
 
 from autotune import _trial_runner, drift
 from autotune._confirm import CONFIRMS_ATTR
+from autotune._coverage import START_UP_ATTR
 from autotune._jobs import assign_devices, check_threads_fit, core_slots, worker_devices
 from autotune._trial_runner import FAILURE_CONSTRAINT, TrialResult
 from autotune.config import Budget, TrialConfig
@@ -385,6 +386,7 @@ class Study:
                 metrics=dict(t.user_attrs.get("metrics", {})), values=t.values,
                 feasible=feasible, failure_kind=kind, reason=reason,
                 wall_s=t.user_attrs.get("wall_s"), confirms=t.user_attrs.get(CONFIRMS_ATTR),
+                start_up=bool(t.user_attrs.get(START_UP_ATTR)),
             ))
         return out
 
