@@ -19,8 +19,8 @@ left to the sampler.
 
 Measured (``benchmarks/sampler_benchmark.py``, BENCHMARKS.md section 12): trials to 95 %
 of the true hypervolume, median of 20 seeds, fell from 11 to 5 on *fleet-serve* and from
-13 to 9 on *fleet-train* (the issue's seeds 0-9: 12.5 to 4.5 and 10.5 to 12.5;
-held-out seeds 20-39: 7.5 to 5.5 and 13 to 12).
+13 to 8 on *fleet-train* (the issue's seeds 0-9: 12.5 to 4.5 and 10.5 to 10; held-out
+seeds 20-39: 7.5 to 5.5 and 13 to 8).
 """
 
 from __future__ import annotations
