@@ -246,3 +246,29 @@ def test_a_trial_queued_with_some_knobs_gets_a_start_up_batch_for_its_own_arm(
     sim = simulation.parse_simulator(space.workload_kwargs)
     config = trial_config(space, result.params, seed=0)
     assert simulation.memory_bytes(sim, config) <= simulation.memory_limit_bytes(sim, config)
+
+
+def test_a_pinned_device_holds_on_the_uniform_fallback_too(tmp_path: Path) -> None:
+    """When the base sampler's draws are refused, the pre-screen draws uniformly: a job
+    pinned to ``sim:mid`` (fp32 only) must still get ``sim:mid``, not another job's
+    device."""
+    import optuna
+
+    from autotune._feasibility import feasible_sampler
+
+    class Int8Only(optuna.samplers.RandomSampler):  # a base whose draws never run on mid
+        def sample_independent(self, study: Any, trial: Any, name: str,
+                               distribution: Any) -> Any:
+            return "int8" if name == "precision" else super().sample_independent(
+                study, trial, name, distribution)
+
+    space = _space()
+    ostudy = optuna.create_study(storage=f"sqlite:///{tmp_path}/u.db",
+                                 directions=space.directions)
+    for seed in range(5):
+        sampler = feasible_sampler(Int8Only(seed=seed), space, seed=seed,
+                                   fixed={"device": "sim:mid"})
+        late = types.SimpleNamespace(number=100, system_attrs={})  # past the start-up
+        params = sampler.sample_relative(ostudy, late, space.distributions())
+        assert params["device"] == "sim:mid" and params["precision"] == "fp32", params
+        assert sampler.rejected >= 4  # the base's draws were refused: the fallback ran
