@@ -26,8 +26,9 @@ seeds 20-39: 7.5 to 5.5 and 13 to 8).
 from __future__ import annotations
 
 import itertools
+import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -57,18 +58,15 @@ def arm_knobs(space: SearchSpace) -> tuple[str, ...]:
     knobs = [p.name for p in space.params
              if p.kind == "categorical" and len(p.choices) > 1 and p.name != "batch_size"]
     for names in (knobs, [n for n in knobs if n in HARDWARE_KNOBS]):
-        if names and _count(space, names) <= MAX_ARMS:
+        if names and math.prod(len(c) for c in _choices(space, names)) <= MAX_ARMS:
             return tuple(names)
     return ()
 
 
-def _count(space: SearchSpace, names: list[str]) -> int:
-    total = 1
-    for name in names:
-        spec = space.param(name)
-        assert spec is not None
-        total *= len(spec.choices)
-    return total
+def _choices(space: SearchSpace, names: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The choices of each categorical knob ``names``."""
+    specs = [space.param(name) for name in names]
+    return [spec.choices for spec in specs if spec is not None]
 
 
 def arms(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
@@ -77,12 +75,8 @@ def arms(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
     names = arm_knobs(space)
     if not names:
         return []
-    choices = []
-    for name in names:
-        spec = space.param(name)
-        assert spec is not None
-        choices.append(spec.choices)
-    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*choices)]
+    combos = [dict(zip(names, values, strict=True))
+              for values in itertools.product(*_choices(space, names))]
     random.Random(seed).shuffle(combos)
     return combos
 
