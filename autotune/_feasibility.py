@@ -162,16 +162,7 @@ class FeasibleSampler:
     def _config(self, params: Mapping[str, Any]) -> Any:
         from autotune._run import trial_config
 
-        return trial_config(self.space, {**self._single, **params}, seed=self.seed,
-                            budget=self.budget)
-
-    @functools.cached_property
-    def _single(self) -> dict[str, Any]:
-        """Knobs listed with one value: left out of the proposals (nothing to choose) but
-        the trial's all the same, not the default. Read once: ``_config`` runs for every
-        step of every batch bisection."""
-        return {name: d.choices[0] if hasattr(d, "choices") else d.low
-                for name, d in self.space.distributions().items() if d.single()}
+        return trial_config(self.space, params, seed=self.seed, budget=self.budget)
 
     def _memory_reason(self, config: Any, boundaries: OutOfMemoryBoundaries | None,
                        ) -> str | None:

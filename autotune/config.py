@@ -142,7 +142,7 @@ class SpaceLike(Protocol):
     @property
     def budget(self) -> Budget: ...
 
-    def fixed_params(self) -> dict[str, Any]: ...
+    def one_valued_params(self) -> dict[str, Any]: ...
 
 
 # -- one trial --------------------------------------------------------------------------------
@@ -201,9 +201,11 @@ class TrialConfig:
     @classmethod
     def from_params(cls, space: SpaceLike, params: dict[str, Any], *,
                     seed: int = 0) -> TrialConfig:
-        """Combine the space's fixed knobs, the sampled ``params`` and the defaults."""
+        """Combine the space's one-valued knobs, the sampled ``params`` and the defaults.
+        A knob the space allows one value of wins over the default even when ``params``
+        leave it out (a partial proposal of the feasibility pre-screen)."""
         knobs = dict(KNOB_DEFAULTS)
-        knobs.update(space.fixed_params())
+        knobs.update(space.one_valued_params())
         knobs.update(params)
         from autotune.workloads import WorkloadRef, factory_hash
 

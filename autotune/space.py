@@ -142,6 +142,18 @@ class SearchSpace:
         """Knobs given a single value in the file."""
         return {p.name: p.choices[0] for p in self.params if p.kind == "fixed"}
 
+    def one_valued_params(self) -> dict[str, Any]:
+        """Every knob the space allows one value of: the fixed ones and those listed with
+        one choice or a range of one value (searched, so Optuna records the value on each
+        trial, but a configuration built from partial parameters has it all the same)."""
+        out = {}
+        for p in self.params:
+            if p.kind in ("fixed", "categorical") and len(p.choices) == 1:
+                out[p.name] = p.choices[0]
+            elif p.kind in ("int", "float") and p.low is not None and p.low == p.high:
+                out[p.name] = int(p.low) if p.kind == "int" else p.low
+        return out
+
     def param(self, name: str) -> ParamSpec | None:
         """The spec of knob ``name``, or ``None`` when the space leaves it at its default."""
         return next((p for p in self.params if p.name == name), None)

@@ -390,6 +390,24 @@ def test_fixed_params_are_not_searched() -> None:
     assert not {"device", "batch_size", "optimizer"} & set(dists)
     assert "precision" in dists
     assert space.param("batch_size").kind == "fixed"
+
+
+def test_a_knob_with_one_value_wins_over_the_default_in_a_partial_configuration() -> None:
+    """Listed with one value (``[adam]``, a range low == high) a knob is searched, yet a
+    configuration built from parameters that leave it out (the pre-screen's) has it."""
+    from autotune.config import KNOB_DEFAULTS, TrialConfig
+
+    space = parse_space(edited(("params.device", "cpu"), ("params.optimizer", ["sgd"]),
+                               ("params.threads", {"low": 2, "high": 2})), source=SOURCE)
+    assert KNOB_DEFAULTS["optimizer"] != "sgd" and KNOB_DEFAULTS["threads"] != 2
+    assert {"optimizer", "threads"} <= set(space.distributions())  # still searched
+    fixed = space.fixed_params()  # what is stored as a trial's fixed_knobs: unchanged
+    assert fixed["device"] == "cpu" and not {"optimizer", "threads"} & set(fixed)
+    # the base space lists its backend as [torch]: one value too
+    assert space.one_valued_params() == {**fixed, "backend": "torch", "optimizer": "sgd",
+                                         "threads": 2}
+    config = TrialConfig.from_params(space, {"batch_size": 64})
+    assert (config.device, config.optimizer, config.threads) == ("cpu", "sgd", 2)
     assert space.param("no_such_knob") is None
 
 
